@@ -80,20 +80,47 @@ def test_generate_phantom3d_layout_ua_mt_axis_order(tmp_path):
 
 
 def test_build_phantom_generates_when_absent(tmp_path):
-    cfg = DataConfig(dataset="phantom2d", root=str(tmp_path / "gen"), subjects=4, image_size=32, labeled="1",
-                     patch_size=(32, 32))
+    cfg = DataConfig(
+        dataset="phantom2d",
+        root=str(tmp_path / "gen"),
+        subjects=4,
+        image_size=32,
+        labeled="1",
+        patch_size=(32, 32),
+    )
     data = build_data(cfg)
     assert (tmp_path / "gen" / "train_slices.list").is_file()
     assert data.spatial_dims == 2 and data.num_classes == 4 and data.class_names[1] == "RV"
-    cfg3 = DataConfig(dataset="phantom3d", root=str(tmp_path / "g3"), subjects=4, image_size=32, labeled="1",
-                      patch_size=(16, 16, 16))
+    cfg3 = DataConfig(
+        dataset="phantom3d",
+        root=str(tmp_path / "g3"),
+        subjects=4,
+        image_size=32,
+        labeled="1",
+        patch_size=(16, 16, 16),
+    )
     d3 = build_data(cfg3)
     assert d3.labeled[0]["image"].shape == (1, 16, 16, 16)
 
 
 def test_cli_phantom(tmp_path, capsys):
-    assert main(["data", "phantom", "--kind", "3d", "--out", str(tmp_path / "p"), "--subjects", "3",
-                 "--size", "32"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "phantom",
+                "--kind",
+                "3d",
+                "--out",
+                str(tmp_path / "p"),
+                "--subjects",
+                "3",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "phantom3d" in capsys.readouterr().out
     assert main(["data", "phantom", "--kind", "2d", "--out", str(tmp_path / "p"), "--subjects", "3"]) != 0
     assert "overwrite" in capsys.readouterr().err

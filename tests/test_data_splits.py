@@ -32,7 +32,11 @@ def test_parse_labeled(text, expected):
 
 @pytest.mark.parametrize(
     "text, err, match",
-    [("1.5", ConfigError, "fraction"), ("0", DataError, "empty labeled set"), ("1.2.3", ConfigError, "a count")],
+    [
+        ("1.5", ConfigError, "fraction"),
+        ("0", DataError, "empty labeled set"),
+        ("1.2.3", ConfigError, "a count"),
+    ],
 )
 def test_parse_labeled_errors(text, err, match):
     with pytest.raises(err, match=match):

@@ -1,4 +1,4 @@
-"""arco.evaluation.inference: 2D slice-wise with resizing, 3D sliding window, on predictors with known output."""
+"""arco.evaluation.inference: 2D slice-wise with resizing, 3D sliding window, known predictors."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class CountingPredictor:
 
 
 def _blocky(rng, depth, h, w, block):
-    """±1 image made of block x block squares: bilinear up/down-sampling by integer factors keeps each sign."""
+    """±1 image of block x block squares: bilinear resizing by integer factors keeps every sign."""
     signs = np.sign(rng.standard_normal((depth, h // block, w // block)) + 1e-9)
     return np.kron(signs, np.ones((1, block, block))).astype(np.float32)
 

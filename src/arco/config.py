@@ -208,9 +208,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML: ``4``, ``0.5``, ``true``, ``[96, 96]``, ``sag``)."""
+    import copy
+
     import yaml
 
-    out = _merge({}, raw)
+    out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. finetune.sampler=sag), got {item!r}")

@@ -24,9 +24,9 @@ from arco._checks import choice
 __all__ = ["STRATEGIES", "sample", "estimate", "sample_per_class", "sample_many", "group_ids"]
 
 STRATEGIES = ("ns", "sg", "sag")
-# Sort key = group id | 24 bits of the float32 uniform key | 16 fresh random bits breaking its ties uniformly.
-# The group id must stay below 2**23 (checked in sample_many, the only caller that can get close).
-_U_BITS, _TIE_BITS = 24, 16
+# Sort key = group id (< 2**23, checked in sample_many, the only caller that can get close) | 40 bits of a
+# float64 uniform. Two keys of a group tie with probability < N_m^2 / 2^41; a tie only orders them by position.
+_KEY_BITS = 40
 _Grid = int | Sequence[int]
 
 
@@ -61,6 +61,18 @@ def _check_spatial(t: object, name: str, dtypes: tuple[torch.dtype, ...], kind: 
         )
 
 
+def _check_strategy(strategy: str, where: str) -> str:
+    # A transposed name ('sga') is the likeliest typo; difflib alone would suggest 'sg' for it.
+    if isinstance(strategy, str) and strategy not in STRATEGIES:
+        for option in STRATEGIES:
+            if sorted(strategy) == sorted(option):
+                known = ", ".join(repr(o) for o in STRATEGIES)
+                raise ValueError(
+                    f"{where}: strategy must be one of {known}, got {strategy!r} (did you mean {option!r}?)"
+                )
+    return choice("strategy", strategy, STRATEGIES, where)
+
+
 # ------------------------------------------------------------------------------------------------ geometry
 def _axis_tables(size: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Cell index and mirror coordinate of every coordinate of one axis.
@@ -91,7 +103,9 @@ def _maps(shape: tuple[int, ...], cells: tuple[int, ...], device: torch.device) 
     return cell.reshape(-1), mirror.reshape(-1)
 
 
-def group_ids(shape: Sequence[int], grid: _Grid = 4, device: torch.device | str | None = None) -> torch.Tensor:
+def group_ids(
+    shape: Sequence[int], grid: _Grid = 4, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Stratum (group) id of every position of a ``(B, *spatial)`` tensor: ``b * prod(grid) + cell``.
 
     Returns an int64 tensor of ``shape`` (ids in ``[0, B * prod(grid))``); used by diagnostics and tests.
@@ -102,16 +116,19 @@ def group_ids(shape: Sequence[int], grid: _Grid = 4, device: torch.device | str 
 
 
 # ------------------------------------------------------------------------------------------------ core
-def _allocate(counts: torch.Tensor, num: int, generator: torch.Generator | None) -> torch.Tensor:
+def _allocate(
+    counts: torch.Tensor, num: int, generator: torch.Generator | None, cap: bool = True
+) -> torch.Tensor:
     """Proportional allocation ``n_m ≈ n |P_m| / |P|`` with randomised systematic rounding (SPEC §2).
 
-    ``counts`` is ``(S, G)`` int64; returns ``(S, G)`` int64 with row sums exactly ``n = min(num, |P_s|)``.
+    ``counts`` is ``(S, G)`` int64; returns ``(S, G)`` int64 with row sums exactly ``n = min(num, |P_s|)``
+    (``num`` when ``cap`` is False: draws with replacement).
     With ``v`` uniform on ``{0, ..., |P|-1}`` and C the cumulative counts,
     ``n_m = floor((C_m n + v) / |P|) - floor((C_{m-1} n + v) / |P|)``; by Hermite's identity
     ``E[n_m] = n |P_m| / |P|`` exactly, so every candidate is drawn with probability ``n / |P|``.
     """
     total = counts.sum(1)
-    n = total.clamp(max=num)[:, None]
+    n = (total.clamp(max=num) if cap else torch.full_like(total, num))[:, None]
     u = torch.rand(total.shape, generator=generator, device=counts.device, dtype=torch.float64)
     v = torch.minimum((u * total).floor().long(), (total - 1).clamp(min=0))[:, None]
     denom = total.clamp(min=1)[:, None]
@@ -125,6 +142,11 @@ def _group_rank(flag: torch.Tensor, starts_of: torch.Tensor) -> torch.Tensor:
     return excl - excl.index_select(0, starts_of)
 
 
+def _sort_key(gid: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """int64 key ordering entries by group, then by their float64 uniform key (40 bits of it)."""
+    return (gid << _KEY_BITS) | (u * float(1 << _KEY_BITS)).long()
+
+
 def _draw(
     gid: torch.Tensor,
     u: torch.Tensor,
@@ -132,20 +154,20 @@ def _draw(
     num: int,
     pos: torch.Tensor,
     sag: tuple[torch.Tensor, torch.Tensor, int] | None,
-    generator: torch.Generator | None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``alloc[s, m]`` entries of every group without replacement; static shapes, no host sync.
 
     Args:
         gid: ``(K,)`` int64 ``segment * G + group`` of each entry; ``S * G`` marks entries of no segment.
-        u: ``(K,)`` float32 uniform keys; a group's draw is its ``n_m`` smallest keys (uniform, no replacing;
-            ties are broken by fresh random bits).
+        u: ``(K,)`` float64 uniform keys; a group's draw is its ``n_m`` smallest keys (uniform, no replacing).
             Entries may be a prefiltered subset as long as each group keeps its ``n_m`` smallest keys.
         alloc: ``(S, G)`` int64 draws per group (row sums <= num).
         num: output width.
         pos: ``(K,)`` int64 position id of each entry (what the output holds).
         sag: for SAG, ``(mirror_pos, mirror_ok, Q)``: each entry's mirror position id, whether that mirror is
             a candidate of the same group, and the size of the position-id space.
+        order: the entries sorted by (gid, key), when the caller already has it (``u`` is then unused).
 
     Returns:
         ``(S, num)`` int64 position ids; row s holds its ``alloc[s].sum()`` draws first, then zeros.
@@ -157,14 +179,14 @@ def _draw(
     starts = torch.cumsum(full, 0) - full
     n_m = torch.cat([alloc.reshape(-1), alloc.new_zeros(1)])
     off = torch.cat([(torch.cumsum(alloc, 1) - alloc).reshape(-1), alloc.new_zeros(1)])
-    tie = torch.randint(0, 1 << _TIE_BITS, (k,), generator=generator, device=device)
-    key = (((gid << _U_BITS) | (u * float(1 << _U_BITS)).long()) << _TIE_BITS) | tie
-    order = torch.sort(key).indices
+    order = torch.sort(_sort_key(gid, u)).indices if order is None else order
     gs = gid.index_select(0, order)
     starts_of = starts.index_select(0, gs)
     rank = torch.arange(k, device=device) - starts_of
     p_sorted = pos.index_select(0, order)
-    base = torch.div(gs, num_groups, rounding_mode="floor") * num + off.index_select(0, gs)
+    # Output slot of a group's first draw: segment * num + draws of the earlier groups of the segment.
+    seg_of = torch.div(torch.arange(ng + 1, device=device), num_groups, rounding_mode="floor")
+    base = (seg_of * num + off).index_select(0, gs)
     dump = num_segments * num
     out = torch.zeros(dump + 1, dtype=torch.long, device=device)
     if sag is None:
@@ -202,7 +224,7 @@ def _prefilter(gid: torch.Tensor, u: torch.Tensor, alloc: torch.Tensor, counts: 
     entries are kept in the (astronomically rare) case it fails. One host sync; callers already need one.
     """
     n_m = alloc.reshape(-1)
-    tau = ((n_m + 6 * n_m.double().sqrt() + 8) / counts.reshape(-1).clamp(min=1)).float()
+    tau = (n_m + 6 * n_m.double().sqrt() + 8) / counts.reshape(-1).clamp(min=1)
     keep = torch.nonzero(u < tau.index_select(0, gid)).squeeze(1)
     if bool((torch.bincount(gid.index_select(0, keep), minlength=n_m.numel()) >= n_m).all()):
         return keep
@@ -226,21 +248,33 @@ def _stratified(
     counts = torch.bincount(g0, minlength=groups)[None].expand(trials, groups)
     alloc = _allocate(counts, num, generator)
     gid = g0 if trials == 1 else (torch.arange(trials, device=flat.device)[:, None] * groups + g0).reshape(-1)
-    u = torch.rand(gid.shape, generator=generator, device=flat.device)
+    u = torch.rand(gid.shape, generator=generator, device=flat.device, dtype=torch.float64)
+    sag = None
+    n_m = alloc[0].double()
+    if trials > 1 and float((n_m + 6 * n_m.sqrt() + 8).sum()) > p / 4:
+        # Few candidates per draw: prefiltering keeps most entries, and one sort per trial row (batched) is
+        # far cheaper than one global sort; rows are already in trial order.
+        row = torch.sort(_sort_key(g0.expand(trials, p), u.view(trials, p)), dim=1).indices
+        order = (row + torch.arange(trials, device=flat.device)[:, None] * p).reshape(-1)
+        fk = flat.repeat(trials)
+        tk = torch.arange(trials, device=flat.device).repeat_interleave(p) * numel
+        if antithetic:
+            mk = mirror_map.index_select(0, fk)
+            sag = (tk + mk, mask_flat.index_select(0, mk), trials * numel)
+        return _draw(gid, u, alloc, num, tk + fk, sag, order) % numel
     keep = _prefilter(gid, u, alloc, counts)
     tk = torch.div(keep, p, rounding_mode="floor") * numel  # trial offset in the position-id space
     fk = flat.index_select(0, keep % p) if trials > 1 else flat.index_select(0, keep)
-    sag = None
     if antithetic:
         mk = mirror_map.index_select(0, fk)
         sag = (tk + mk, mask_flat.index_select(0, mk), trials * numel)
     gk, uk = gid.index_select(0, keep), u.index_select(0, keep)
-    return _draw(gk, uk, alloc, num, tk + fk, sag, generator) % numel
+    return _draw(gk, uk, alloc, num, tk + fk, sag) % numel
 
 
 def _check_mask(mask: object, strategy: str, grid: _Grid, where: str) -> tuple[int, ...]:
     _check_spatial(mask, "mask", (torch.bool,), "bool", where)
-    choice("strategy", strategy, STRATEGIES, where)
+    _check_strategy(strategy, where)
     return _check_grid(grid, mask.dim() - 1, where)
 
 
@@ -310,7 +344,7 @@ def _with_replacement(mask_flat, flat, shape, cells, num, strategy, generator) -
     cell_map, mirror_map = _maps(shape, cells, device)
     g0 = cell_map[flat]
     counts = torch.bincount(g0, minlength=shape[0] * math.prod(cells))
-    alloc = _allocate(counts[None], num, generator)[0]  # sums to num, as |P| is not a cap here
+    alloc = _allocate(counts[None], num, generator, cap=False)[0]  # sums to num: |P| is no cap here
     ends = torch.cumsum(alloc, 0)
     slot = torch.arange(num, device=device)
     g = torch.searchsorted(ends, slot, right=True)
@@ -427,7 +461,7 @@ def sample_per_class(
             f"{where}: expected argument `num_classes` to be a positive integer, but got {num_classes!r}"
         )
     _check_num(num, "num", where)
-    choice("strategy", strategy, STRATEGIES, where)
+    _check_strategy(strategy, where)
     cells = _check_grid(grid, label.dim() - 1, where)
     if valid is not None and (
         not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.shape != label.shape
@@ -445,9 +479,9 @@ def sample_per_class(
     gid = torch.where(keep, lab.clamp(0, num_classes - 1) * groups + within, num_classes * groups)
     counts = torch.bincount(gid, minlength=num_classes * groups + 1)[:-1].view(num_classes, groups)
     alloc = _allocate(counts, num, generator)
-    u = torch.rand(gid.shape, generator=generator, device=device)
+    u = torch.rand(gid.shape, generator=generator, device=device, dtype=torch.float64)
     flat = torch.arange(lab.numel(), device=device)
     sag = (mirror_map, gid.index_select(0, mirror_map) == gid, lab.numel()) if strategy == "sag" else None
-    index = _draw(gid, u, alloc, num, flat, sag, generator)
+    index = _draw(gid, u, alloc, num, flat, sag)
     ok = torch.arange(num, device=device) < counts.sum(1, keepdim=True).clamp(max=num)
     return index, ok

@@ -8,31 +8,56 @@ import time
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="generate phantom datasets and inspect dataset folders",
-                       description="Generate the built-in phantom datasets or summarise a dataset folder.")
+    p = sub.add_parser(
+        "data",
+        help="generate phantom datasets and inspect dataset folders",
+        description="Generate the built-in phantom datasets or summarise a dataset folder.",
+    )
     verbs = p.add_subparsers(dest="data_verb", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    ph = verbs.add_parser("phantom", help="write a synthetic dataset (deterministic under --seed)",
-                          description="phantom 2d: cardiac-MRI-like slices (bg/RV/Myo/LV) in the ACDC SSL4MIS layout; "
-                                      "phantom 3d: LA-like volumes in the LA UA-MT layout.")
-    ph.add_argument("--kind", choices=("2d", "3d"), default="2d", help="2d (ACDC-like) or 3d (LA-like); default 2d")
-    ph.add_argument("--out", required=True, help="output folder (must not exist or be empty unless --overwrite)")
+    ph = verbs.add_parser(
+        "phantom",
+        help="write a synthetic dataset (deterministic under --seed)",
+        description="phantom 2d: cardiac-MRI-like slices (bg/RV/Myo/LV) in the ACDC SSL4MIS layout; "
+        "phantom 3d: LA-like volumes in the LA UA-MT layout.",
+    )
+    ph.add_argument(
+        "--kind", choices=("2d", "3d"), default="2d", help="2d (ACDC-like) or 3d (LA-like); default 2d"
+    )
+    ph.add_argument(
+        "--out", required=True, help="output folder (must not exist or be empty unless --overwrite)"
+    )
     ph.add_argument("--subjects", type=int, default=40, help="number of subjects (default 40)")
     ph.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    ph.add_argument("--size", type=int, default=0,
-                    help="in-plane size in pixels (default 128 for 2d, 64 for 3d; 3d depth = 3/4 of it)")
+    ph.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="in-plane size in pixels (default 128 for 2d, 64 for 3d; 3d depth = 3/4 of it)",
+    )
     ph.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     ph.set_defaults(func=_phantom)
 
-    ins = verbs.add_parser("inspect", help="summarise a dataset folder and the split a label ratio gives",
-                           description="Detects the layout (ACDC/SSL4MIS, LA/UA-MT, nnU-Net raw), then prints cases, "
-                                       "slices, class frequencies, intensities, shapes, spacings and the split.")
+    ins = verbs.add_parser(
+        "inspect",
+        help="summarise a dataset folder and the split a label ratio gives",
+        description="Detects the layout (ACDC/SSL4MIS, LA/UA-MT, nnU-Net raw), then prints cases, "
+        "slices, class frequencies, intensities, shapes, spacings and the split.",
+    )
     ins.add_argument("root", help="dataset folder")
-    ins.add_argument("--labeled", default="3", help="labeled cases: a count, a fraction, 'all' or ids (default 3)")
-    ins.add_argument("--split-rule", default="patients", choices=("patients", "ssl4mis"),
-                     help="labeled selection rule (default patients)")
-    ins.add_argument("--dataset", default="", help="read the folder as this dataset (e.g. lits) instead of detecting")
+    ins.add_argument(
+        "--labeled", default="3", help="labeled cases: a count, a fraction, 'all' or ids (default 3)"
+    )
+    ins.add_argument(
+        "--split-rule",
+        default="patients",
+        choices=("patients", "ssl4mis"),
+        help="labeled selection rule (default patients)",
+    )
+    ins.add_argument(
+        "--dataset", default="", help="read the folder as this dataset (e.g. lits) instead of detecting"
+    )
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
     ins.set_defaults(func=_inspect)
 
@@ -45,8 +70,10 @@ def _phantom(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     info = gen(args.out, subjects=args.subjects, seed=args.seed, size=size, overwrite=args.overwrite)
     parts = ", ".join(f"{k} {info[k]}" for k in ("train", "val", "test", "train_slices") if k in info)
-    print(f"wrote phantom{args.kind} ({args.subjects} subjects, {size} px, seed {args.seed}) to {args.out}: "
-          f"{parts} [{time.perf_counter() - t0:.1f} s]")
+    print(
+        f"wrote phantom{args.kind} ({args.subjects} subjects, {size} px, seed {args.seed}) to {args.out}: "
+        f"{parts} [{time.perf_counter() - t0:.1f} s]"
+    )
     return 0
 
 
@@ -59,10 +86,10 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     split = info["split"]
     classes = ", ".join(f"{n} {p:.2f}%" for n, p in zip(info["classes"], info["class_percent"]))
-    rng = info["intensity"]
+    rng, cases = info["intensity"], info["cases"]
     lines = [
         f"dataset      {info['root']} ({info['layout']} layout, {info['spatial_dims']}D)",
-        f"cases        train {info['cases']['train']}, val {info['cases']['val']}, test {info['cases']['test']}; "
+        f"cases        train {cases['train']}, val {cases['val']}, test {cases['test']}; "
         f"{info['train_items']} training {info['item_kind']}, {info['val_test_slices']} val/test slices",
         f"classes      {classes}",
         f"intensity    min {rng['min']:.3g}, max {rng['max']:.3g}, mean {rng['mean']:.3g} "

@@ -68,6 +68,20 @@ def _collect(inputs: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def _check_header(path: Path) -> None:
+    """Read the NIfTI header only (cheap), so a corrupt file fails before any scan is segmented."""
+    import nibabel as nib
+
+    from arco._checks import DataError
+
+    try:
+        nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for corrupt files; re-raised
+        raise DataError(
+            f"{path}: cannot read NIfTI header ({type(exc).__name__}: {exc}); re-export it"
+        ) from exc
+
+
 def plan_outputs(
     inputs: list[str], out: Path, suffix: str = "", overwrite: bool = False, in_place_ok: bool = False
 ) -> list[tuple[Path, Path]]:
@@ -92,6 +106,8 @@ def plan_outputs(
     clash = [str(t) for (f, t) in plan if t.resolve() == f.resolve()]
     if clash:
         raise ValueError(f"output {clash[0]} would replace the input scan itself; pass --suffix _seg")
+    for f, _ in plan:
+        _check_header(f)
     existing = [str(t) for _, t in plan if t.exists()]
     if existing and not overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""

@@ -1,0 +1,105 @@
+"""`arco train` and `arco demo` through the CLI: in-process on tiny phantoms, plus one subprocess error check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from arco.checkpoint import load_checkpoint, load_predictor
+from arco.cli import main
+
+TINY = [
+    "data.subjects=6",
+    "data.image_size=32",
+    "data.patch_size=[32, 32]",
+    "data.labeled=2",
+    "model.dim=8",
+    "model.hidden_dim=8",
+    "pretrain.iterations=3",
+    "pretrain.batch_labeled=2",
+    "pretrain.batch_unlabeled=2",
+    "pretrain.queue_size=4",
+    "finetune.iterations=3",
+    "finetune.batch_labeled=2",
+    "finetune.batch_unlabeled=2",
+    "finetune.num_queries=8",
+    "finetune.num_negatives=8",
+    "finetune.bank_size=16",
+    "finetune.nn_bank=4",
+    "finetune.nn_k=2",
+    "supervised.iterations=3",
+    "supervised.batch=2",
+    "engine.device=cpu",
+    "engine.log_every=1",
+    "engine.val_every=3",
+    "engine.progress=false",
+]
+
+
+def _args(tmp_path, *extra):
+    sets = [a for kv in [*TINY, f"data.root={tmp_path / 'data'}"] for a in ("--set", kv)]
+    return ["train", "--config", "phantom2d", *sets, "--out", str(tmp_path / "run"), *extra]
+
+
+def test_train_runs_both_stages_in_process(tmp_path, capsys):
+    assert main(_args(tmp_path)) == 0
+    run = tmp_path / "run"
+    for stage in ("pretrain", "finetune"):
+        for name in ("config.yaml", "split.json", "log.csv", "summary.json", "checkpoints/last.pt",
+                     "checkpoints/best.pt"):
+            assert (run / stage / name).is_file(), f"{stage}/{name}"
+    state = load_checkpoint(run / "finetune" / "checkpoints" / "last.pt")
+    assert state["stage"] == "finetune" and state["iteration"] == 3
+    assert {"student", "teacher", "rep_head", "contrast", "nn_loss"} <= set(state["modules"])
+    assert state["config"]["finetune"]["sampler"] == "sg"
+    assert "generator" in state["method"] and "torch" in state["rng"]
+    model, meta = load_predictor(run / "finetune")
+    assert meta["data"]["dataset"] == "phantom2d" and meta["data"]["num_classes"] == 4
+    assert model(torch.zeros(1, 1, 32, 32)).logits.shape == (1, 4, 32, 32)
+    assert "best val Dice" in capsys.readouterr().out
+    # resume: both stages finished -> nothing to redo, same summaries
+    before = json.loads((run / "finetune" / "summary.json").read_text())
+    assert main(_args(tmp_path, "--resume")) == 0
+    assert json.loads((run / "finetune" / "summary.json").read_text()) == before
+
+
+def test_train_supervised_stage_and_print_config(tmp_path, capsys):
+    assert main(_args(tmp_path, "--stage", "supervised")) == 0
+    assert (tmp_path / "run" / "supervised" / "checkpoints" / "best.pt").is_file()
+    assert not (tmp_path / "run" / "pretrain").exists()
+    assert main(["train", "--config", "acdc", "--print-config"]) == 0
+    assert "lambda_contrast: 0.01" in capsys.readouterr().out
+
+
+def test_bad_key_in_process_is_a_clean_error(tmp_path, capsys):
+    assert main(["train", "--config", "phantom2d", "--set", "finetune.sampl=sag", "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "finetune.sampl" in err and "finetune.sampler" in err
+
+
+def test_bad_set_key_subprocess_exits_nonzero_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "arco", "train", "--config", "phantom2d", "--set", "optim.learning_rate=0.1",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "optim.learning_rate" in proc.stderr
+    assert "did you mean" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_fast_end_to_end(tmp_path, capsys):
+    sets = [a for kv in ["pretrain.iterations=8", "finetune.iterations=8", "engine.val_every=4",
+                         "data.subjects=8", "engine.progress=false"] for a in ("--set", kv)]
+    assert main(["demo", "--out", str(tmp_path / "demo"), *sets]) == 0
+    s = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    for method in ("supervised", "arco"):
+        assert 0.0 <= s[method]["dice"] <= 1.0 and s[method]["asd"] >= 0.0 and s[method]["per_class"]
+    assert s["iterations"]["supervised"] == 16 and s["wall_seconds"] > 0
+    assert (tmp_path / "demo" / "evaluation" / "arco" / "summary.json").is_file()
+    assert "Δ Dice" in capsys.readouterr().out
