@@ -67,12 +67,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} (ms)")
-    print(f"{'device':6} {'case':11} {'cands':>7} {'num':>6} {'ns':>8} {'sg':>8} {'sag':>8} {'sg/ns':>6} {'sag/ns':>6}")
+    print(
+        f"{'device':6} {'case':11} {'cands':>7} {'num':>6} {'ns':>8} {'sg':>8} {'sag':>8} "
+        f"{'sg/ns':>6} {'sag/ns':>6}"
+    )
     for dev in devices:
         for r in bench(torch.device(dev), args.repeats):
             print(
-                f"{r['device']:6} {r['case']:11} {r['candidates']:7d} {r['num']:6d} {r['ns']:8.2f} {r['sg']:8.2f}"
-                f" {r['sag']:8.2f} {r['sg/ns']:6.2f} {r['sag/ns']:6.2f}"
+                f"{r['device']:6} {r['case']:11} {r['candidates']:7d} {r['num']:6d} {r['ns']:8.2f} "
+                f"{r['sg']:8.2f} {r['sag']:8.2f} {r['sg/ns']:6.2f} {r['sag/ns']:6.2f}"
             )
 
 

@@ -71,6 +71,20 @@ def test_predict_geometry_round_trip(tmp_path, unet_ckpt, arch, capsys):
         assert np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0 and labels.max() < 3
 
 
+def test_predict_2d_scan(tmp_path, unet_ckpt):
+    scan = tmp_path / "slice.nii.gz"
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 24)).astype(np.float32), AFFINE), str(scan)
+    )
+    assert (
+        main(["predict", "--checkpoint", str(unet_ckpt), "--input", str(scan), "--out", str(tmp_path / "o")])
+        == 0
+    )
+    out = nib.load(str(tmp_path / "o" / "slice.nii.gz"))
+    assert out.shape == (20, 24)
+    np.testing.assert_allclose(out.affine, AFFINE, atol=1e-5)
+
+
 def test_predict_matches_library_call(tmp_path, unet_ckpt):
     # The CLI's output equals predict_volume on the normalised (Z, Y, X) scan, transposed back.
     from arco.checkpoint import load_predictor

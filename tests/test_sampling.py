@@ -322,3 +322,20 @@ def test_random_masks(shape, grid, num, strategy, density, seed):
         shares, gid = ref_shares(mask, grid, num)
         counts = group_counts(idx, gid)
         assert all(math.floor(s) <= counts.get(k, 0) <= math.ceil(s) for k, s in shares.items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_sample_per_class_has_no_host_sync_on_cuda(strategy):
+    label = torch.randint(0, 4, (2, 64, 64), device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sample_per_class(label, 4, 32, strategy, generator=g)  # warm-up: builds the cached maps
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        index, ok = sample_per_class(label, 4, 32, strategy, generator=g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert index.device.type == "cuda" and ok.device.type == "cuda"
+    idx = sample(label == 1, 32, strategy, generator=g)
+    assert idx.device.type == "cuda" and bool((label.reshape(-1)[idx] == 1).all())

@@ -8,6 +8,11 @@ is unbiased (Thm 3.2). SAG draws half of each group's share and adds their mirro
 Everything is vectorised: group ids come from cached integer maps, the draws from one sort by
 ``(segment, group, random key)``. A *segment* is an independent sampling problem: the mask in :func:`sample`,
 one class in :func:`sample_per_class`, one Monte-Carlo trial in :func:`sample_many`.
+
+Note: SAG follows SPEC §2 literally (a mirror outside the candidates is replaced by a fresh draw from the
+group). Candidates whose mirror is no candidate are then drawn less often, so SAG's plain mean is biased where
+a cell's region is not mirror-symmetric (unbiased on symmetric regions, e.g. full masks with even cells).
+The reference code's list-position strata ("sg-ref"/"sag-ref") are not implemented.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ __all__ = ["STRATEGIES", "sample", "estimate", "sample_per_class", "sample_many"
 
 STRATEGIES = ("ns", "sg", "sag")
 # Sort key = group id (< 2**23, checked in sample_many, the only caller that can get close) | 40 bits of a
-# float64 uniform. Two keys of a group tie with probability < N_m^2 / 2^41; a tie only orders them by position.
+# float64 uniform. Two keys of a group tie with probability < N_m^2 / 2^41; a tie orders them by position.
 _KEY_BITS = 40
 _Grid = int | Sequence[int]
 
@@ -136,6 +141,11 @@ def _allocate(
     return (cum * n + v) // denom - ((cum - counts) * n + v) // denom
 
 
+def _count(ids: torch.Tensor, size: int) -> torch.Tensor:
+    """``bincount`` with a static output size: CUDA's bincount reads the maximum back to the host."""
+    return torch.zeros(size, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
+
+
 def _group_rank(flag: torch.Tensor, starts_of: torch.Tensor) -> torch.Tensor:
     """Rank of each element among the flagged elements of its group (groups are contiguous after the sort)."""
     excl = torch.cumsum(flag.long(), 0) - flag.long()
@@ -161,7 +171,7 @@ def _draw(
     Args:
         gid: ``(K,)`` int64 ``segment * G + group`` of each entry; ``S * G`` marks entries of no segment.
         u: ``(K,)`` float64 uniform keys; a group's draw is its ``n_m`` smallest keys (uniform, no replacing).
-            Entries may be a prefiltered subset as long as each group keeps its ``n_m`` smallest keys.
+            Entries may be a random subset (see :func:`_prefilter`) holding at least ``n_m`` of each group.
         alloc: ``(S, G)`` int64 draws per group (row sums <= num).
         num: output width.
         pos: ``(K,)`` int64 position id of each entry (what the output holds).
@@ -175,7 +185,7 @@ def _draw(
     device, k = gid.device, gid.numel()
     num_segments, num_groups = alloc.shape
     ng = alloc.numel()
-    full = torch.bincount(gid, minlength=ng + 1)
+    full = _count(gid, ng + 1)
     starts = torch.cumsum(full, 0) - full
     n_m = torch.cat([alloc.reshape(-1), alloc.new_zeros(1)])
     off = torch.cat([(torch.cumsum(alloc, 1) - alloc).reshape(-1), alloc.new_zeros(1)])
@@ -216,19 +226,26 @@ def _draw(
     return out[:-1].view(num_segments, num)
 
 
-def _prefilter(gid: torch.Tensor, u: torch.Tensor, alloc: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Indices of the entries whose key is below a per-group threshold keeping ``n_m`` + 6 sd + 8 on average.
+def _prefilter(
+    g0: torch.Tensor, alloc: torch.Tensor, counts: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Flat ``trial * P + candidate`` indices of a random superset of every draw: Bernoulli(tau_m) per entry.
 
-    Only a group's ``n_m`` smallest keys matter, so sorting the kept entries gives exactly the full result
-    when every group keeps at least ``n_m`` (SAG needs no more: see :func:`_draw`). That is checked, and all
-    entries are kept in the (astronomically rare) case it fails. One host sync; callers already need one.
+    tau_m keeps ``n_m + 6 sqrt(n_m) + 8`` entries of a group on average. Entries are kept independently with
+    the same probability within a group, so given its size the kept set is a uniform subset, and ``n_m``
+    uniform draws from it (fresh keys) are ``n_m`` uniform draws from the group. If any group keeps fewer than
+    ``n_m`` (astronomically rare) all entries are kept. One host sync; callers already need one.
     """
-    n_m = alloc.reshape(-1)
-    tau = (n_m + 6 * n_m.double().sqrt() + 8) / counts.reshape(-1).clamp(min=1)
-    keep = torch.nonzero(u < tau.index_select(0, gid)).squeeze(1)
-    if bool((torch.bincount(gid.index_select(0, keep), minlength=n_m.numel()) >= n_m).all()):
+    trials, groups = alloc.shape
+    p = g0.numel()
+    n_m = alloc.double()
+    tau = ((n_m + 6 * n_m.sqrt() + 8) / counts.clamp(min=1)).float()
+    u = torch.rand((trials, p), generator=generator, device=g0.device)
+    keep = torch.nonzero((u < tau.index_select(1, g0)).view(-1)).squeeze(1)
+    gid = torch.div(keep, p, rounding_mode="floor") * groups + g0.index_select(0, keep % p)
+    if bool((_count(gid, trials * groups).view(trials, groups) >= alloc).all()):
         return keep
-    return torch.arange(gid.numel(), device=gid.device)
+    return torch.arange(trials * p, device=g0.device)
 
 
 def _stratified(
@@ -247,29 +264,28 @@ def _stratified(
     g0 = cell_map.index_select(0, flat)
     counts = torch.bincount(g0, minlength=groups)[None].expand(trials, groups)
     alloc = _allocate(counts, num, generator)
-    gid = g0 if trials == 1 else (torch.arange(trials, device=flat.device)[:, None] * groups + g0).reshape(-1)
-    u = torch.rand(gid.shape, generator=generator, device=flat.device, dtype=torch.float64)
-    sag = None
     n_m = alloc[0].double()
     if trials > 1 and float((n_m + 6 * n_m.sqrt() + 8).sum()) > p / 4:
-        # Few candidates per draw: prefiltering keeps most entries, and one sort per trial row (batched) is
-        # far cheaper than one global sort; rows are already in trial order.
-        row = torch.sort(_sort_key(g0.expand(trials, p), u.view(trials, p)), dim=1).indices
-        order = (row + torch.arange(trials, device=flat.device)[:, None] * p).reshape(-1)
-        fk = flat.repeat(trials)
-        tk = torch.arange(trials, device=flat.device).repeat_interleave(p) * numel
-        if antithetic:
-            mk = mirror_map.index_select(0, fk)
-            sag = (tk + mk, mask_flat.index_select(0, mk), trials * numel)
-        return _draw(gid, u, alloc, num, tk + fk, sag, order) % numel
-    keep = _prefilter(gid, u, alloc, counts)
-    tk = torch.div(keep, p, rounding_mode="floor") * numel  # trial offset in the position-id space
-    fk = flat.index_select(0, keep % p) if trials > 1 else flat.index_select(0, keep)
+        # Few candidates per draw: prefiltering would keep most entries, and one sort per trial row (batched)
+        # is far cheaper than one global sort; the rows are already in trial order.
+        u = torch.rand((trials, p), generator=generator, device=flat.device, dtype=torch.float64)
+        row = torch.sort(_sort_key(g0.expand(trials, p), u), dim=1).indices
+        t = torch.arange(trials, device=flat.device)
+        order = (row + t[:, None] * p).reshape(-1)
+        gid = (t[:, None] * groups + g0).reshape(-1)
+        fk, tk = flat.repeat(trials), t.repeat_interleave(p) * numel
+    else:
+        keep = _prefilter(g0, alloc, counts, generator)
+        ck = keep % p
+        gid = torch.div(keep, p, rounding_mode="floor") * groups + g0.index_select(0, ck)
+        fk, tk = flat.index_select(0, ck), torch.div(keep, p, rounding_mode="floor") * numel
+        u = torch.rand(keep.shape, generator=generator, device=flat.device, dtype=torch.float64)
+        order = None
+    sag = None
     if antithetic:
         mk = mirror_map.index_select(0, fk)
         sag = (tk + mk, mask_flat.index_select(0, mk), trials * numel)
-    gk, uk = gid.index_select(0, keep), u.index_select(0, keep)
-    return _draw(gk, uk, alloc, num, tk + fk, sag) % numel
+    return _draw(gid, u.reshape(-1), alloc, num, tk + fk, sag, order) % numel
 
 
 def _check_mask(mask: object, strategy: str, grid: _Grid, where: str) -> tuple[int, ...]:
@@ -477,7 +493,7 @@ def sample_per_class(
     groups = 1 if strategy == "ns" else shape[0] * math.prod(cells)
     within = 0 if strategy == "ns" else cell_map
     gid = torch.where(keep, lab.clamp(0, num_classes - 1) * groups + within, num_classes * groups)
-    counts = torch.bincount(gid, minlength=num_classes * groups + 1)[:-1].view(num_classes, groups)
+    counts = _count(gid, num_classes * groups + 1)[:-1].view(num_classes, groups)
     alloc = _allocate(counts, num, generator)
     u = torch.rand(gid.shape, generator=generator, device=device, dtype=torch.float64)
     flat = torch.arange(lab.numel(), device=device)

@@ -8,7 +8,7 @@ Two modes:
   name; shapes and affines must agree (1e-4), and the GT header spacing adds millimetre distances.
 
 Both write ``per_case.csv``, ``summary.json``, ``summary.md`` and overlay PNGs into ``--out`` and print the
-summary. The helpers below are shared with `arco predict`.
+summary.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ __all__ = ["add_parser", "run"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _AFFINE_ATOL = 1e-4
+
+# The helpers below are shared with `arco predict`.
 
 
 def add_inference_args(p: argparse.ArgumentParser) -> None:
@@ -109,7 +111,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="Dice / Jaccard / HD95 / ASD of a checkpoint or of prediction files",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("what to evaluate (one of)")

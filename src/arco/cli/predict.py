@@ -118,6 +118,7 @@ def plan_outputs(
 
 
 def run(args: argparse.Namespace) -> int:
+    import nibabel as nib
     from tqdm import tqdm
 
     from arco._checks import CheckpointError
@@ -150,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             blend=args.blend,
         )
+        if len(nib.load(str(scan)).shape) == 2:  # read_scan gave a 2D scan a leading axis of size 1
+            label = label[0]
         write_label_like(label, scan, target, overwrite=args.overwrite)
     print(f"wrote {len(plan)} label file(s) to {out}")
     return 0

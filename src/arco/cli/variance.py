@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--num", type=int, nargs="+", default=[16, 64, 256], help="sample sizes n (default: 16 64 256)"
     )
     p.add_argument("--grid", type=int, nargs="+", default=[2, 4, 8], help="cells per axis (default: 2 4 8)")
-    p.add_argument("--trials", type=int, default=1000, help="Monte-Carlo draws per setting (default: 1000)")
+    p.add_argument("--trials", type=int, default=500, help="Monte-Carlo draws per setting (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default: 0)")
     p.add_argument(
         "--out", default="variance", help="output folder for variance.csv/.png (default: ./variance)"

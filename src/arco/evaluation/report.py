@@ -122,6 +122,7 @@ class _Case:
     gt: np.ndarray  # the overlay slice only: keeping whole predictions of 3D cases would cost GBs
     pred: np.ndarray
     image: np.ndarray | None
+    slice_index: int
 
 
 def _score_case(case_id, pred, gt, image, spacing, num_classes, names, compat, rows) -> _Case:
@@ -138,7 +139,7 @@ def _score_case(case_id, pred, gt, image, spacing, num_classes, names, compat, r
     k = pick_slice(gt)
     sl = (lambda a: None if a is None else np.asarray(a)[k]) if np.ndim(gt) == 3 else (lambda a: a)
     mean_dice = float(np.mean([r["dice"] for r in per_class]))
-    return _Case(case_id, mean_dice, sl(gt), sl(pred), sl(image))
+    return _Case(case_id, mean_dice, sl(gt), sl(pred), sl(image), k)
 
 
 def _summarise(rows, names, num_classes, compat, num_cases) -> dict[str, Any]:
@@ -199,15 +200,7 @@ def _finish(cases: list[_Case], rows, names, num_classes, compat, out_dir, overl
     ranked = sorted(cases, key=lambda c: (c.mean_dice, c.case_id))
     picks = sorted({int(round(i)) for i in np.linspace(0, len(ranked) - 1, min(int(overlays), len(ranked)))})
     for j, idx in enumerate(picks):
-        tag = (
-            "worst"
-            if idx == 0
-            else "best"
-            if idx == len(ranked) - 1
-            else "median"
-            if len(picks) == 3
-            else f"rank{j}"
-        )
+        tag = {0: "worst", len(ranked) - 1: "best"}.get(idx, "median" if len(picks) == 3 else f"rank{j}")
         case = ranked[idx]
         path = out / f"overlay_{tag}_{case.case_id}.png"
         save_overlay(
@@ -215,7 +208,7 @@ def _finish(cases: list[_Case], rows, names, num_classes, compat, out_dir, overl
             case.gt,
             case.pred,
             case.image,
-            f"{case.case_id} ({tag}, mean Dice {case.mean_dice:.3f})",
+            f"{case.case_id} ({tag}, mean Dice {case.mean_dice:.3f}), slice {case.slice_index}",
             num_classes,
         )
         files[f"overlay_{tag}"] = path
