@@ -1,10 +1,10 @@
 """Stage-2 (arco-finetune) step cost per sampler, and the gain of evaluating the representation head only at
 sampled pixels versus a dense full-resolution head.
 
-For each preset and variant it prints ms per iteration (forward + backward + SGD step + EMA/bank updates), the peak
-memory (CUDA: max allocated; CPU: peak RSS of a fresh worker process per variant) and the share of the step spent in
-pixel sampling and in the whole contrastive loss (sampling + head at sampled pixels + InfoNCE), timed around those
-calls. Ratios are computed within the same run.
+For each preset and variant it prints ms per iteration (forward + backward + SGD step + EMA/bank updates), the
+peak memory (CUDA: max allocated; CPU: peak RSS of a fresh worker process per variant) and the share of the
+step spent in pixel sampling and in the whole contrastive loss (sampling + head at sampled pixels + InfoNCE),
+timed around those calls. Ratios are computed within the same run.
 
     python benchmarks/bench_step.py                       # CPU: cpu preset, 5 iterations; acdc preset, 2
     python benchmarks/bench_step.py --presets acdc --iters 20 --device cuda
@@ -69,7 +69,11 @@ def _measure(preset: str, variant: str, iters: int, device_name: str, threads: i
     device = torch.device(device_name)
     sampler = variant.split("-")[0]
     cfg = ArcoFinetuneConfig(
-        sampler=sampler, num_queries=p["queries"], num_negatives=p["negatives"], bank_size=p["bank"], confidence=0.0
+        sampler=sampler,
+        num_queries=p["queries"],
+        num_negatives=p["negatives"],
+        bank_size=p["bank"],
+        confidence=0.0,
     )
     torch.manual_seed(0)
     m = ArcoFinetuneMethod(cfg, 4, 2, ModelConfig(arch="unet", dim=p["dim"], hidden_dim=p["dim"]))
@@ -152,7 +156,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["cpu", "acdc"], choices=sorted(PRESETS))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--iters", type=int, default=0, help="timed iterations (default: 5 on CPU presets, acdc 2)")
+    ap.add_argument(
+        "--iters", type=int, default=0, help="timed iterations (default: 5 on CPU presets, acdc 2)"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
     args = ap.parse_args()
@@ -177,7 +183,8 @@ def main() -> None:
         for variant, r in results.items():
             ratio = f"{r['ms'] / ref['ms']:.2f}x" if ref else "-"
             print(
-                f"| {preset} | {variant} | {r['ms']:.1f} | {r['peak_mb']:.0f} | {100 * r['sampling_share']:.1f} | "
+                f"| {preset} | {variant} | {r['ms']:.1f} | {r['peak_mb']:.0f} | "
+                f"{100 * r['sampling_share']:.1f} | "
                 f"{100 * r['contrast_share']:.1f} | {ratio} |"
             )
 

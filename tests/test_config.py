@@ -31,8 +31,16 @@ def test_presets_load_and_acdc_has_paper_settings():
 
 
 def test_overrides_are_parsed_as_yaml():
-    cfg = load_config("phantom2d", ["finetune.sampler=sag", "data.patch_size=[96, 96]", "engine.deterministic=true",
-                                    "optim.lr=0.05", "finetune.num_queries=32"])
+    cfg = load_config(
+        "phantom2d",
+        [
+            "finetune.sampler=sag",
+            "data.patch_size=[96, 96]",
+            "engine.deterministic=true",
+            "optim.lr=0.05",
+            "finetune.num_queries=32",
+        ],
+    )
     assert cfg.finetune.sampler == "sag" and cfg.data.patch_size == (96, 96)
     assert cfg.engine.deterministic is True and cfg.optim.lr == 0.05 and cfg.finetune.num_queries == 32
 

@@ -1,4 +1,4 @@
-"""Engine: a few iterations of every stage on tiny stand-in data (2D and 3D), resume, NaN stop, checkpoints."""
+"""Engine: a few iterations of every stage on tiny stand-in data (2D, 3D), resume, NaN stop, checkpoints."""
 
 from __future__ import annotations
 
@@ -100,8 +100,15 @@ FAST = {
     "supervised": SupervisedConfig(iterations=0, batch=2),
     "pretrain": ArcoPretrainConfig(iterations=0, batch_labeled=2, batch_unlabeled=2, queue_size=8),
     "finetune": ArcoFinetuneConfig(
-        iterations=0, batch_labeled=2, batch_unlabeled=2, num_queries=32, num_negatives=32, bank_size=64,
-        nn_bank=8, nn_k=2, confidence=0.5,
+        iterations=0,
+        batch_labeled=2,
+        batch_unlabeled=2,
+        num_queries=32,
+        num_negatives=32,
+        bank_size=64,
+        nn_bank=8,
+        nn_k=2,
+        confidence=0.5,
     ),
 }
 METHOD_OF = {"supervised": "supervised", "pretrain": "arco-pretrain", "finetune": "arco-finetune"}
@@ -117,8 +124,17 @@ def run_stage(tmp_path, stage, data, iterations, model=MODEL2D, engine=None, opt
     bu = 0 if stage == "supervised" else cfg.batch_unlabeled
     engine = engine or EngineConfig(device="cpu", log_every=5, val_every=0, progress=False)
     summary = fit(
-        method, data, stage=stage, iterations=iterations, batch_labeled=bl, batch_unlabeled=bu,
-        optim=optim or OptimConfig(lr=0.05), engine=engine, run_dir=tmp_path, config={"test": True}, **kw,
+        method,
+        data,
+        stage=stage,
+        iterations=iterations,
+        batch_labeled=bl,
+        batch_unlabeled=bu,
+        optim=optim or OptimConfig(lr=0.05),
+        engine=engine,
+        run_dir=tmp_path,
+        config={"test": True},
+        **kw,
     )
     return method, summary
 
@@ -133,8 +149,18 @@ def test_stage_2d_learns_and_writes_run_folder(tmp_path, stage):
     data = tiny_data(2)
     _, summary = run_stage(tmp_path, stage, data, 30)
     rows = read_log(tmp_path / "log.csv")
-    assert list(rows[0]) == ["iteration", "stage", "lr", "loss", "loss_sup", "loss_contrast", "loss_unsup",
-                             "loss_nn", "loss_inst", "val_dice"]
+    assert list(rows[0]) == [
+        "iteration",
+        "stage",
+        "lr",
+        "loss",
+        "loss_sup",
+        "loss_contrast",
+        "loss_unsup",
+        "loss_nn",
+        "loss_inst",
+        "val_dice",
+    ]
     first, last = float(rows[0]["loss_sup"]), float(rows[-1]["loss_sup"])
     assert last < 0.8 * first, (first, last)
     for name in ("config.yaml", "split.json", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
@@ -182,14 +208,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         run_stage(tmp_path, "supervised", data, 10, engine=eng)
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["iteration"] == 4
-    assert all(torch.isfinite(v).all() for v in state["predictor"]["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in state["predictor"]["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_stage2_initialises_from_stage1(tmp_path):
     data = tiny_data(2)
     pre, _ = run_stage(tmp_path / "pre", "pretrain", data, 2)
-    fine, _ = run_stage(tmp_path / "fine", "finetune", data, 1, init_from=tmp_path / "pre" / "checkpoints" / "last.pt",
-                        optim=OptimConfig(lr=0.0, momentum=0.0, weight_decay=0.0))
+    fine, _ = run_stage(
+        tmp_path / "fine",
+        "finetune",
+        data,
+        1,
+        init_from=tmp_path / "pre" / "checkpoints" / "last.pt",
+        optim=OptimConfig(lr=0.0, momentum=0.0, weight_decay=0.0),
+    )
     w_pre = pre.modules()["projector"].state_dict()["0.weight"]
     assert torch.equal(fine.modules()["projector"].state_dict()["0.weight"], w_pre)
 

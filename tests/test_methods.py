@@ -11,8 +11,14 @@ from arco.models import RepresentationHead
 SMALL = {
     "supervised": {},
     "arco-pretrain": {"queue_size": 4},
-    "arco-finetune": {"num_queries": 16, "num_negatives": 16, "bank_size": 32, "nn_bank": 8, "nn_k": 2,
-                      "confidence": 0.0},
+    "arco-finetune": {
+        "num_queries": 16,
+        "num_negatives": 16,
+        "bank_size": 32,
+        "nn_bank": 8,
+        "nn_k": 2,
+        "confidence": 0.0,
+    },
 }
 
 
@@ -29,8 +35,11 @@ def build(name: str, spatial_dims: int = 2, **over):
 def batch(spatial_dims: int = 2, b: int = 2) -> Batch:
     g = torch.Generator().manual_seed(1)
     s = (32, 32) if spatial_dims == 2 else (16, 16, 16)
-    return Batch(torch.randn(b, 1, *s, generator=g), torch.randint(0, 3, (b, *s), generator=g),
-                 torch.randn(b, 1, *s, generator=g))
+    return Batch(
+        torch.randn(b, 1, *s, generator=g),
+        torch.randint(0, 3, (b, *s), generator=g),
+        torch.randn(b, 1, *s, generator=g),
+    )
 
 
 def test_registry_lists_the_three_methods():
@@ -52,7 +61,9 @@ def test_one_step_finite_loss_gradients_and_frozen_teachers(name, spatial_dims):
     for mod_name, mod in m.modules().items():
         for pname, p in mod.named_parameters():
             if id(p) in trainable:
-                assert p.grad is not None and torch.isfinite(p.grad).all(), f"{mod_name}.{pname} got no gradient"
+                assert p.grad is not None and torch.isfinite(p.grad).all(), (
+                    f"{mod_name}.{pname} got no gradient"
+                )
             else:
                 assert mod_name.startswith("teacher"), f"{mod_name}.{pname} is not optimised"
                 assert not p.requires_grad and p.grad is None, f"teacher {mod_name}.{pname} got a gradient"
@@ -102,8 +113,18 @@ def test_generator_state_round_trip():
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="num_classes"):
-        METHODS.build("supervised", cfg=METHOD_CONFIGS["supervised"](), num_classes=1, spatial_dims=2,
-                      model=ModelConfig())
+        METHODS.build(
+            "supervised",
+            cfg=METHOD_CONFIGS["supervised"](),
+            num_classes=1,
+            spatial_dims=2,
+            model=ModelConfig(),
+        )
     with pytest.raises(ValueError, match="3D network but the data is 2D"):
-        METHODS.build("supervised", cfg=METHOD_CONFIGS["supervised"](), num_classes=2, spatial_dims=2,
-                      model=ModelConfig(arch="vnet"))
+        METHODS.build(
+            "supervised",
+            cfg=METHOD_CONFIGS["supervised"](),
+            num_classes=2,
+            spatial_dims=2,
+            model=ModelConfig(arch="vnet"),
+        )

@@ -1,4 +1,4 @@
-"""`arco train` and `arco demo` through the CLI: in-process on tiny phantoms, plus one subprocess error check."""
+"""`arco train` / `arco demo` via the CLI: in-process on tiny phantoms, plus one subprocess error check."""
 
 from __future__ import annotations
 
@@ -49,8 +49,14 @@ def test_train_runs_both_stages_in_process(tmp_path, capsys):
     assert main(_args(tmp_path)) == 0
     run = tmp_path / "run"
     for stage in ("pretrain", "finetune"):
-        for name in ("config.yaml", "split.json", "log.csv", "summary.json", "checkpoints/last.pt",
-                     "checkpoints/best.pt"):
+        for name in (
+            "config.yaml",
+            "split.json",
+            "log.csv",
+            "summary.json",
+            "checkpoints/last.pt",
+            "checkpoints/best.pt",
+        ):
             assert (run / stage / name).is_file(), f"{stage}/{name}"
     state = load_checkpoint(run / "finetune" / "checkpoints" / "last.pt")
     assert state["stage"] == "finetune" and state["iteration"] == 3
@@ -76,16 +82,30 @@ def test_train_supervised_stage_and_print_config(tmp_path, capsys):
 
 
 def test_bad_key_in_process_is_a_clean_error(tmp_path, capsys):
-    assert main(["train", "--config", "phantom2d", "--set", "finetune.sampl=sag", "--out", str(tmp_path)]) != 0
+    assert (
+        main(["train", "--config", "phantom2d", "--set", "finetune.sampl=sag", "--out", str(tmp_path)]) != 0
+    )
     err = capsys.readouterr().err
     assert "finetune.sampl" in err and "finetune.sampler" in err
 
 
 def test_bad_set_key_subprocess_exits_nonzero_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "arco", "train", "--config", "phantom2d", "--set", "optim.learning_rate=0.1",
-         "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "arco",
+            "train",
+            "--config",
+            "phantom2d",
+            "--set",
+            "optim.learning_rate=0.1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "optim.learning_rate" in proc.stderr
@@ -94,8 +114,17 @@ def test_bad_set_key_subprocess_exits_nonzero_without_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_demo_fast_end_to_end(tmp_path, capsys):
-    sets = [a for kv in ["pretrain.iterations=8", "finetune.iterations=8", "engine.val_every=4",
-                         "data.subjects=8", "engine.progress=false"] for a in ("--set", kv)]
+    sets = [
+        a
+        for kv in [
+            "pretrain.iterations=8",
+            "finetune.iterations=8",
+            "engine.val_every=4",
+            "data.subjects=8",
+            "engine.progress=false",
+        ]
+        for a in ("--set", kv)
+    ]
     assert main(["demo", "--out", str(tmp_path / "demo"), *sets]) == 0
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
     for method in ("supervised", "arco"):
@@ -103,3 +132,30 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert s["iterations"]["supervised"] == 16 and s["wall_seconds"] > 0
     assert (tmp_path / "demo" / "evaluation" / "arco" / "summary.json").is_file()
     assert "Δ Dice" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_phantom3d_vnet_pipeline_learns(tmp_path):
+    """SPEC §3/§7: both stages with the VNet, 3D samplers and 3D heads on phantom3d; Dice above chance."""
+    from arco.config import load_config, train
+
+    cfg = load_config(
+        "phantom3d",
+        [
+            f"data.root={tmp_path / 'data'}",
+            "data.subjects=8",
+            "data.image_size=32",
+            "data.patch_size=[32, 32, 32]",
+            "data.labeled=2",
+            "model.n_filters=8",
+            "pretrain.iterations=40",
+            "finetune.iterations=80",
+            "finetune.confidence=0.8",
+            "optim.lr=0.05",
+            "engine.device=cpu",
+            "engine.val_every=40",
+            "engine.progress=false",
+        ],
+    )
+    out = train(cfg, tmp_path / "run")
+    assert out["finetune"]["best_val_dice"] > 0.5, out["finetune"]

@@ -1,4 +1,4 @@
-"""Run configuration: YAML presets + ``--set`` overrides -> :class:`RunConfig` of frozen dataclasses -> training.
+"""Run configuration: YAML presets + ``--set`` overrides -> :class:`RunConfig` (frozen dataclasses) -> runs.
 
 Sections (each a dataclass defined next to its component)::
 
@@ -12,7 +12,7 @@ Sections (each a dataclass defined next to its component)::
     eval        EvalConfig                                metric conventions
     stages      list of stages run by ``arco train`` (default ``[pretrain, finetune]``)
 
-An unknown key or a value of the wrong type is a :class:`ConfigError` naming the key and the nearest valid one.
+An unknown key or a wrongly typed value is a :class:`ConfigError` naming the key and the nearest valid one.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class EvalConfig:
     """Metric conventions of validation and test evaluation.
 
     Attributes:
-        compat: empty-mask policy, ``"default"`` (explicit, counted) or ``"reference"`` (the reference code's).
+        compat: empty-mask policy, ``"default"`` (explicit, counted) or ``"reference"`` (the reference
+            code's).
     """
 
     compat: str = "default"
@@ -67,7 +68,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run needs; ``to_dict(cfg)`` is what every checkpoint and ``config.yaml`` store."""
+    """Everything a training run needs; ``to_dict(cfg)`` is stored in every checkpoint and ``config.yaml``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -80,7 +81,7 @@ class RunConfig:
     stages: tuple[str, ...] = ("pretrain", "finetune")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # dict <-> dataclass with type checks
 
 
@@ -114,7 +115,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} must be true or false, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"config key {key!r} must be true or false, got {type(value).__name__} {value!r}"
+            )
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -134,7 +137,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``values``; unknown keys and wrong types raise :class:`ConfigError`."""
     if not isinstance(values, dict):
-        raise ConfigError(f"config section {prefix.rstrip('.') or '(top level)'} must be a mapping, got {values!r}")
+        raise ConfigError(
+            f"config section {prefix.rstrip('.') or '(top level)'} must be a mapping, got {values!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -162,7 +167,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # YAML presets and overrides
 
 
@@ -194,7 +199,11 @@ def _read_yaml(name_or_path: str | os.PathLike, seen: tuple[str, ...] = ()) -> d
     if base is not None:
         if str(base) in seen:
             raise ConfigError(f"config {path}: 'extends' forms a cycle through {base!r}")
-        ref = Path(base) if Path(base).is_absolute() or not (path.parent / str(base)).is_file() else path.parent / base
+        ref = (
+            Path(base)
+            if Path(base).is_absolute() or not (path.parent / str(base)).is_file()
+            else path.parent / base
+        )
         raw = _merge(_read_yaml(str(ref), (*seen, str(base))), raw)
     return raw
 
@@ -207,7 +216,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML: ``4``, ``0.5``, ``true``, ``[96, 96]``, ``sag``)."""
+    """Apply ``key.sub=value`` strings (values parsed as YAML: ``4``, ``0.5``, ``true``, ``[96, 96]``,
+    ``sag``).
+    """
     import copy
 
     import yaml
@@ -232,7 +243,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return out
 
 
-def load_config(name_or_path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(
+    name_or_path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
     """Preset name or YAML path (None = defaults) + overrides -> validated :class:`RunConfig`."""
     raw = _read_yaml(name_or_path) if name_or_path is not None else {}
     cfg = from_dict(RunConfig, apply_overrides(raw, overrides))
@@ -245,7 +258,7 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: list[s
     return cfg
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Running the stages
 
 

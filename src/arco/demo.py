@@ -1,8 +1,8 @@
 """The whole story on the built-in phantom, sized for a 2-core CPU: supervised baseline vs ARCO-SG.
 
 Both methods see the same labeled subjects, the same network, the same number of supervised iterations (the
-baseline trains ``pretrain.iterations + finetune.iterations`` steps, ARCO's two stages together as many), and both
-are scored with their best-on-val checkpoint on the test split.
+baseline trains ``pretrain.iterations + finetune.iterations`` steps, ARCO's two stages together as many), and
+both are scored with their best-on-val checkpoint on the test split.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from arco._io import atomic_write_text
 from arco.config import RunConfig, load_config, to_dict, train
 
-__all__ = ["DEMO_PRESET", "demo_config", "run_demo", "format_table"]
+__all__ = ["DEMO_PRESET", "demo_config", "run_demo", "evaluate_checkpoint", "format_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ DEMO_PRESET = "demo"
 
 
 def demo_config(out: str | os.PathLike, fast: bool = False, overrides: tuple[str, ...] = ()) -> RunConfig:
-    """The ``demo`` preset with its data under ``out/data``; ``fast`` divides every schedule by 4 (smoke test)."""
+    """The ``demo`` preset with its data under ``out/data``; ``fast`` divides every schedule by 4 (smoke
+    test).
+    """
     cfg = load_config(DEMO_PRESET, (f"data.root={Path(out) / 'data'}", *overrides))
     if fast:
         cfg = replace(
@@ -45,7 +47,9 @@ def _scores(result: Any) -> dict[str, Any]:
         "dice": s["mean"]["dice"],
         "asd": s["mean"]["asd"],
         "hd95": s["mean"]["hd95"],
-        "per_class": {name: {m: e["mean"][m] for m in ("dice", "asd", "hd95")} for name, e in s["per_class"].items()},
+        "per_class": {
+            name: {m: e["mean"][m] for m in ("dice", "asd", "hd95")} for name, e in s["per_class"].items()
+        },
     }
 
 
@@ -66,21 +70,51 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def evaluate_checkpoint(
+    ckpt: str | os.PathLike, data: Any, cfg: RunConfig, out_dir: Any = None
+) -> dict[str, Any]:
+    """Score a run's best checkpoint on ``data.test``; returns mean and per-class Dice/ASD/HD95."""
+    import torch
+
+    from arco.checkpoint import load_predictor
+    from arco.engine import resolve_device
+    from arco.evaluation.report import evaluate
+
+    device = resolve_device(cfg.engine.device)
+    model, _ = load_predictor(ckpt, map_location=device)
+    model.to(device)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return model(x.to(device)).logits
+
+    with torch.no_grad():
+        result = evaluate(
+            predict,
+            data.test,
+            data.num_classes,
+            data.spatial_dims,
+            data.patch_size,
+            class_names=data.class_names,
+            compat=cfg.eval.compat,
+            out_dir=out_dir,
+            device=str(device),
+        )
+    return _scores(result)
+
+
 def run_demo(
     out: str | os.PathLike = "arco-demo", fast: bool = False, overrides: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """Generate the phantom (if absent), train both methods, evaluate on the test split, write ``out/summary.json``.
+    """Generate the phantom (if absent), train both methods, evaluate them on the test split and write
+    ``out/summary.json``.
 
     Returns:
-        The summary: ``{"supervised": {"dice", "asd", "hd95", "per_class"}, "arco": {...}, "wall_seconds", ...}``;
+        ``{"supervised": {"dice", "asd", "hd95", "per_class"}, "arco": {...}, "wall_seconds", ...}``;
         ``summary["table"]`` is the Markdown comparison table.
     """
     import torch
 
-    from arco.checkpoint import load_predictor
     from arco.data import build_data
-    from arco.engine import resolve_device
-    from arco.evaluation.report import evaluate
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -99,27 +133,12 @@ def run_demo(
     train(cfg, out / "arco", stages=("pretrain", "finetune"), data=data)
     timings["arco"] = time.perf_counter() - t
 
-    device = resolve_device(cfg.engine.device)
     results: dict[str, Any] = {}
-    for name, ckpt in (("supervised", out / "supervised" / "supervised"), ("arco", out / "arco" / "finetune")):
-        model, _ = load_predictor(ckpt, map_location=device)
-        model.to(device)
-
-        def predict(x: torch.Tensor, model: Any = model) -> torch.Tensor:
-            return model(x.to(device)).logits
-
-        result = evaluate(
-            predict,
-            data.test,
-            data.num_classes,
-            data.spatial_dims,
-            data.patch_size,
-            class_names=data.class_names,
-            compat=cfg.eval.compat,
-            out_dir=out / "evaluation" / name,
-            device=str(device),
-        )
-        results[name] = _scores(result)
+    for name, ckpt in (
+        ("supervised", out / "supervised" / "supervised"),
+        ("arco", out / "arco" / "finetune"),
+    ):
+        results[name] = evaluate_checkpoint(ckpt, data, cfg, out / "evaluation" / name)
     summary: dict[str, Any] = {
         **results,
         "test_cases": [v.case_id for v in data.test],

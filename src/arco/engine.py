@@ -1,10 +1,11 @@
-"""The one training loop (STYLE.md §3): device, precision, optimiser and schedule, data stream, logging, validation,
-checkpoints and resume. It knows the :class:`arco.methods.base.Method` protocol, never a concrete method.
+"""The one training loop (STYLE.md §3): device, precision, optimiser and schedule, data stream, logging,
+validation, checkpoints and resume. It knows the :class:`arco.methods.base.Method` protocol, never a concrete
+method.
 
-Resume is exact in deterministic CPU mode: the data stream is a pure function of ``(seed, iteration)`` (an infinite
-sampler whose order is a permutation seeded by ``(seed, epoch)``, and per-sample augmentation seeded by
-``(seed, iteration, slot)``), and the checkpoint holds every other random state (torch CPU/CUDA, numpy, python, the
-method's generator), the optimiser, the memory banks/queues and the iteration.
+Resume is exact in deterministic CPU mode: the data stream is a pure function of ``(seed, iteration)``
+(an infinite sampler whose order is a permutation seeded by ``(seed, epoch)``, and per-sample augmentation
+seeded by ``(seed, iteration, slot)``), and the checkpoint holds every other random state (torch CPU/CUDA,
+numpy, python, the method's generator), the optimiser, the memory banks/queues and the iteration.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class OptimConfig:
         lr: initial learning rate (0.01).
         momentum: SGD momentum (0.9).
         weight_decay: L2 weight decay (1e-4).
-        schedule: ``"poly"`` ((1 - t/T)^0.9, reference code) or ``"step"`` (x ``gamma`` every ``step_size``, paper).
+        schedule: ``"poly"`` ((1 - t/T)^0.9, reference code) or ``"step"`` (x ``gamma`` every ``step_size``,
+            paper).
         step_size: iterations between decays of the step schedule (2500).
         gamma: decay factor of the step schedule (0.1).
         power: exponent of the poly schedule (0.9).
@@ -92,9 +94,12 @@ class EngineConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast, CUDA only; fp16 uses a GradScaler).
         seed: seeds weights, data order, augmentation and the method's sampler generator.
-        deterministic: ``torch.use_deterministic_algorithms(True)`` during training (needed for exact resume on CUDA).
-        log_every: iterations between log rows / progress updates / the non-finite-loss check (the only host syncs).
-        val_every: iterations between validations on the val split and ``last.pt`` checkpoints (0 = only at the end).
+        deterministic: ``torch.use_deterministic_algorithms(True)`` during training (needed for exact resume
+            on CUDA).
+        log_every: iterations between log rows / progress updates / the non-finite-loss check (the only host
+            syncs).
+        val_every: iterations between validations on the val split and ``last.pt`` checkpoints (0 = only at
+            the end).
         num_workers: data-loader worker processes (0 = load in the main process).
         threads: torch intra-op CPU threads (0 = torch's default).
         progress: show a tqdm progress bar.
@@ -124,14 +129,16 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as exc:
         raise ValueError(f"engine.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"engine.device={name!r} but CUDA is not available here; use engine.device=cpu or auto")
+        raise ValueError(
+            f"engine.device={name!r} but CUDA is not available here; use engine.device=cpu or auto"
+        )
     return dev
 
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) global generators (weight initialisation, dropout)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - global state on purpose
     torch.manual_seed(seed)
 
 
@@ -142,7 +149,7 @@ def lr_factor(cfg: OptimConfig, iteration: int, total: int) -> float:
     return cfg.gamma ** (iteration // max(cfg.step_size, 1))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Deterministic, resumable data stream
 
 
@@ -157,8 +164,10 @@ def _mix(*values: int) -> int:
 
 
 class _SeededItems(torch.utils.data.Dataset):
-    """Wraps a dataset: item ``(index, seed)`` fetches ``dataset[index]`` with the global RNGs seeded by ``seed``, so a
-    sample's augmentation depends only on its seed (in the main process or any worker). Global states are restored."""
+    """Wraps a dataset: item ``(index, seed)`` fetches ``dataset[index]`` with the global RNGs seeded by
+    ``seed``, so a
+    sample's augmentation depends only on its seed (in the main process or any worker). Global states are
+    restored."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -168,23 +177,32 @@ class _SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()  # noqa: NPY002 - global state on purpose
         torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
+        np.random.seed(seed % 2**32)  # noqa: NPY002 - global state on purpose
         random.seed(seed)
         try:
             return self.dataset[index]
         finally:
             torch.set_rng_state(saved[0])
-            np.random.set_state(saved[1])
+            np.random.set_state(saved[1])  # noqa: NPY002 - global state on purpose
             random.setstate(saved[2])
 
 
 class _StreamSampler(torch.utils.data.Sampler):
-    """Batches of ``(index, seed)`` for iterations ``start..total-1``; a pure function of (seed, stream, iteration)."""
+    """Batches of ``(index, seed)`` for iterations ``start..total-1``; a pure function of (seed, stream,
+    iteration).
+    """
 
     def __init__(self, size: int, batch: int, seed: int, stream: int, start: int, total: int) -> None:
-        self.size, self.batch, self.seed, self.stream, self.start, self.total = size, batch, seed, stream, start, total
+        self.size, self.batch, self.seed, self.stream, self.start, self.total = (
+            size,
+            batch,
+            seed,
+            stream,
+            start,
+            total,
+        )
         self._perm: tuple[int, list[int]] | None = None
 
     def _order(self, epoch: int) -> list[int]:
@@ -197,7 +215,9 @@ class _StreamSampler(torch.utils.data.Sampler):
         out = []
         for j in range(self.batch):
             k = iteration * self.batch + j
-            out.append((self._order(k // self.size)[k % self.size], _mix(self.seed, self.stream, iteration, j)))
+            out.append(
+                (self._order(k // self.size)[k % self.size], _mix(self.seed, self.stream, iteration, j))
+            )
         return out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -209,7 +229,9 @@ class _StreamSampler(torch.utils.data.Sampler):
 
 
 class BatchStream:
-    """Labeled (+ unlabeled) batches for iterations ``start..total-1``, reproducible from ``(seed, iteration)``."""
+    """Labeled (+ unlabeled) batches for iterations ``start..total-1``, reproducible from ``(seed,
+    iteration)``.
+    """
 
     def __init__(
         self,
@@ -227,7 +249,8 @@ class BatchStream:
             raise ArcoError("the labeled training set is empty; check data.labeled and the dataset folder")
         if unlabeled is not None and len(unlabeled) == 0:
             raise ArcoError(
-                "this method needs unlabeled images but the unlabeled set is empty (every training case is labeled?); "
+                "this method needs unlabeled images but the unlabeled set is empty (is every training case "
+                "labeled?); "
                 "lower data.labeled or train the 'supervised' stage"
             )
 
@@ -254,12 +277,12 @@ class BatchStream:
             yield Batch(lab["image"], lab["label"].long(), image_u)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Random states and checkpoints
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - global state on purpose
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -279,7 +302,9 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(  # noqa: NPY002 - global state on purpose
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     p = state["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
     if "cuda" in state and torch.cuda.is_available():
@@ -295,7 +320,9 @@ def _all_finite(method: Method) -> bool:
 
 
 def _module_states(method: Method) -> dict[str, Any]:
-    return {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in method.modules().items()}
+    return {
+        name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in method.modules().items()
+    }
 
 
 def _load_modules(method: Method, states: dict[str, Any], strict: bool, source: Path) -> list[str]:
@@ -303,7 +330,9 @@ def _load_modules(method: Method, states: dict[str, Any], strict: bool, source: 
     for name, m in method.modules().items():
         if name not in states:
             if strict:
-                raise CheckpointError(f"{source} has no weights for module {name!r}; was it written by this stage?")
+                raise CheckpointError(
+                    f"{source} has no weights for module {name!r}; was it written by this stage?"
+                )
             continue
         try:
             m.load_state_dict(states[name], strict=True)
@@ -316,7 +345,7 @@ def _load_modules(method: Method, states: dict[str, Any], strict: bool, source: 
     return loaded
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Logging
 
 
@@ -345,9 +374,7 @@ class _Logger:
 
     def write(self, row: dict[str, Any], extra: dict[str, float]) -> None:
         with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=LOG_COLUMNS).writerow(
-                {k: _fmt(row.get(k)) for k in LOG_COLUMNS}
-            )
+            csv.DictWriter(fh, fieldnames=LOG_COLUMNS).writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
         if self.tb is not None:
             it = int(row["iteration"])
             for k, v in {**row, **extra}.items():
@@ -367,12 +394,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The loop
 
 
 def _validate(
-    method: Method, volumes: list[Any], data: Any, device: torch.device, autocast: Callable, batch: int, compat: str
+    method: Method,
+    volumes: list[Any],
+    data: Any,
+    device: torch.device,
+    autocast: Callable,
+    batch: int,
+    compat: str,
 ) -> float:
     from arco.evaluation.report import evaluate
 
@@ -418,21 +451,25 @@ def fit(
     eval_compat: str = "default",
     stop_at: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``method`` on ``data`` (a :class:`arco.data.SegmentationData`) for ``iterations`` optimiser steps.
+    """Train ``method`` on ``data`` (a :class:`arco.data.SegmentationData`) for ``iterations`` optimiser
+    steps.
 
-    Writes ``run_dir/{config.yaml, split.json, log.csv, checkpoints/last.pt, checkpoints/best.pt, summary.json,
+    Writes ``run_dir/{config.yaml, split.json, log.csv, checkpoints/last.pt, checkpoints/best.pt,
+    summary.json,
     curves.png}``. ``best.pt`` is chosen by mean foreground Dice on the val split (never the test split).
 
     Args:
         method: a built method (weights initialised; call :func:`seed_everything` before building it).
         stage: name written to the log (``pretrain``, ``finetune``, ``supervised``).
-        iterations, batch_labeled, batch_unlabeled: schedule (``batch_unlabeled`` unused when the method needs none).
+        iterations, batch_labeled, batch_unlabeled: schedule (``batch_unlabeled`` unused when the method needs
+            none).
         optim, engine: optimiser and loop settings.
         run_dir: output folder of this stage.
         config: resolved configuration, stored in ``config.yaml`` and in every checkpoint.
         resume: continue from ``run_dir/checkpoints/last.pt`` (identical weights to an uninterrupted run in
             deterministic CPU mode). Without a ``last.pt`` the run starts fresh.
-        init_from: checkpoint whose modules initialise the method when not resuming (stage 2 from stage 1): every
+        init_from: checkpoint whose modules initialise the method when not resuming (stage 2 from stage 1):
+            every
             module with the same name is loaded.
         eval_compat: empty-mask policy of the validation metrics.
         stop_at: stop after this iteration as if interrupted (tests of resume).
@@ -461,7 +498,9 @@ def fit(
         torch.set_num_threads(engine.threads)
     precision = engine.precision
     if precision != "fp32" and device.type != "cuda":
-        warnings.warn(f"engine.precision={precision} is only used on CUDA; training in fp32 on {device}", stacklevel=2)
+        warnings.warn(
+            f"engine.precision={precision} is only used on CUDA; training in fp32 on {device}", stacklevel=2
+        )
         precision = "fp32"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
@@ -495,7 +534,11 @@ def fit(
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        start, best_dice, best_iter = int(state["iteration"]), float(state["best_dice"]), int(state["best_iteration"])
+        start, best_dice, best_iter = (
+            int(state["iteration"]),
+            float(state["best_dice"]),
+            int(state["best_iteration"]),
+        )
         logger.info("%s: resuming from %s at iteration %d", stage, last_path, start)
     else:
         if resume:
@@ -554,7 +597,8 @@ def fit(
     def save_last(iteration: int) -> None:
         if not _all_finite(method):
             raise ArcoError(
-                f"{stage}: weights became non-finite before iteration {iteration}; not overwriting {last_path}. "
+                f"{stage}: weights became non-finite before iteration {iteration}; not overwriting "
+                f"{last_path}. "
                 "Lower optim.lr, use engine.precision=fp32, or check the data."
             )
         state = checkpoint_state(iteration)
@@ -606,10 +650,10 @@ def fit(
             if at_log or at_val:
                 if not bool(finite):
                     raise ArcoError(
-                        f"{stage}: the loss became NaN/inf between iterations {last_logged + 1} and {it}; training "
-                        f"stopped. The last good checkpoint is kept at {last_path} "
-                        f"({'present' if last_path.is_file() else 'none written yet'}). Try a lower optim.lr, "
-                        "engine.precision=fp32, or optim.grad_clip > 0."
+                        f"{stage}: the loss became NaN/inf between iterations {last_logged + 1} and {it}; "
+                        f"training stopped. The last good checkpoint is kept at {last_path} "
+                        f"({'present' if last_path.is_file() else 'none written yet'}). Try a lower "
+                        "optim.lr, engine.precision=fp32, or optim.grad_clip > 0."
                     )
                 means = {k: float(v) / n_acc for k, v in sums.items()}
                 last_row = {"iteration": it, "stage": stage, "lr": lr, **means}
@@ -630,8 +674,14 @@ def fit(
                         if not _all_finite(method):
                             raise ArcoError(f"{stage}: weights became non-finite at iteration {it}")
                         save_checkpoint(state, best_path)
-                    logger.info("%s: iteration %d val Dice %.4f (best %.4f @ %d)", stage, it, val_dice, best_dice,
-                                best_iter)
+                    logger.info(
+                        "%s: iteration %d val Dice %.4f (best %.4f @ %d)",
+                        stage,
+                        it,
+                        val_dice,
+                        best_dice,
+                        best_iter,
+                    )
                 last_row["val_dice"] = val_dice
                 log.write(last_row, {k: v for k, v in means.items() if k not in LOG_COLUMNS})
                 if at_val:

@@ -9,15 +9,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="train the supervised baseline and ARCO-SG on the built-in phantom and compare them",
-        description="Generate the phantom2d data (if absent) under DIR/data, train the supervised baseline and "
-        "ARCO-SG (stage 1 + stage 2) on the same labeled subjects with a CPU-sized schedule, evaluate both on "
-        "the test split (DIR/evaluation/<method>/) and print per-class Dice/ASD with the difference. "
+        description="Generate the phantom2d data (if absent) under DIR/data, train the supervised "
+        "baseline and ARCO-SG (stage 1 + stage 2) on the same labeled subjects with a CPU-sized schedule, "
+        "evaluate both on the test split (DIR/evaluation/<method>/) and print per-class Dice/ASD with the "
+        "difference. "
         "DIR/summary.json holds the numbers and the wall time.",
     )
     p.add_argument("--out", "-o", default="arco-demo", help="output folder (default: ./arco-demo)")
     p.add_argument("--fast", action="store_true", help="a 4x shorter schedule (smoke test; ARCO may not win)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of the demo preset (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the demo preset (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -25,10 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from arco.demo import run_demo
 
     s = run_demo(args.out, fast=args.fast, overrides=tuple(args.overrides))
-    print(f"\nTest split ({len(s['test_cases'])} cases), best-on-val checkpoints; labeled subjects: "
-          f"{', '.join(s['labeled'] or [])}")
+    print(
+        f"\nTest split ({len(s['test_cases'])} cases), best-on-val checkpoints; labeled subjects: "
+        f"{', '.join(s['labeled'] or [])}"
+    )
     print(s["table"])
-    print(f"\nmean foreground Dice: supervised {s['supervised']['dice']:.4f}, ARCO-SG {s['arco']['dice']:.4f} "
-          f"({s['arco']['dice'] - s['supervised']['dice']:+.4f}); wall time {s['wall_seconds']:.0f} s")
+    print(
+        f"\nmean foreground Dice: supervised {s['supervised']['dice']:.4f}, ARCO-SG {s['arco']['dice']:.4f} "
+        f"({s['arco']['dice'] - s['supervised']['dice']:+.4f}); wall time {s['wall_seconds']:.0f} s"
+    )
     print(f"details: {args.out}/summary.json, {args.out}/evaluation/")
     return 0

@@ -16,12 +16,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train ARCO (stage 1 + stage 2) or the supervised baseline",
-        description="Train on a dataset given by a config preset or YAML file. Each stage writes its own folder "
-        "RUN/<stage> with config.yaml, split.json, log.csv, checkpoints/{last,best}.pt, summary.json, curves.png.",
+        description="Train on a dataset given by a config preset or YAML file. Each stage writes its own "
+        "folder RUN/<stage> with config.yaml, split.json, log.csv, checkpoints/{last,best}.pt, summary.json "
+        "and curves.png.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", "-c", default="phantom2d", help="preset name (see --list-presets) or YAML path")
+    p.add_argument(
+        "--config", "-c", default="phantom2d", help="preset name (see --list-presets) or YAML path"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -34,10 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--stage",
         choices=("pretrain", "finetune", "supervised", "all"),
         default=None,
-        help="which stage to run (default: the config's `stages`, normally pretrain then finetune; all = both)",
+        help="stage to run (default: the config's `stages`, normally pretrain then finetune; all = both)",
     )
     p.add_argument("--out", "-o", default=None, help="run folder (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue each stage from RUN/<stage>/checkpoints/last.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue each stage from RUN/<stage>/checkpoints/last.pt"
+    )
     p.add_argument("--init", default=None, metavar="CKPT", help="initialise finetune from this checkpoint")
     p.add_argument("--list-presets", action="store_true", help="print the built-in presets and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -68,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     for stage, s in results.items():
         best = s.get("best_val_dice")
         best_text = "n/a (no val split)" if best is None else f"{best:.4f} @ {s.get('best_iteration')}"
-        print(f"{stage}: {s['completed_iterations']}/{s['iterations']} iterations in {s['wall_seconds']:.0f} s, "
-              f"best val Dice {best_text}; checkpoint {s['checkpoints']['best']}")
+        print(
+            f"{stage}: {s['completed_iterations']}/{s['iterations']} iterations in "
+            f"{s['wall_seconds']:.0f} s, "
+            f"best val Dice {best_text}; checkpoint {s['checkpoints']['best']}"
+        )
     return 0

@@ -5,13 +5,15 @@
 - ``arco-finetune`` (stage 2, anatomical contrastive fine-tuning):
   ``L = L_sup + λ1·L_contrast + λ2·L_unsup + λ3·L_nn`` with λ = (0.01, 1, 1).
 
-Both keep an EMA teacher (in eval mode) of the student and of the heads. Module names are shared between the stages
-(``student``, ``teacher``, ``projector``, ``predictor``, ``teacher_projector``) so stage 2 starts from stage 1's weights.
+Both keep an EMA teacher (in eval mode) of the student and of the heads. Module names are shared between the
+stages (``student``, ``teacher``, ``projector``, ``predictor``, ``teacher_projector``) so stage 2 starts from
+stage 1's weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,7 +136,9 @@ class _ArcoBase(MethodBase):
 class ArcoPretrainMethod(_ArcoBase):
     """Stage 1: supervised loss + relational instance discrimination on global and local embeddings."""
 
-    def __init__(self, cfg: ArcoPretrainConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
+    def __init__(
+        self, cfg: ArcoPretrainConfig, num_classes: int, spatial_dims: int, model: ModelConfig
+    ) -> None:
         super().__init__(num_classes, spatial_dims, model, cfg.ema)
         self.cfg = cfg
         self.slots = int(cfg.local_grid) ** spatial_dims
@@ -143,7 +147,9 @@ class ArcoPretrainMethod(_ArcoBase):
         self.local_predictor = PredictionHead(model.dim, model.hidden_dim, model.dim)
         self.teacher_local_projector = make_teacher(self.local_projector)
         self.inst_global = RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=1)
-        self.inst_local = RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=self.slots)
+        self.inst_local = RelationalInstanceLoss(
+            model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=self.slots
+        )
         self._modules.update(
             local_projector=self.local_projector,
             local_predictor=self.local_predictor,
@@ -197,9 +203,13 @@ class ArcoPretrainMethod(_ArcoBase):
 
 
 class ArcoFinetuneMethod(_ArcoBase):
-    """Stage 2: supervised + pixel contrastive (sampled pixels only) + confident pseudo-labels + nearest neighbours."""
+    """Stage 2: supervised + pixel contrastive (sampled pixels only) + confident pseudo-labels + nearest
+    neighbours.
+    """
 
-    def __init__(self, cfg: ArcoFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
+    def __init__(
+        self, cfg: ArcoFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig
+    ) -> None:
         super().__init__(num_classes, spatial_dims, model, cfg.ema)
         self.cfg = cfg
         self.rep_head = RepresentationHead(self.student.feature_channels, model.dim, spatial_dims)
@@ -216,7 +226,10 @@ class ArcoFinetuneMethod(_ArcoBase):
         )
         self.nn_loss = NearestNeighbourLoss(model.dim, bank_size=cfg.nn_bank, k=cfg.nn_k)
         self._modules.update(
-            rep_head=self.rep_head, teacher_rep_head=self.teacher_rep_head, contrast=self.contrast, nn_loss=self.nn_loss
+            rep_head=self.rep_head,
+            teacher_rep_head=self.teacher_rep_head,
+            contrast=self.contrast,
+            nn_loss=self.nn_loss,
         )
         self._trainable += ["rep_head"]
         self._frozen += ["teacher_rep_head"]

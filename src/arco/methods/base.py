@@ -1,7 +1,7 @@
 """The method contract (STYLE.md §3): what a training method supplies to the one engine.
 
-A method owns its networks, heads and losses and turns a batch into a loss. It never calls ``backward()``, steps the
-optimiser, writes files, or syncs with the host (no ``.item()``); the engine does all of that.
+A method owns its networks, heads and losses and turns a batch into a loss. It never calls ``backward()``,
+steps the optimiser, writes files, or syncs with the host (no ``.item()``); the engine does all of that.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ class ModelConfig:
 
     Attributes:
         arch: registered model name (``"unet"`` 2D, ``"vnet"`` 3D).
-        dim: width D of the representation head and of the embeddings (paper: 512; 16-64 in 3D, 64-128 on CPU).
+        dim: width D of the representation head and of the embeddings (paper: 512; 16-64 in 3D, 64-128 on
+            CPU).
         hidden_dim: hidden width of the projector/predictor MLPs.
         in_channels: image channels.
         n_filters: base width of the VNet (16 as in UA-MT; smaller for quick CPU tests). Ignored by the UNet.
@@ -35,7 +36,9 @@ class ModelConfig:
 
 
 def build_backbone(cfg: ModelConfig, num_classes: int, spatial_dims: int) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the registered segmentation network; return it with its ``{"arch", "kwargs"}`` (stored in checkpoints)."""
+    """Build the registered segmentation network; return it with its ``{"arch", "kwargs"}`` (stored in
+    checkpoints).
+    """
     from arco.models import MODELS
 
     kwargs: dict[str, Any] = {"in_channels": int(cfg.in_channels), "num_classes": int(num_classes)}
@@ -54,7 +57,8 @@ def build_backbone(cfg: ModelConfig, num_classes: int, spatial_dims: int) -> tup
 class Batch:
     """One training batch on the device.
 
-    ``image_l (B_l, 1, *S)`` float and ``label_l (B_l, *S)`` int64 are the labeled part; ``image_u (B_u, 1, *S)`` the
+    ``image_l (B_l, 1, *S)`` float and ``label_l (B_l, *S)`` int64 are the labeled part; ``image_u (B_u, 1,
+    *S)`` the
     weakly augmented unlabeled images (``None`` for supervised-only methods).
     """
 
@@ -71,7 +75,9 @@ class Batch:
 
 
 class StepOutput(NamedTuple):
-    """``loss``: scalar tensor to minimise; ``logs``: detached scalar tensors (``loss_sup``, ...) averaged by the engine."""
+    """``loss``: scalar tensor to minimise; ``logs``: detached scalar tensors (``loss_sup``, ...) averaged by
+    the engine.
+    """
 
     loss: torch.Tensor
     logs: dict[str, torch.Tensor]
@@ -82,6 +88,7 @@ class Method(Protocol):
     """What the engine needs from a method (see STYLE.md §3)."""
 
     needs_unlabeled: bool
+    predictor_spec: dict[str, Any]  # {"arch", "kwargs"} of predictor(), stored in checkpoints
 
     def setup(self, device: torch.device, seed: int) -> None: ...
 
@@ -114,7 +121,8 @@ def set_generator_state(gen: torch.Generator, state: torch.Tensor) -> None:
 class MethodBase:
     """Shared plumbing: the module dict, device placement, the method's random generator and its state.
 
-    Subclasses fill ``self._modules`` (name -> module; everything checkpointed, losses with their banks included),
+    Subclasses fill ``self._modules`` (name -> module; everything checkpointed, losses with their banks
+    included),
     list the trainable names in ``self._trainable`` and the EMA teachers in ``self._frozen``.
     """
 
@@ -145,7 +153,9 @@ class MethodBase:
         self.generator.manual_seed(int(seed) + 7919)
 
     def train(self, mode: bool = True) -> None:
-        """Trainable modules follow ``mode``; EMA teachers always stay in eval mode (SPEC §3: eval-mode pseudo-labels)."""
+        """Trainable modules follow ``mode``; EMA teachers always stay in eval mode (SPEC §3: eval-mode
+        pseudo-labels).
+        """
         for name, m in self._modules.items():
             m.train(mode and name not in self._frozen)
 
