@@ -43,6 +43,8 @@ class ArcoPretrainConfig:
         tau_s / tau_t: student / teacher temperatures of the relation softmax (paper: 0.1 / 0.01).
         ema: teacher momentum (paper: 0.99).
         local_grid: local windows per spatial axis for the local branch (2 -> 2x2 in 2D, 2x2x2 in 3D).
+        lambda_inst: weight of ``L_inst_global + L_inst_local`` (paper: 1; short CPU schedules use less so
+            the instance terms do not swamp ``L_sup``).
     """
 
     iterations: int = 30000
@@ -53,6 +55,7 @@ class ArcoPretrainConfig:
     tau_t: float = 0.01
     ema: float = 0.99
     local_grid: int = 2
+    lambda_inst: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ class ArcoPretrainMethod(_ArcoBase):
         loss_g = self.inst_global(s_global, t_global)
         loss_l = self.inst_local(s_local, t_local)
         self._pending = (t_global.detach(), t_local.detach())
-        loss = loss_sup + loss_g + loss_l
+        loss = loss_sup + self.cfg.lambda_inst * (loss_g + loss_l)
         logs = {
             "loss_sup": loss_sup.detach(),
             "loss_inst": (loss_g + loss_l).detach(),
