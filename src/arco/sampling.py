@@ -12,7 +12,8 @@ one class in :func:`sample_per_class`, one Monte-Carlo trial in :func:`sample_ma
 Note: SAG follows SPEC §2 literally (a mirror outside the candidates is replaced by a fresh draw from the
 group). Candidates whose mirror is no candidate are then drawn less often, so SAG's plain mean is biased where
 a cell's region is not mirror-symmetric (unbiased on symmetric regions, e.g. full masks with even cells).
-The reference code's list-position strata ("sg-ref"/"sag-ref") are not implemented.
+The reference code's list-position strata are reproduced, for comparison studies only, as the strategies
+"sg-ref"/"sag-ref" of :func:`sample` and :func:`estimate` (:mod:`arco.sampling_ref`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from arco._checks import choice
 __all__ = ["STRATEGIES", "sample", "estimate", "sample_per_class", "sample_many", "group_ids"]
 
 STRATEGIES = ("ns", "sg", "sag")
+# Reproductions of the reference code's list-block sampler (arco.sampling_ref): sample()/estimate() only.
+REF_STRATEGIES = ("sg-ref", "sag-ref")
 # Sort key = group id (< 2**23, checked in sample_many, the only caller that can get close) | 40 bits of a
 # float64 uniform. Two keys of a group tie with probability < N_m^2 / 2^41; a tie orders them by position.
 _KEY_BITS = 40
@@ -67,6 +70,11 @@ def _check_spatial(t: object, name: str, dtypes: tuple[torch.dtype, ...], kind: 
 
 
 def _check_strategy(strategy: str, where: str) -> str:
+    if strategy in REF_STRATEGIES:
+        raise ValueError(
+            f"{where}: strategy {strategy!r} (a reproduction of the reference code's list-block sampler) is "
+            "only available in sample() and estimate(); use 'ns', 'sg' or 'sag' here"
+        )
     # A transposed name ('sga') is the likeliest typo; difflib alone would suggest 'sg' for it.
     if isinstance(strategy, str) and strategy not in STRATEGIES:
         for option in STRATEGIES:
@@ -311,6 +319,8 @@ def sample(
         strategy: ``"ns"`` (uniform), ``"sg"`` (stratified: proportional allocation with randomised
             systematic rounding, uniform draws inside each group) or ``"sag"`` (SG with mirrored pairs through
             each cell centre; a mirror that is no candidate or a duplicate is replaced by another draw).
+            ``"sg-ref"``/``"sag-ref"`` reproduce the reference code's list-block sampler for comparison
+            studies (:mod:`arco.sampling_ref`: int ``grid`` only, always ``num`` draws with replacement).
         grid: cells per spatial axis (int, or one int per axis); cells differ by at most one pixel per axis.
         generator: ``torch.Generator`` on ``mask.device`` for reproducible draws.
         replace: draw exactly ``num`` positions with replacement (SAG: the second half of each group's draws
@@ -332,6 +342,10 @@ def sample(
         >>> idx.shape, bool(mask.reshape(-1)[idx].all()), idx.unique().numel()
         (torch.Size([16]), True, 16)
     """
+    if strategy in REF_STRATEGIES:
+        from arco.sampling_ref import sample_ref  # imports this module: no import cycle at load time
+
+        return sample_ref(mask, num, strategy, grid, generator)
     where = "sample()"
     _check_num(num, "num", where)
     cells = _check_mask(mask, strategy, grid, where)
