@@ -67,10 +67,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} (ms)")
-    print(
-        f"{'device':6} {'case':11} {'cands':>7} {'num':>6} {'ns':>8} {'sg':>8} {'sag':>8} "
-        f"{'sg/ns':>6} {'sag/ns':>6}"
-    )
+    print(f"{'device':6} {'case':11} {'cands':>7} {'num':>6} {'ns':>8} {'sg':>8} {'sag':>8} {'sg/ns':>6} {'sag/ns':>6}")
     for dev in devices:
         for r in bench(torch.device(dev), args.repeats):
             print(

@@ -156,9 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["cpu", "acdc"], choices=sorted(PRESETS))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument(
-        "--iters", type=int, default=0, help="timed iterations (default: 5 on CPU presets, acdc 2)"
-    )
+    ap.add_argument("--iters", type=int, default=0, help="timed iterations (default: 5 on CPU presets, acdc 2)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
     args = ap.parse_args()

@@ -124,9 +124,7 @@ def test_registry_names():
 
 def test_acdc_patients_rule(tmp_path):
     root = make_acdc(tmp_path / "acdc")
-    d = build_data(
-        DataConfig(dataset="acdc", root=str(root), labeled="1", patch_size=(32, 32), augment=False)
-    )
+    d = build_data(DataConfig(dataset="acdc", root=str(root), labeled="1", patch_size=(32, 32), augment=False))
     _check_contract(d, 2, (32, 32))
     assert d.split["labeled"] == ["patient001"] and d.split["unlabeled"] == ["patient002", "patient003"]
     assert len(d.labeled) == 6 and len(d.unlabeled) == 12  # both frames of a patient, never a slice split
@@ -136,9 +134,7 @@ def test_acdc_patients_rule(tmp_path):
 
 def test_acdc_ssl4mis_rule_and_fraction(tmp_path):
     root = make_acdc(tmp_path / "acdc")
-    d = build_data(
-        DataConfig(dataset="acdc", root=str(root), labeled="2", split_rule="ssl4mis", patch_size=(24, 24))
-    )
+    d = build_data(DataConfig(dataset="acdc", root=str(root), labeled="2", split_rule="ssl4mis", patch_size=(24, 24)))
     assert len(d.labeled) == 12 and d.split["labeled"] == ["patient001", "patient002"]
     d = build_data(DataConfig(dataset="acdc", root=str(root), labeled="0.5", patch_size=(24, 24)))
     assert d.split["labeled"] == ["patient001", "patient002"]  # round(1.5) half up
@@ -151,9 +147,7 @@ def test_la_layout(tmp_path, subdir):
     root = make_la(tmp_path / "la", subdir=subdir)
     d = build_data(DataConfig(dataset="la", root=str(root), labeled="1", patch_size=(8, 16, 16)))
     _check_contract(d, 3, (8, 16, 16))
-    assert d.split["labeled"] == ["LA00"] and [v.case_id for v in d.val] == [
-        "LA03"
-    ]  # val from train, not test
+    assert d.split["labeled"] == ["LA00"] and [v.case_id for v in d.val] == ["LA03"]  # val from train, not test
     assert [v.case_id for v in d.test] == ["LA04", "LA05"]
     assert d.test[0].image.shape == (12, 18, 20)  # (Z, Y, X)
 
@@ -166,9 +160,7 @@ def test_nnunet_3d_and_2d(tmp_path):
     v = d.test[0]
     assert v.image.shape == (5, 14, 16) and v.spacing == (0.8, 0.8, 1.5) and v.affine.shape == (4, 4)
     assert abs(float(v.image.mean())) < 1e-4  # z-scored by default
-    d2 = build_data(
-        DataConfig(dataset="nnunet", root=str(root), labeled="2", spatial_dims=2, patch_size=(16, 16))
-    )
+    d2 = build_data(DataConfig(dataset="nnunet", root=str(root), labeled="2", spatial_dims=2, patch_size=(16, 16)))
     _check_contract(d2, 2, (16, 16))
     assert len(d2.labeled) == 10  # 2 cases x 5 slices
     assert d2.split["test"] == d.split["test"]  # split does not depend on the dimensionality
@@ -336,9 +328,7 @@ def test_empty_and_too_many_labeled(tmp_path):
     root = make_acdc(tmp_path / "a")
     with pytest.raises(DataError, match="empty labeled set"):
         build_data(_acdc_cfg(root, labeled="0"))
-    with pytest.raises(
-        DataError, match=r"data.labeled=5 but only 3 training patients exist in .*train_slices"
-    ):
+    with pytest.raises(DataError, match=r"data.labeled=5 but only 3 training patients exist in .*train_slices"):
         build_data(_acdc_cfg(root, labeled="5"))
     with pytest.raises(ConfigError, match="num_classes=3 but dataset 'acdc' has 4"):
         build_data(_acdc_cfg(root, num_classes=3))

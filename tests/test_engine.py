@@ -208,9 +208,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         run_stage(tmp_path, "supervised", data, 10, engine=eng)
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["iteration"] == 4
-    assert all(
-        torch.isfinite(v).all() for v in state["predictor"]["state_dict"].values() if v.is_floating_point()
-    )
+    assert all(torch.isfinite(v).all() for v in state["predictor"]["state_dict"].values() if v.is_floating_point())
 
 
 def test_stage2_initialises_from_stage1(tmp_path):

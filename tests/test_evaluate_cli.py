@@ -83,9 +83,7 @@ def test_evaluate_files(folders, tmp_path, capsys):
     r = by_key[("a", "1")]
     assert float(r["dice"]) == pytest.approx(medpy_binary.dc(pred == 1, gt == 1), rel=1e-6)
     assert float(r["hd95"]) == pytest.approx(medpy_binary.hd95(pred == 1, gt == 1), rel=1e-6)
-    assert float(r["asd_mm"]) == pytest.approx(
-        medpy_binary.asd(pred == 1, gt == 1, voxelspacing=ZOOMS), rel=1e-6
-    )
+    assert float(r["asd_mm"]) == pytest.approx(medpy_binary.asd(pred == 1, gt == 1, voxelspacing=ZOOMS), rel=1e-6)
     assert by_key[("c", "2")]["empty"] == "empty_pred" and by_key[("a", "2")]["empty"] == "none"
     summary = json.loads((out / "summary.json").read_text())
     dice = [[float(by_key[(c, k)]["dice"]) for k in ("1", "2")] for c in "abc"]
@@ -157,9 +155,7 @@ def test_evaluate_unwritable_out(folders, tmp_path, capsys):
     pred_dir, gt_dir, _ = folders
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert (
-        main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(blocker / "sub")]) != 0
-    )
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(blocker / "sub")]) != 0
     assert "cannot create output folder" in capsys.readouterr().err
 
 
@@ -249,9 +245,7 @@ def test_curves(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     lines = ["iteration,stage,loss,loss_sup,loss_contrast,val_dice"]
-    lines += [
-        f"{i},finetune,{1 / (i + 1)},{0.5 / (i + 1)},{0.1},{'' if i % 5 else 0.1 * i}" for i in range(20)
-    ]
+    lines += [f"{i},finetune,{1 / (i + 1)},{0.5 / (i + 1)},{0.1},{'' if i % 5 else 0.1 * i}" for i in range(20)]
     (run / "log.csv").write_text("\n".join(lines) + "\n")
     assert main(["curves", str(run)]) == 0
     png = run / "curves.png"
@@ -294,9 +288,7 @@ def _checkpoint(path, num_classes=2, config_data=None):
 
 def test_checkpoint_num_classes_mismatch(tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "best.pt", num_classes=2)
-    assert (
-        main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--num-classes", "4"]) != 0
-    )
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--num-classes", "4"]) != 0
     err = " ".join(capsys.readouterr().err.split())
     assert "predicts 2 classes but --num-classes is 4" in err and "best.pt" in err
 

@@ -61,9 +61,7 @@ def test_one_step_finite_loss_gradients_and_frozen_teachers(name, spatial_dims):
     for mod_name, mod in m.modules().items():
         for pname, p in mod.named_parameters():
             if id(p) in trainable:
-                assert p.grad is not None and torch.isfinite(p.grad).all(), (
-                    f"{mod_name}.{pname} got no gradient"
-                )
+                assert p.grad is not None and torch.isfinite(p.grad).all(), f"{mod_name}.{pname} got no gradient"
             else:
                 assert mod_name.startswith("teacher"), f"{mod_name}.{pname} is not optimised"
                 assert not p.requires_grad and p.grad is None, f"teacher {mod_name}.{pname} got a gradient"

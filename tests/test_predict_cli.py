@@ -73,13 +73,8 @@ def test_predict_geometry_round_trip(tmp_path, unet_ckpt, arch, capsys):
 
 def test_predict_2d_scan(tmp_path, unet_ckpt):
     scan = tmp_path / "slice.nii.gz"
-    nib.save(
-        nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 24)).astype(np.float32), AFFINE), str(scan)
-    )
-    assert (
-        main(["predict", "--checkpoint", str(unet_ckpt), "--input", str(scan), "--out", str(tmp_path / "o")])
-        == 0
-    )
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 24)).astype(np.float32), AFFINE), str(scan))
+    assert main(["predict", "--checkpoint", str(unet_ckpt), "--input", str(scan), "--out", str(tmp_path / "o")]) == 0
     out = nib.load(str(tmp_path / "o" / "slice.nii.gz"))
     assert out.shape == (20, 24)
     np.testing.assert_allclose(out.affine, AFFINE, atol=1e-5)
@@ -92,10 +87,7 @@ def test_predict_matches_library_call(tmp_path, unet_ckpt):
     from arco.evaluation import predict_volume
 
     scan = _scan(tmp_path / "s.nii.gz")
-    assert (
-        main(["predict", "--checkpoint", str(unet_ckpt), "--input", str(scan), "--out", str(tmp_path / "o")])
-        == 0
-    )
+    assert main(["predict", "--checkpoint", str(unet_ckpt), "--input", str(scan), "--out", str(tmp_path / "o")]) == 0
     model, _ = load_predictor(unet_ckpt)
     expected = predict_volume(lambda x: model(x).logits, read_scan(scan, "zscore").image, 2, (32, 32))
     np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "o" / "s.nii.gz")).dataobj).T, expected)

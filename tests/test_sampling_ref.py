@@ -130,9 +130,7 @@ def test_deterministic_under_generator(strategy):
 
 def test_replace_flag_has_no_effect():
     mask = irregular_mask()
-    assert torch.equal(
-        sample(mask, 500, "sg-ref", 4, gen(), replace=False), sample(mask, 500, "sg-ref", 4, gen())
-    )
+    assert torch.equal(sample(mask, 500, "sg-ref", 4, gen(), replace=False), sample(mask, 500, "sg-ref", 4, gen()))
     assert sample(mask, 500, "sg-ref", 4, gen(), replace=True).numel() == 500
 
 

@@ -82,9 +82,7 @@ def test_train_supervised_stage_and_print_config(tmp_path, capsys):
 
 
 def test_bad_key_in_process_is_a_clean_error(tmp_path, capsys):
-    assert (
-        main(["train", "--config", "phantom2d", "--set", "finetune.sampl=sag", "--out", str(tmp_path)]) != 0
-    )
+    assert main(["train", "--config", "phantom2d", "--set", "finetune.sampl=sag", "--out", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert "finetune.sampl" in err and "finetune.sampler" in err
 

@@ -115,9 +115,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(
-                f"config key {key!r} must be true or false, got {type(value).__name__} {value!r}"
-            )
+            raise ConfigError(f"config key {key!r} must be true or false, got {type(value).__name__} {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -137,9 +135,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``values``; unknown keys and wrong types raise :class:`ConfigError`."""
     if not isinstance(values, dict):
-        raise ConfigError(
-            f"config section {prefix.rstrip('.') or '(top level)'} must be a mapping, got {values!r}"
-        )
+        raise ConfigError(f"config section {prefix.rstrip('.') or '(top level)'} must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -199,11 +195,7 @@ def _read_yaml(name_or_path: str | os.PathLike, seen: tuple[str, ...] = ()) -> d
     if base is not None:
         if str(base) in seen:
             raise ConfigError(f"config {path}: 'extends' forms a cycle through {base!r}")
-        ref = (
-            Path(base)
-            if Path(base).is_absolute() or not (path.parent / str(base)).is_file()
-            else path.parent / base
-        )
+        ref = Path(base) if Path(base).is_absolute() or not (path.parent / str(base)).is_file() else path.parent / base
         raw = _merge(_read_yaml(str(ref), (*seen, str(base))), raw)
     return raw
 

@@ -49,9 +49,7 @@ def _scores(result: Any) -> dict[str, Any]:
         "dice": s["mean"]["dice"],
         "asd": s["mean"]["asd"],
         "hd95": s["mean"]["hd95"],
-        "per_class": {
-            name: {m: e["mean"][m] for m in ("dice", "asd", "hd95")} for name, e in s["per_class"].items()
-        },
+        "per_class": {name: {m: e["mean"][m] for m in ("dice", "asd", "hd95")} for name, e in s["per_class"].items()},
     }
 
 
@@ -72,9 +70,7 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(
-    ckpt: str | os.PathLike, data: Any, cfg: RunConfig, out_dir: Any = None
-) -> dict[str, Any]:
+def evaluate_checkpoint(ckpt: str | os.PathLike, data: Any, cfg: RunConfig, out_dir: Any = None) -> dict[str, Any]:
     """Score a run's best checkpoint on ``data.test``; returns mean and per-class Dice/ASD/HD95."""
     import torch
 

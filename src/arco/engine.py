@@ -129,9 +129,7 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as exc:
         raise ValueError(f"engine.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"engine.device={name!r} but CUDA is not available here; use engine.device=cpu or auto"
-        )
+        raise ValueError(f"engine.device={name!r} but CUDA is not available here; use engine.device=cpu or auto")
     return dev
 
 
@@ -215,9 +213,7 @@ class _StreamSampler(torch.utils.data.Sampler):
         out = []
         for j in range(self.batch):
             k = iteration * self.batch + j
-            out.append(
-                (self._order(k // self.size)[k % self.size], _mix(self.seed, self.stream, iteration, j))
-            )
+            out.append((self._order(k // self.size)[k % self.size], _mix(self.seed, self.stream, iteration, j)))
         return out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -320,9 +316,7 @@ def _all_finite(method: Method) -> bool:
 
 
 def _module_states(method: Method) -> dict[str, Any]:
-    return {
-        name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in method.modules().items()
-    }
+    return {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in method.modules().items()}
 
 
 def _load_modules(method: Method, states: dict[str, Any], strict: bool, source: Path) -> list[str]:
@@ -330,9 +324,7 @@ def _load_modules(method: Method, states: dict[str, Any], strict: bool, source: 
     for name, m in method.modules().items():
         if name not in states:
             if strict:
-                raise CheckpointError(
-                    f"{source} has no weights for module {name!r}; was it written by this stage?"
-                )
+                raise CheckpointError(f"{source} has no weights for module {name!r}; was it written by this stage?")
             continue
         try:
             m.load_state_dict(states[name], strict=True)
@@ -498,9 +490,7 @@ def fit(
         torch.set_num_threads(engine.threads)
     precision = engine.precision
     if precision != "fp32" and device.type != "cuda":
-        warnings.warn(
-            f"engine.precision={precision} is only used on CUDA; training in fp32 on {device}", stacklevel=2
-        )
+        warnings.warn(f"engine.precision={precision} is only used on CUDA; training in fp32 on {device}", stacklevel=2)
         precision = "fp32"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
@@ -663,9 +653,7 @@ def fit(
                     tqdm_bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.startswith("loss")})
                 val_dice = None
                 if at_val and data.val:
-                    val_dice = _validate(
-                        method, data.val, data, device, autocast, engine.val_batch, eval_compat
-                    )
+                    val_dice = _validate(method, data.val, data, device, autocast, engine.val_batch, eval_compat)
                     method.train(True)
                     if val_dice > best_dice:
                         best_dice, best_iter = val_dice, it

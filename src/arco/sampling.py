@@ -51,9 +51,7 @@ def _check_grid(grid: _Grid, spatial_dims: int, where: str) -> tuple[int, ...]:
 
 def _check_num(num: int, argname: str, where: str) -> int:
     if isinstance(num, bool) or not isinstance(num, int) or num < 0:
-        raise ValueError(
-            f"{where}: expected argument `{argname}` to be a non-negative integer, but got {num!r}"
-        )
+        raise ValueError(f"{where}: expected argument `{argname}` to be a non-negative integer, but got {num!r}")
     return num
 
 
@@ -64,8 +62,7 @@ def _check_spatial(t: object, name: str, dtypes: tuple[torch.dtype, ...], kind: 
         error = TypeError if t.dtype not in dtypes else ValueError
         dtype = str(t.dtype).replace("torch.", "")
         raise error(
-            f"{where}: {name} must be a {kind} tensor (B, H, W) or (B, D, H, W); "
-            f"got {dtype} of shape {tuple(t.shape)}"
+            f"{where}: {name} must be a {kind} tensor (B, H, W) or (B, D, H, W); got {dtype} of shape {tuple(t.shape)}"
         )
 
 
@@ -116,9 +113,7 @@ def _maps(shape: tuple[int, ...], cells: tuple[int, ...], device: torch.device) 
     return cell.reshape(-1), mirror.reshape(-1)
 
 
-def group_ids(
-    shape: Sequence[int], grid: _Grid = 4, device: torch.device | str | None = None
-) -> torch.Tensor:
+def group_ids(shape: Sequence[int], grid: _Grid = 4, device: torch.device | str | None = None) -> torch.Tensor:
     """Stratum (group) id of every position of a ``(B, *spatial)`` tensor: ``b * prod(grid) + cell``.
 
     Returns an int64 tensor of ``shape`` (ids in ``[0, B * prod(grid))``); used by diagnostics and tests.
@@ -129,9 +124,7 @@ def group_ids(
 
 
 # ------------------------------------------------------------------------------------------------ core
-def _allocate(
-    counts: torch.Tensor, num: int, generator: torch.Generator | None, cap: bool = True
-) -> torch.Tensor:
+def _allocate(counts: torch.Tensor, num: int, generator: torch.Generator | None, cap: bool = True) -> torch.Tensor:
     """Proportional allocation ``n_m ≈ n |P_m| / |P|`` with randomised systematic rounding (SPEC §2).
 
     ``counts`` is ``(S, G)`` int64; returns ``(S, G)`` int64 with row sums exactly ``n = min(num, |P_s|)``
@@ -448,9 +441,7 @@ def sample_many(
     if k == 0 or trials == 0:
         return flat.new_zeros((trials, k))
     if trials * mask.shape[0] * math.prod(cells) >= 1 << 23:
-        raise ValueError(
-            f"{where}: trials x images x cells must stay below 2**23; draw fewer trials per call"
-        )
+        raise ValueError(f"{where}: trials x images x cells must stay below 2**23; draw fewer trials per call")
     if strategy == "ns":
         u = torch.rand((trials, flat.numel()), generator=generator, device=flat.device)
         return flat[torch.topk(u, k, dim=1, sorted=False).indices]
@@ -487,9 +478,7 @@ def sample_per_class(
     ints = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
     _check_spatial(label, "label", ints, "integer", where)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            f"{where}: expected argument `num_classes` to be a positive integer, but got {num_classes!r}"
-        )
+        raise ValueError(f"{where}: expected argument `num_classes` to be a positive integer, but got {num_classes!r}")
     _check_num(num, "num", where)
     _check_strategy(strategy, where)
     cells = _check_grid(grid, label.dim() - 1, where)

@@ -43,8 +43,7 @@ def _check_ref(strategy: str, grid: int, where: str) -> None:
         raise ValueError(f"{where}: strategy must be one of {known}, got {strategy!r}")
     if isinstance(grid, bool) or not isinstance(grid, int):
         raise TypeError(
-            f"{where}: the reference samplers cut the list into grid x grid blocks; grid must be an int, "
-            f"got {grid!r}"
+            f"{where}: the reference samplers cut the list into grid x grid blocks; grid must be an int, got {grid!r}"
         )
     if grid < 1:
         raise ValueError(f"{where}: grid must be a positive integer, got {grid!r}")
@@ -61,9 +60,7 @@ def _side(n: int, grid: int, where: str) -> tuple[int, int]:
     return s, s // grid
 
 
-def ref_block_ids(
-    num_candidates: int, grid: int = 4, device: torch.device | str | None = None
-) -> torch.Tensor:
+def ref_block_ids(num_candidates: int, grid: int = 4, device: torch.device | str | None = None) -> torch.Tensor:
     """List block of every candidate list position under the reference layout (tests, diagnostics).
 
     Args:

@@ -54,9 +54,7 @@ def synthetic_image(size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndar
     body = ellipse(0.05, 0, 0.75, 0.92)
     image = np.where(body, 0.55, 0.0)
     image = np.where(body & ~ellipse(0.05, 0, 0.67, 0.84), 0.85, image)  # subcutaneous fat
-    image = np.where(
-        ellipse(-0.05, -0.42, 0.42, 0.27) | ellipse(-0.05, 0.42, 0.42, 0.27), 0.08, image
-    )  # lungs
+    image = np.where(ellipse(-0.05, -0.42, 0.42, 0.27) | ellipse(-0.05, 0.42, 0.42, 0.27), 0.08, image)  # lungs
     image = np.where(ellipse(0.05, 0.08, 0.25, 0.22), 0.75, image)  # heart
     image = np.where(ellipse(0.55, 0, 0.12, 0.12), 1.0, image)  # spine
     image = image + body * (0.15 * x + 0.1 * y)  # bias field
@@ -66,9 +64,7 @@ def synthetic_image(size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 def _read_array(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
-        raise DataError(
-            f"{what} file {path} does not exist; pass an existing .nii/.nii.gz, .npy or .png file"
-        )
+        raise DataError(f"{what} file {path} does not exist; pass an existing .nii/.nii.gz, .npy or .png file")
     name = path.name.lower()
     try:
         if name.endswith((".nii", ".nii.gz")):
@@ -82,23 +78,17 @@ def _read_array(path: Path, what: str) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as im:
-                arr = np.asarray(
-                    im.convert("F") if im.mode not in ("I", "I;16", "F") else im, dtype=np.float64
-                )
+                arr = np.asarray(im.convert("F") if im.mode not in ("I", "I;16", "F") else im, dtype=np.float64)
         else:
             raise DataError(f"{what} file {path}: unknown extension; use .nii/.nii.gz, .npy or .png")
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes one actionable message
         reason = f"{type(exc).__name__}: {exc}"
-        raise DataError(
-            f"{what} file {path} could not be read ({reason}); is it a valid image file?"
-        ) from exc
+        raise DataError(f"{what} file {path} could not be read ({reason}); is it a valid image file?") from exc
     arr = np.squeeze(np.asarray(arr))
     if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
-        raise DataError(
-            f"{what} file {path}: expected a 2D or 3D numeric array, got shape {arr.shape} {arr.dtype}"
-        )
+        raise DataError(f"{what} file {path}: expected a 2D or 3D numeric array, got shape {arr.shape} {arr.dtype}")
     return arr
 
 
@@ -131,9 +121,7 @@ def load_study_input(
     path = Path(image)
     arr = _read_array(path, "image").astype(np.float64)
     if not np.isfinite(arr).all():
-        raise DataError(
-            f"image file {path} contains {int((~np.isfinite(arr)).sum())} NaN/inf values; clean it first"
-        )
+        raise DataError(f"image file {path} contains {int((~np.isfinite(arr)).sum())} NaN/inf values; clean it first")
     mask = np.ones(arr.shape, dtype=bool)
     desc = f"{path.name} {'x'.join(map(str, arr.shape))}"
     if label is not None:
@@ -285,9 +273,7 @@ def format_table(rows: Sequence[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(
-    rows: Sequence[dict[str, float]], out_dir: str | os.PathLike, title: str = ""
-) -> tuple[Path, Path]:
+def write_outputs(rows: Sequence[dict[str, float]], out_dir: str | os.PathLike, title: str = "") -> tuple[Path, Path]:
     """Write ``variance.csv`` and ``variance.png`` (variance vs n, log-log, a line per strategy and grid)."""
     import matplotlib
 
@@ -306,9 +292,7 @@ def write_outputs(
     grids = sorted({r["grid"] for r in rows})
     first = [r for r in rows if r["grid"] == grids[0]]
     ax.plot([r["num"] for r in first], [r["var_ns"] for r in first], "o-", color="k", label="NS")
-    ax.plot(
-        [r["num"] for r in first], [r["var_ns_pred_wor"] for r in first], ":", color="k", label="NS theory"
-    )
+    ax.plot([r["num"] for r in first], [r["var_ns_pred_wor"] for r in first], ":", color="k", label="NS theory")
     for i, g in enumerate(grids):
         sel = [r for r in rows if r["grid"] == g]
         nn = [r["num"] for r in sel]

@@ -22,12 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="phantom 2d: cardiac-MRI-like slices (bg/RV/Myo/LV) in the ACDC SSL4MIS layout; "
         "phantom 3d: LA-like volumes in the LA UA-MT layout.",
     )
-    ph.add_argument(
-        "--kind", choices=("2d", "3d"), default="2d", help="2d (ACDC-like) or 3d (LA-like); default 2d"
-    )
-    ph.add_argument(
-        "--out", required=True, help="output folder (must not exist or be empty unless --overwrite)"
-    )
+    ph.add_argument("--kind", choices=("2d", "3d"), default="2d", help="2d (ACDC-like) or 3d (LA-like); default 2d")
+    ph.add_argument("--out", required=True, help="output folder (must not exist or be empty unless --overwrite)")
     ph.add_argument("--subjects", type=int, default=40, help="number of subjects (default 40)")
     ph.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     ph.add_argument(
@@ -46,18 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "slices, class frequencies, intensities, shapes, spacings and the split.",
     )
     ins.add_argument("root", help="dataset folder")
-    ins.add_argument(
-        "--labeled", default="3", help="labeled cases: a count, a fraction, 'all' or ids (default 3)"
-    )
+    ins.add_argument("--labeled", default="3", help="labeled cases: a count, a fraction, 'all' or ids (default 3)")
     ins.add_argument(
         "--split-rule",
         default="patients",
         choices=("patients", "ssl4mis"),
         help="labeled selection rule (default patients)",
     )
-    ins.add_argument(
-        "--dataset", default="", help="read the folder as this dataset (e.g. lits) instead of detecting"
-    )
+    ins.add_argument("--dataset", default="", help="read the folder as this dataset (e.g. lits) instead of detecting")
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
     ins.set_defaults(func=_inspect)
 

@@ -62,9 +62,7 @@ def load_model(checkpoint: str, device: str, num_classes: int | None = None) -> 
     data = meta.get("data") or {}
     for key in ("spatial_dims", "num_classes", "patch_size"):
         if not data.get(key):
-            raise CheckpointError(
-                f"checkpoint {meta['path']} has no data.{key}; re-save it with `arco train`"
-            )
+            raise CheckpointError(f"checkpoint {meta['path']} has no data.{key}; re-save it with `arco train`")
     if num_classes is not None and int(num_classes) != int(data["num_classes"]):
         raise CheckpointError(
             f"checkpoint {meta['path']} predicts {data['num_classes']} classes "
@@ -121,9 +119,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for per_case.csv, summary.* and overlays")
     p.add_argument("--split", choices=("test", "val"), default="test", help="--checkpoint: split to evaluate")
     p.add_argument("--data-root", help="--checkpoint: dataset folder, if it moved since training")
-    p.add_argument(
-        "--num-classes", type=int, help="classes incl. background (checked against the checkpoint)"
-    )
+    p.add_argument("--num-classes", type=int, help="classes incl. background (checked against the checkpoint)")
     p.add_argument(
         "--compat",
         choices=("default", "reference"),
@@ -219,9 +215,7 @@ def match_label_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Pat
     pairs = []
     for name in sorted(gts):
         p_img, g_img = nib.load(str(preds[name])), nib.load(str(gts[name]))
-        if tuple(p_img.shape) != tuple(g_img.shape) or not np.allclose(
-            p_img.affine, g_img.affine, atol=_AFFINE_ATOL
-        ):
+        if tuple(p_img.shape) != tuple(g_img.shape) or not np.allclose(p_img.affine, g_img.affine, atol=_AFFINE_ATOL):
             raise DataError(
                 f"geometry differs between {preds[name]} (shape {tuple(p_img.shape)}) and {gts[name]} "
                 f"(shape {tuple(g_img.shape)}): shape and affine must agree within {_AFFINE_ATOL}; "
@@ -264,6 +258,4 @@ def _run_files(args: argparse.Namespace, out: Path) -> Any:
                     )
             yield case_id, pred, gt, spacing
 
-    return evaluate_arrays(
-        cases(), num_classes=num_classes, compat=args.compat, out_dir=out, overlays=args.overlays
-    )
+    return evaluate_arrays(cases(), num_classes=num_classes, compat=args.compat, out_dir=out, overlays=args.overlays)

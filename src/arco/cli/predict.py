@@ -44,9 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow --out to be an input folder (needs --suffix so scans are never replaced)",
     )
-    p.add_argument(
-        "--suffix", default="", help="appended to each output file stem, e.g. _seg (default: none)"
-    )
+    p.add_argument("--suffix", default="", help="appended to each output file stem, e.g. _seg (default: none)")
     add_inference_args(p)
     p.set_defaults(func=run)
 
@@ -60,9 +58,7 @@ def _collect(inputs: list[str]) -> list[Path]:
         elif not path.exists():
             raise FileNotFoundError(f"--input {path} does not exist")
         elif not is_nifti(path):
-            raise ValueError(
-                f"--input {path} is not a NIfTI file (.nii or .nii.gz); give scans or folders of them"
-            )
+            raise ValueError(f"--input {path} is not a NIfTI file (.nii or .nii.gz); give scans or folders of them")
         else:
             files.append(path)
     return list(dict.fromkeys(files))
@@ -77,9 +73,7 @@ def _check_header(path: Path) -> None:
     try:
         nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for corrupt files; re-raised
-        raise DataError(
-            f"{path}: cannot read NIfTI header ({type(exc).__name__}: {exc}); re-export it"
-        ) from exc
+        raise DataError(f"{path}: cannot read NIfTI header ({type(exc).__name__}: {exc}); re-export it") from exc
 
 
 def plan_outputs(
@@ -100,9 +94,7 @@ def plan_outputs(
         plan.append((f, out / f"{nifti_stem(f)}{suffix}{ext}"))
     targets = [t.resolve() for _, t in plan]
     if len(set(targets)) != len(targets):
-        raise ValueError(
-            "two inputs share a file name, so their outputs would collide; predict them separately"
-        )
+        raise ValueError("two inputs share a file name, so their outputs would collide; predict them separately")
     clash = [str(t) for (f, t) in plan if t.resolve() == f.resolve()]
     if clash:
         raise ValueError(f"output {clash[0]} would replace the input scan itself; pass --suffix _seg")
@@ -111,9 +103,7 @@ def plan_outputs(
     existing = [str(t) for _, t in plan if t.exists()]
     if existing and not overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-        raise FileExistsError(
-            f"outputs exist: {', '.join(existing[:3])}{more}; pass --overwrite to replace them"
-        )
+        raise FileExistsError(f"outputs exist: {', '.join(existing[:3])}{more}; pass --overwrite to replace them")
     return plan
 
 

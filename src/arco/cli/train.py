@@ -22,9 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--config", "-c", default="phantom2d", help="preset name (see --list-presets) or YAML path"
-    )
+    p.add_argument("--config", "-c", default="phantom2d", help="preset name (see --list-presets) or YAML path")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -40,9 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="stage to run (default: the config's `stages`, normally pretrain then finetune; all = both)",
     )
     p.add_argument("--out", "-o", default=None, help="run folder (default: runs/<config name>)")
-    p.add_argument(
-        "--resume", action="store_true", help="continue each stage from RUN/<stage>/checkpoints/last.pt"
-    )
+    p.add_argument("--resume", action="store_true", help="continue each stage from RUN/<stage>/checkpoints/last.pt")
     p.add_argument("--init", default=None, metavar="CKPT", help="initialise finetune from this checkpoint")
     p.add_argument("--list-presets", action="store_true", help="print the built-in presets and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

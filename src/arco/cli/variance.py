@@ -25,15 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="2D/3D image (.nii/.nii.gz, .npy, .png); default: built-in phantom")
     p.add_argument("--label", help="label file of the image's shape; use with --class")
     p.add_argument("--class", dest="klass", type=int, help="class index whose pixels form the mask")
-    p.add_argument(
-        "--num", type=int, nargs="+", default=[16, 64, 256], help="sample sizes n (default: 16 64 256)"
-    )
+    p.add_argument("--num", type=int, nargs="+", default=[16, 64, 256], help="sample sizes n (default: 16 64 256)")
     p.add_argument("--grid", type=int, nargs="+", default=[2, 4, 8], help="cells per axis (default: 2 4 8)")
     p.add_argument("--trials", type=int, default=500, help="Monte-Carlo draws per setting (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default: 0)")
-    p.add_argument(
-        "--out", default="variance", help="output folder for variance.csv/.png (default: ./variance)"
-    )
+    p.add_argument("--out", default="variance", help="output folder for variance.csv/.png (default: ./variance)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 

@@ -29,17 +29,13 @@ def read_log(log_csv: str | os.PathLike) -> tuple[list[str], list[dict[str, str]
     """Read a training ``log.csv``; return ``(columns, rows)``; raise if missing or without ``iteration``."""
     path = Path(log_csv)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"training log {path} does not exist; give a run folder written by `arco train`"
-        )
+        raise FileNotFoundError(f"training log {path} does not exist; give a run folder written by `arco train`")
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = list(reader.fieldnames or [])
         rows = list(reader)
     if "iteration" not in columns:
-        raise ValueError(
-            f"{path} has no 'iteration' column (columns: {columns}); is it an arco training log?"
-        )
+        raise ValueError(f"{path} has no 'iteration' column (columns: {columns}); is it an arco training log?")
     return columns, rows
 
 

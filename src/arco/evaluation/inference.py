@@ -30,12 +30,9 @@ def overlap_from_stride(patch_size: Sequence[int], stride: Sequence[int]) -> tup
         >>> [round(o, 4) for o in overlap_from_stride((80, 112, 112), (4, 18, 18))]
         [0.95, 0.8393, 0.8393]
     """
-    if len(stride) != len(patch_size) or any(
-        int(s) < 1 or int(s) > int(p) for s, p in zip(stride, patch_size)
-    ):
+    if len(stride) != len(patch_size) or any(int(s) < 1 or int(s) > int(p) for s, p in zip(stride, patch_size)):
         raise ValueError(
-            f"stride must hold {len(patch_size)} integers in 1..patch_size={tuple(patch_size)}, "
-            f"got {tuple(stride)}"
+            f"stride must hold {len(patch_size)} integers in 1..patch_size={tuple(patch_size)}, got {tuple(stride)}"
         )
     # The tiny nudge keeps float rounding from turning e.g. 112 * (1 - 94/112) = 17.999... into 17.
     return tuple(1.0 - (int(s) + 1e-6) / int(p) for s, p in zip(stride, patch_size))
@@ -139,14 +136,11 @@ def predict_volume(
     choice("blend", blend, ("gaussian", "constant"), where="predict_volume()")
     image = np.asarray(image)
     if image.ndim != 3 or 0 in image.shape:
-        raise ValueError(
-            f"predict_volume(): image must be a non-empty (D, H, W) array, got shape {image.shape}"
-        )
+        raise ValueError(f"predict_volume(): image must be a non-empty (D, H, W) array, got shape {image.shape}")
     patch_size = tuple(int(s) for s in patch_size)
     if len(patch_size) != spatial_dims or min(patch_size) < 1:
         raise ValueError(
-            f"predict_volume(): patch_size must hold {spatial_dims} positive integers in array order, "
-            f"got {patch_size}"
+            f"predict_volume(): patch_size must hold {spatial_dims} positive integers in array order, got {patch_size}"
         )
     if int(batch_size) < 1:
         raise ValueError(f"predict_volume(): batch_size must be >= 1, got {batch_size}")

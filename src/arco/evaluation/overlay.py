@@ -45,9 +45,7 @@ def save_overlay(
     from matplotlib.lines import Line2D
 
     gt, pred = np.asarray(gt), np.asarray(pred)
-    background = (
-        np.asarray(image, dtype=np.float32) if image is not None else (gt > 0).astype(np.float32) * 0.3
-    )
+    background = np.asarray(image, dtype=np.float32) if image is not None else (gt > 0).astype(np.float32) * 0.3
     num_classes = int(num_classes or max(int(gt.max()), int(pred.max())) + 1)
     fig = Figure(figsize=(5, 5.4), dpi=100)
     FigureCanvasAgg(fig)
@@ -56,9 +54,7 @@ def save_overlay(
     for c in range(1, num_classes):
         for mask, color, style in ((gt == c, GT_COLOR, "solid"), (pred == c, PRED_COLOR, "dashed")):
             if mask.any() and not mask.all():
-                ax.contour(
-                    mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=1.2, linestyles=style
-                )
+                ax.contour(mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=1.2, linestyles=style)
     ax.legend(
         handles=[
             Line2D([], [], color=GT_COLOR, lw=1.5, label="ground truth"),

@@ -34,8 +34,7 @@ _LABELS = {
     "asd_mm": "ASD mm",
 }
 _POLICY = {
-    "default": "both empty -> Dice 1, distances 0; empty prediction or empty GT -> Dice 0, "
-    "distances = image diagonal",
+    "default": "both empty -> Dice 1, distances 0; empty prediction or empty GT -> Dice 0, distances = image diagonal",
     "reference": "SSL4MIS calculate_metric_percase: empty GT with a prediction -> Dice 1, HD95 0; "
     "empty prediction -> all 0",
 }
@@ -90,13 +89,9 @@ def check_writable(out_dir: str | os.PathLike) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise PermissionError(
-            f"cannot create output folder {out}: {exc.strerror}; choose another --out"
-        ) from exc
+        raise PermissionError(f"cannot create output folder {out}: {exc.strerror}; choose another --out") from exc
     if not os.access(out, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"output folder {out} is not writable; choose another --out or fix its permissions"
-        )
+        raise PermissionError(f"output folder {out} is not writable; choose another --out or fix its permissions")
     return out
 
 
@@ -110,8 +105,7 @@ def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[st
     if len(names) == num_classes - 1:
         return names
     raise ValueError(
-        f"class_names must hold {num_classes} names (with background) or {num_classes - 1}, "
-        f"got {len(names)}: {names}"
+        f"class_names must hold {num_classes} names (with background) or {num_classes - 1}, got {len(names)}: {names}"
     )
 
 
@@ -127,9 +121,7 @@ class _Case:
 
 def _score_case(case_id, pred, gt, image, spacing, num_classes, names, compat, rows) -> _Case:
     if np.shape(pred) != np.shape(gt):
-        raise ValueError(
-            f"case {case_id}: prediction shape {np.shape(pred)} differs from label shape {np.shape(gt)}"
-        )
+        raise ValueError(f"case {case_id}: prediction shape {np.shape(pred)} differs from label shape {np.shape(gt)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # empty-mask cases are counted in the summary instead
         per_class = case_metrics(pred, gt, num_classes, spacing=spacing, compat=compat)
@@ -325,9 +317,7 @@ def evaluate(
         )
         spacing = getattr(vol, "spacing", None)
         cases.append(
-            _score_case(
-                str(vol.case_id), pred, vol.label, vol.image, spacing, num_classes, names, compat, rows
-            )
+            _score_case(str(vol.case_id), pred, vol.label, vol.image, spacing, num_classes, names, compat, rows)
         )
         logger.debug("%s: mean Dice %.4f", vol.case_id, cases[-1].mean_dice)
     return _finish(cases, rows, names, num_classes, compat, out_dir, overlays)

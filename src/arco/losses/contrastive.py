@@ -162,9 +162,7 @@ class PixelContrastiveLoss(nn.Module):
         with torch.no_grad():
             key = F.normalize(rep_teacher(flat).float(), dim=-1).view(c, q_num, -1)
         if query.shape[-1] != self.dim:
-            raise ValueError(
-                f"PixelContrastiveLoss: representations have {query.shape[-1]} channels, dim={self.dim}"
-            )
+            raise ValueError(f"PixelContrastiveLoss: representations have {query.shape[-1]} channels, dim={self.dim}")
         self._pending = (key, ok)
         bs = self.bank_size
         return pixel_contrastive_loss(

@@ -41,9 +41,7 @@ class RelationalInstanceLoss(nn.Module):
     sync). The queue starts as random unit vectors, as in MoCo.
     """
 
-    def __init__(
-        self, dim: int, queue_size: int = 36, tau_s: float = 0.1, tau_t: float = 0.01, slots: int = 1
-    ) -> None:
+    def __init__(self, dim: int, queue_size: int = 36, tau_s: float = 0.1, tau_t: float = 0.01, slots: int = 1) -> None:
         super().__init__()
         if min(dim, queue_size, slots) < 1 or tau_s <= 0 or tau_t <= 0:
             raise ValueError(

@@ -15,9 +15,7 @@ from torch import nn
 __all__ = ["NearestNeighbourLoss", "nearest_neighbour_loss"]
 
 
-def nearest_neighbour_loss(
-    student: torch.Tensor, bank: torch.Tensor, valid: torch.Tensor, k: int
-) -> torch.Tensor:
+def nearest_neighbour_loss(student: torch.Tensor, bank: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
     """``mean(1 - cos(student_b, n))`` over the ``k`` most similar valid rows ``n`` of ``bank`` for every
     ``b``.
 

@@ -15,9 +15,7 @@ DICE_SMOOTH = 1e-5
 
 def _validate(logits: torch.Tensor, label: torch.Tensor, num_classes: int | None, where: str) -> None:
     if logits.dim() not in (4, 5):
-        raise ValueError(
-            f"{where}: logits must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(logits.shape)}"
-        )
+        raise ValueError(f"{where}: logits must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(logits.shape)}")
     if label.dtype != torch.long or label.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(
             f"{where}: label must be int64 of shape {tuple(logits.shape[:1] + logits.shape[2:])}, "
@@ -42,9 +40,7 @@ def dice_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)).mean()
 
 
-def supervised_loss(
-    logits: torch.Tensor, label: torch.Tensor, num_classes: int | None = None
-) -> torch.Tensor:
+def supervised_loss(logits: torch.Tensor, label: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
     """``0.5 * (cross_entropy + soft_dice)`` for 2D or 3D segmentation.
 
     Args:

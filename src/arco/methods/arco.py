@@ -139,9 +139,7 @@ class _ArcoBase(MethodBase):
 class ArcoPretrainMethod(_ArcoBase):
     """Stage 1: supervised loss + relational instance discrimination on global and local embeddings."""
 
-    def __init__(
-        self, cfg: ArcoPretrainConfig, num_classes: int, spatial_dims: int, model: ModelConfig
-    ) -> None:
+    def __init__(self, cfg: ArcoPretrainConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(num_classes, spatial_dims, model, cfg.ema)
         self.cfg = cfg
         self.slots = int(cfg.local_grid) ** spatial_dims
@@ -150,9 +148,7 @@ class ArcoPretrainMethod(_ArcoBase):
         self.local_predictor = PredictionHead(model.dim, model.hidden_dim, model.dim)
         self.teacher_local_projector = make_teacher(self.local_projector)
         self.inst_global = RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=1)
-        self.inst_local = RelationalInstanceLoss(
-            model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=self.slots
-        )
+        self.inst_local = RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=self.slots)
         self._modules.update(
             local_projector=self.local_projector,
             local_predictor=self.local_predictor,
@@ -210,9 +206,7 @@ class ArcoFinetuneMethod(_ArcoBase):
     neighbours.
     """
 
-    def __init__(
-        self, cfg: ArcoFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig
-    ) -> None:
+    def __init__(self, cfg: ArcoFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(num_classes, spatial_dims, model, cfg.ema)
         self.cfg = cfg
         self.rep_head = RepresentationHead(self.student.feature_channels, model.dim, spatial_dims)
@@ -272,12 +266,7 @@ class ArcoFinetuneMethod(_ArcoBase):
         s_embed = self.predictor_head(self.projector(_pool(out.bottleneck[bl:])))
         loss_nn = self.nn_loss(s_embed)
         self._pending = t_embed.detach()
-        loss = (
-            loss_sup
-            + cfg.lambda_contrast * loss_contrast
-            + cfg.lambda_unsup * loss_unsup
-            + cfg.lambda_nn * loss_nn
-        )
+        loss = loss_sup + cfg.lambda_contrast * loss_contrast + cfg.lambda_unsup * loss_unsup + cfg.lambda_nn * loss_nn
         logs = {
             "loss_sup": loss_sup.detach(),
             "loss_contrast": loss_contrast.detach(),

@@ -28,9 +28,7 @@ class SupervisedMethod(MethodBase):
 
     needs_unlabeled = False
 
-    def __init__(
-        self, cfg: SupervisedConfig, num_classes: int, spatial_dims: int, model: ModelConfig
-    ) -> None:
+    def __init__(self, cfg: SupervisedConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(num_classes, spatial_dims)
         self.cfg = cfg
         self.student, self.predictor_spec = build_backbone(model, num_classes, spatial_dims)

@@ -18,9 +18,7 @@ from torch import nn
 __all__ = ["RepresentationHead", "ProjectionHead", "PredictionHead", "gather_interpolated"]
 
 
-def gather_interpolated(
-    feature: torch.Tensor, index: torch.Tensor, spatial_shape: Sequence[int]
-) -> torch.Tensor:
+def gather_interpolated(feature: torch.Tensor, index: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Values of ``feature`` up-sampled to ``spatial_shape`` at flat positions ``index`` (sparse up-sampling).
 
     Matches ``F.interpolate(feature, size=spatial_shape, mode="bilinear"/"trilinear", align_corners=False)``
@@ -138,8 +136,7 @@ class RepresentationHead(nn.Module):
         size = features[-1].shape[2:]
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         up = [
-            f if f.shape[2:] == size else F.interpolate(f, size=size, mode=mode, align_corners=False)
-            for f in features
+            f if f.shape[2:] == size else F.interpolate(f, size=size, mode=mode, align_corners=False) for f in features
         ]
         x = torch.cat(up, dim=1)
         rows = self.mlp(x.movedim(1, -1).reshape(-1, x.shape[1]))
@@ -152,9 +149,7 @@ class ProjectionHead(nn.Sequential):
 
     def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128) -> None:
         if min(in_dim, hidden_dim, out_dim) < 1:
-            raise ValueError(
-                f"{type(self).__name__}: dims must be >= 1, got {in_dim}, {hidden_dim}, {out_dim}"
-            )
+            raise ValueError(f"{type(self).__name__}: dims must be >= 1, got {in_dim}, {hidden_dim}, {out_dim}")
         super().__init__(
             nn.Linear(in_dim, hidden_dim),
             nn.BatchNorm1d(hidden_dim),

@@ -100,9 +100,7 @@ class UNet(nn.Module):
         if spatial_dims != 2:
             raise ValueError(f"UNet: spatial_dims must be 2 (use 'vnet' for 3D), got {spatial_dims}")
         if in_channels < 1 or num_classes < 1:
-            raise ValueError(
-                f"UNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}"
-            )
+            raise ValueError(f"UNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         ch, dp = UNET_CHANNELS, UNET_DROPOUT
         self.spatial_dims = 2
         self.num_classes = num_classes

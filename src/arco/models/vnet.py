@@ -69,15 +69,11 @@ class VNet(nn.Module):
         if spatial_dims != 3:
             raise ValueError(f"VNet: spatial_dims must be 3 (use 'unet' for 2D), got {spatial_dims}")
         if in_channels < 1 or num_classes < 1:
-            raise ValueError(
-                f"VNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}"
-            )
+            raise ValueError(f"VNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         f = [n_filters * 2**i for i in range(5)]
         self.spatial_dims = 3
         self.num_classes = num_classes
-        self.enc = nn.ModuleList(
-            [_stage(n, a, b) for n, a, b in zip((1, 2, 3, 3, 3), [in_channels] + f[1:], f)]
-        )
+        self.enc = nn.ModuleList([_stage(n, a, b) for n, a, b in zip((1, 2, 3, 3, 3), [in_channels] + f[1:], f)])
         self.down = nn.ModuleList([_down(f[i], f[i + 1]) for i in range(4)])
         self.up = nn.ModuleList([_up(f[i], f[i - 1]) for i in range(4, 0, -1)])
         self.dec = nn.ModuleList([_stage(n, f[i], f[i]) for n, i in zip((3, 3, 2, 1), (3, 2, 1, 0))])
