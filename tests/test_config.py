@@ -105,3 +105,10 @@ def test_every_config_field_is_read():
     code = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
     unread = [full for full, name in _fields(RunConfig) if not re.search(rf"\.{name}\b", code)]
     assert not unread, f"config fields nothing reads: {unread}"
+
+
+@pytest.mark.parametrize("sampler", ["sga", "sg-ref", "sag-ref"])
+def test_training_sampler_is_checked_when_the_config_is_read(sampler):
+    # sg-ref / sag-ref are study-only strategies of arco.sampling.sample; training must reject them up front.
+    with pytest.raises(ValueError, match="finetune.sampler must be one of 'ns', 'sg', 'sag'"):
+        load_config("phantom2d", [f"finetune.sampler={sampler}"])

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arco._checks import choice
 from arco.data.transforms import color_jitter, cutmix, gaussian_blur
 from arco.losses import (
     NearestNeighbourLoss,
@@ -28,6 +29,7 @@ from arco.losses import (
 )
 from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput, build_backbone
 from arco.models import PredictionHead, ProjectionHead, RepresentationHead, ema_update, make_teacher
+from arco.sampling import STRATEGIES
 
 __all__ = ["ArcoPretrainConfig", "ArcoFinetuneConfig", "ArcoPretrainMethod", "ArcoFinetuneMethod"]
 
@@ -65,8 +67,9 @@ class ArcoFinetuneConfig:
     Attributes:
         iterations: optimiser steps (reference code: 30 000).
         batch_labeled / batch_unlabeled: images per step (paper: 4 + 4).
-        sampler: pixel sampler for queries and negatives: ``ns`` (MONA), ``sg`` (default), ``sag`` (or the
-            reference-code variants ``sg-ref`` / ``sag-ref``).
+        sampler: pixel sampler for queries and negatives: ``ns`` (MONA), ``sg`` (default) or ``sag``. (The
+            reference code's list-position ``sg-ref``/``sag-ref`` exist in ``arco.sampling.sample`` for
+            studies, not for training.)
         grid: sampler cells per spatial axis (4).
         num_queries: queries per class (256); num_negatives: negative keys per query (512).
         tau: contrastive temperature (0.5).
@@ -95,6 +98,10 @@ class ArcoFinetuneConfig:
     nn_k: int = 5
     ema: float = 0.99
     cutmix_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Fail when the config is read, not at the first training step.
+        choice("finetune.sampler", self.sampler, STRATEGIES)
 
 
 def _pool(x: torch.Tensor) -> torch.Tensor:
