@@ -53,6 +53,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
     ins.set_defaults(func=_inspect)
 
+    ex = verbs.add_parser(
+        "export",
+        help="write a split's whole volumes as NIfTI (images/ and labels/)",
+        description="Write the val or test cases of a dataset as NIfTI files: OUT/images/<case>.nii.gz (the "
+        "normalised image the network sees) and OUT/labels/<case>.nii.gz, e.g. to view them or to run "
+        "`arco predict` and `arco evaluate --pred --gt` on them.",
+    )
+    ex.add_argument("root", help="dataset folder")
+    ex.add_argument("--dataset", default="phantom2d", help="dataset kind (phantom2d, acdc, la, nnunet, ...)")
+    ex.add_argument("--split", default="test", choices=("test", "val"), help="which cases (default test)")
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--overwrite", action="store_true", help="replace existing files")
+    ex.set_defaults(func=_export)
+
 
 def _phantom(args: argparse.Namespace) -> int:
     from arco.data.phantom import generate_phantom2d, generate_phantom3d
@@ -94,4 +108,14 @@ def _inspect(args: argparse.Namespace) -> int:
         f"({split['num_unlabeled_items']} items); val {len(split['val'])}; test {len(split['test'])}",
     ]
     print("\n".join(lines))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from arco.data.config import DataConfig
+    from arco.data.export import export_nifti
+
+    cfg = DataConfig(dataset=args.dataset, root=args.root, generate=False, labeled="1")
+    cases = export_nifti(cfg, args.split, args.out, overwrite=args.overwrite)
+    print(f"wrote {len(cases)} {args.split} cases to {args.out}/images and {args.out}/labels: {', '.join(cases)}")
     return 0
