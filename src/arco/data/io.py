@@ -1,0 +1,226 @@
+"""Reading and writing scans: NIfTI (``(Z, Y, X)`` = transposed nibabel array), h5 pairs, list files.
+
+Every reader validates what it returns and raises `DataError` naming the file, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from arco._checks import DataError
+from arco.data.volume import Volume, normalize
+
+__all__ = [
+    "read_scan",
+    "read_nifti",
+    "write_label_like",
+    "read_h5",
+    "write_h5",
+    "read_list",
+    "check_image",
+    "check_label",
+]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def check_image(image: np.ndarray, source: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
+    """Return ``image`` as float32 after checking it is numeric, finite and (optionally)
+    ``ndim``-dimensional."""
+    arr = np.asarray(image)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise DataError(f"{source}: image has non-numeric dtype {arr.dtype}; expected a numeric array")
+    if ndim is not None and arr.ndim != ndim:
+        raise DataError(
+            f"{source}: expected a {ndim}D image, got shape {arr.shape}; check that the dataset is "
+            f"{'2D slices' if ndim == 2 else '3D volumes'} or change data.spatial_dims"
+        )
+    if arr.size == 0:
+        raise DataError(f"{source}: image is empty (shape {arr.shape})")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise DataError(f"{source}: image has {bad} NaN/inf values; fix or re-export the file")
+    return arr
+
+
+def check_label(
+    label: np.ndarray, image_shape: tuple[int, ...], source: str | os.PathLike, num_classes: int | None = None
+) -> np.ndarray:
+    """Return ``label`` as int64 after checking shape, integrality and range ``0..num_classes-1``."""
+    arr = np.asarray(label)
+    if tuple(arr.shape) != tuple(image_shape):
+        raise DataError(
+            f"{source}: label shape {arr.shape} does not match image shape {tuple(image_shape)}; "
+            "image and label must be on the same grid"
+        )
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise DataError(f"{source}: label has non-integer values; labels must be class indices")
+    out = arr.astype(np.int64, copy=False)
+    lo, hi = (int(out.min()), int(out.max())) if out.size else (0, 0)
+    if lo < 0 or (num_classes is not None and hi >= num_classes):
+        rng = f"0..{num_classes - 1}" if num_classes is not None else "non-negative"
+        raise DataError(
+            f"{source}: label values {lo}..{hi} are outside {rng}; check the class map "
+            "(dataset.json 'labels' or data.num_classes)"
+        )
+    return out
+
+
+def _nib():
+    import nibabel as nib
+
+    return nib
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Read a NIfTI file; return ``(array (Z, Y, X), affine, spacing per array axis)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    nib = _nib()
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for corrupt files; re-raised as DataError
+        raise DataError(
+            f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export the file"
+        ) from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    zooms = tuple(round(float(z), 6) for z in img.header.get_zooms()[: data.ndim])  # float32 header noise
+    return data.T, np.asarray(img.affine, dtype=np.float64), zooms[::-1]
+
+
+def read_scan(
+    path: str | os.PathLike,
+    normalization: str = "none",
+    ndim: int = 3,
+    ct_window: tuple[float, float] = (-200.0, 250.0),
+) -> Volume:
+    """Read a NIfTI scan as a `Volume` with image ``(Z, Y, X)`` normalised by ``normalization``.
+
+    Args:
+        path: ``.nii`` / ``.nii.gz`` file.
+        normalization: ``minmax``, ``zscore``, ``ct`` or ``none`` (see `arco.data.volume.normalize`).
+        ndim: required dimensionality (3; a 2D file gets a leading axis of size 1 when ``ndim=3``).
+        ct_window: HU window for ``ct``.
+
+    Raises:
+        DataError: missing, unreadable or corrupt file, wrong dimensionality, NaN/inf intensities.
+    """
+    path = Path(path)
+    if not str(path).endswith(NIFTI_SUFFIXES):
+        raise DataError(f"{path}: expected a NIfTI file (.nii or .nii.gz)")
+    data, affine, spacing = read_nifti(path)
+    if data.ndim == 2 and ndim == 3:
+        data, spacing = data[None], (1.0, *spacing)
+    image = check_image(data, path, ndim)
+    image = normalize(image, normalization, ct_window)
+    name = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+    return Volume(name, image, None, spacing, affine, str(path))
+
+
+def write_label_like(
+    label_zyx: np.ndarray,
+    reference_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    overwrite: bool = False,
+) -> Path:
+    """Write a label map ``(Z, Y, X)`` as NIfTI in the geometry (shape, affine, spacing) of
+    ``reference_path``.
+
+    The file is written atomically (a temporary ``.nii.gz`` in the same folder, then renamed); dtype is uint8
+    when
+    the labels fit, int16 otherwise.
+
+    Raises:
+        DataError: unreadable reference or a shape that does not match it.
+        FileExistsError: ``out_path`` exists and ``overwrite`` is False.
+    """
+    nib = _nib()
+    reference_path, out_path = Path(reference_path), Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    try:
+        ref = nib.load(str(reference_path))
+    except Exception as exc:  # noqa: BLE001 - see read_nifti
+        raise DataError(f"{reference_path}: cannot read the reference NIfTI ({exc})") from exc
+    ref_shape = tuple(ref.shape[:3]) if len(ref.shape) == 4 and ref.shape[3] == 1 else tuple(ref.shape)
+    label = np.asarray(label_zyx)
+    if tuple(label.T.shape) != ref_shape:
+        raise DataError(
+            f"{out_path}: label shape {label.shape} (Z, Y, X) does not match the reference {reference_path} "
+            f"of shape {ref_shape[::-1]} (Z, Y, X)"
+        )
+    dtype = np.uint8 if label.size == 0 or (label.min() >= 0 and label.max() < 256) else np.int16
+    header = ref.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_data_shape(ref_shape)
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+    out = nib.Nifti1Image(np.ascontiguousarray(label.T.astype(dtype)), ref.affine, header)
+    suffix = ".nii.gz" if out_path.name.endswith(".nii.gz") else ".nii"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        nib.save(out, str(tmp))
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path
+
+
+def read_h5(
+    path: str | os.PathLike, keys: tuple[str, ...] = ("image", "label"), transpose: bool = False
+) -> dict[str, np.ndarray]:
+    """Read datasets ``keys`` from an h5 file (``transpose`` reverses axis order, e.g. LA (X, Y, Z) -> (Z, Y,
+    X))."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check data.root and the list files")
+    try:
+        with h5py.File(path, "r") as fh:
+            missing = [k for k in keys if k not in fh]
+            if missing:
+                raise DataError(
+                    f"{path}: missing key(s) {missing}; found {sorted(fh.keys())}; "
+                    f"expected h5 datasets {list(keys)}"
+                )
+            out = {k: fh[k][()] for k in keys}
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError/KeyError/... for corrupt files
+        raise DataError(f"{path}: cannot read h5 file ({type(exc).__name__}: {exc}); re-create it") from exc
+    return {k: v.T if transpose else v for k, v in out.items()}
+
+
+def write_h5(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write arrays to an h5 file (gzip level 1), atomically."""
+    import h5py
+
+    from arco._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            for k, v in arrays.items():
+                fh.create_dataset(k, data=v, compression="gzip", compression_opts=1)
+
+
+def read_list(path: str | os.PathLike, required: bool = True) -> list[str]:
+    """Read a list file (one id per line; blank lines ignored). Missing + ``required`` raises `DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        if not required:
+            return []
+        raise DataError(f"{path}: list file not found; check data.root or generate the dataset")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if required and not ids:
+        raise DataError(f"{path}: list file is empty")
+    return ids
