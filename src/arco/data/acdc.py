@@ -62,9 +62,7 @@ def load_acdc_layout(cfg: DataConfig, name: str, class_names=ACDC_CLASSES) -> Se
     if rule == "ssl4mis":
         kind, count = parse_labeled(cfg.labeled)
         if kind != "count":
-            raise ConfigError(
-                f"data.split_rule='ssl4mis' needs data.labeled as a patient count, got {cfg.labeled!r}"
-            )
+            raise ConfigError(f"data.split_rule='ssl4mis' needs data.labeled as a patient count, got {cfg.labeled!r}")
         rows = ssl4mis_rows(slice_ids, count, acdc=name == "acdc")
         lab_ids, unl_ids = slice_ids[:rows], slice_ids[rows:]
         lab_patients = list(dict.fromkeys(patient_of(s) for s in lab_ids))
@@ -117,20 +115,7 @@ def build_acdc(cfg: DataConfig) -> SegmentationData:
 
 @DATASETS.register("phantom2d")
 def build_phantom2d(cfg: DataConfig) -> SegmentationData:
-    from arco.data.phantom import generate_phantom2d
+    from arco.data.phantom import ensure_phantom
 
-    if not cfg.root:
-        raise ConfigError("data.root must name the phantom2d folder (generated there when absent)")
-    root = Path(cfg.root)
-    if not (root / "train_slices.list").is_file():
-        if not cfg.generate:
-            raise DataError(
-                f"{root}: no phantom2d dataset (train_slices.list missing); run `arco data phantom "
-                f"--kind 2d --out {root}` or set data.generate=true"
-            )
-        if root.exists() and any(root.iterdir()):
-            raise DataError(
-                f"{root} exists, is not empty and holds no phantom2d dataset; choose another data.root"
-            )
-        generate_phantom2d(root, cfg.subjects, cfg.seed, cfg.image_size or 128)
+    ensure_phantom(cfg.root, "phantom2d", cfg.generate, cfg.subjects, cfg.seed, cfg.image_size)
     return load_acdc_layout(cfg, "phantom2d")

@@ -122,9 +122,7 @@ def assemble(
         )
     if spatial_dims == 2:
         lab = SliceDataset(images, labels, ids, patch_size, cfg.augment, cfg.rotation, cfg.max_zoom)
-        unl = SliceDataset(
-            unlabeled[0], None, unlabeled[1], patch_size, cfg.augment, cfg.rotation, cfg.max_zoom
-        )
+        unl = SliceDataset(unlabeled[0], None, unlabeled[1], patch_size, cfg.augment, cfg.rotation, cfg.max_zoom)
     else:
         lab = PatchDataset(images, labels, ids, patch_size, cfg.augment, repeats)
         unl = PatchDataset(unlabeled[0], None, unlabeled[1], patch_size, cfg.augment, repeats)

@@ -87,9 +87,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[f
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for corrupt files; re-raised as DataError
-        raise DataError(
-            f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export the file"
-        ) from exc
+        raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export the file") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     zooms = tuple(round(float(z), 6) for z in img.header.get_zooms()[: data.ndim])  # float32 header noise
@@ -190,8 +188,7 @@ def read_h5(
             missing = [k for k in keys if k not in fh]
             if missing:
                 raise DataError(
-                    f"{path}: missing key(s) {missing}; found {sorted(fh.keys())}; "
-                    f"expected h5 datasets {list(keys)}"
+                    f"{path}: missing key(s) {missing}; found {sorted(fh.keys())}; expected h5 datasets {list(keys)}"
                 )
             out = {k: fh[k][()] for k in keys}
     except DataError:

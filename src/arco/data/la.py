@@ -37,9 +37,7 @@ def _case_path(root: Path, entry: str) -> tuple[str, Path]:
 def load_la_layout(cfg: DataConfig, name: str, class_names=LA_CLASSES) -> SegmentationData:
     root = Path(cfg.root)
     if not cfg.root or not root.is_dir():
-        raise DataError(
-            f"dataset '{name}': folder {root} not found; set data.root to the folder with train.list"
-        )
+        raise DataError(f"dataset '{name}': folder {root} not found; set data.root to the folder with train.list")
     dims = check_dims(name, 3, cfg)
     n_cls = check_classes(name, class_names, cfg)
     patch = resolve_patch(cfg, dims, (32, 48, 48) if name == "phantom3d" else (80, 112, 112))
@@ -90,20 +88,7 @@ def build_la(cfg: DataConfig) -> SegmentationData:
 
 @DATASETS.register("phantom3d")
 def build_phantom3d(cfg: DataConfig) -> SegmentationData:
-    from arco.data.phantom import generate_phantom3d
+    from arco.data.phantom import ensure_phantom
 
-    if not cfg.root:
-        raise ConfigError("data.root must name the phantom3d folder (generated there when absent)")
-    root = Path(cfg.root)
-    if not (root / "train.list").is_file():
-        if not cfg.generate:
-            raise DataError(
-                f"{root}: no phantom3d dataset (train.list missing); run `arco data phantom --kind 3d "
-                f"--out {root}` or set data.generate=true"
-            )
-        if root.exists() and any(root.iterdir()):
-            raise DataError(
-                f"{root} exists, is not empty and holds no phantom3d dataset; choose another data.root"
-            )
-        generate_phantom3d(root, cfg.subjects, cfg.seed, cfg.image_size or 64)
+    ensure_phantom(cfg.root, "phantom3d", cfg.generate, cfg.subjects, cfg.seed, cfg.image_size)
     return load_la_layout(cfg, "phantom3d")

@@ -36,9 +36,7 @@ def mni152_files() -> dict[str, Path]:
     imported)."""
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.origin:
-        raise DataError(
-            "dataset 'mni152' needs the nilearn package for its MNI152 files; pip install arco[mni]"
-        )
+        raise DataError("dataset 'mni152' needs the nilearn package for its MNI152 files; pip install arco[mni]")
     base = Path(spec.origin).parent / "datasets" / "data"
     files = {k: base / _NAME.format(k) for k in ("t1", "gm", "wm")}
     missing = [str(p) for p in files.values() if not p.is_file()]

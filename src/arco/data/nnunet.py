@@ -38,9 +38,7 @@ def read_dataset_json(root: Path) -> tuple[dict, tuple[str, ...]]:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
     channels = meta.get("channel_names", meta.get("modality", {"0": "image"}))
     if len(channels) != 1:
-        raise DataError(
-            f"{path}: {len(channels)} input channels {channels}; arco supports single-channel images"
-        )
+        raise DataError(f"{path}: {len(channels)} input channels {channels}; arco supports single-channel images")
     labels = meta.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise DataError(f'{path}: missing \'labels\' mapping (e.g. {{"background": 0, "liver": 1}})')
@@ -52,9 +50,7 @@ def read_dataset_json(root: Path) -> tuple[dict, tuple[str, ...]]:
     return meta, tuple(k for k, _ in by_value)
 
 
-def nnunet_cases(
-    root: Path, images: str, labels: str | None, ending: str
-) -> dict[str, tuple[Path, Path | None]]:
+def nnunet_cases(root: Path, images: str, labels: str | None, ending: str) -> dict[str, tuple[Path, Path | None]]:
     """Map case id -> (image path, label path) for ``<root>/<images>/*_0000<ending>``."""
     img_dir = root / images
     files = sorted(img_dir.glob(f"*_0000{ending}"))
@@ -83,9 +79,7 @@ def _read_case(case: str, img_path: Path, lab_path: Path, n_cls: int, norm: str,
         data = data[None]
     label = check_label(data, vol.image.shape, lab_path, n_cls)
     if not np.allclose(affine, vol.affine, atol=1e-3, rtol=1e-4):
-        raise DataError(
-            f"{lab_path}: affine differs from its image {img_path}; the label must be on the image grid"
-        )
+        raise DataError(f"{lab_path}: affine differs from its image {img_path}; the label must be on the image grid")
     vol.label = label
     return vol
 

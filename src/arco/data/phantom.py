@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from arco._checks import ConfigError, DataError
 from arco.data.io import write_h5
 
-__all__ = ["phantom2d_subject", "phantom3d_subject", "generate_phantom2d", "generate_phantom3d"]
+__all__ = ["phantom2d_subject", "phantom3d_subject", "generate_phantom2d", "generate_phantom3d", "ensure_phantom"]
 
 PHANTOM2D_CLASSES = ("background", "RV", "Myo", "LV")
 PHANTOM3D_CLASSES = ("background", "LA")
@@ -64,9 +65,7 @@ def _smooth_field(rng, shape, amplitude):
 
 
 def _rician(rng, x, sigma):
-    return np.sqrt(
-        (x + sigma * rng.standard_normal(x.shape)) ** 2 + (sigma * rng.standard_normal(x.shape)) ** 2
-    )
+    return np.sqrt((x + sigma * rng.standard_normal(x.shape)) ** 2 + (sigma * rng.standard_normal(x.shape)) ** 2)
 
 
 def phantom2d_subject(seed: int, index: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -99,9 +98,7 @@ def phantom2d_subject(seed: int, index: int, size: int = 128) -> tuple[np.ndarra
     rv_size = (r_lv + thick) * u(1.05, 1.35)
     rv_end = u(0.65, 0.95)  # apical slices past this have no RV
     rv_r = np.maximum(rv_size * np.clip((rv_end - t) / 0.25, 0, 1) ** 0.5, 1e-3)
-    rv_outer = _blob(
-        yy, xx, rv_cy, rv_cx, rv_r * u(0.8, 1.0), rv_r * u(0.55, 0.75), rv_angle, amp, phase[::-1]
-    )
+    rv_outer = _blob(yy, xx, rv_cy, rv_cx, rv_r * u(0.8, 1.0), rv_r * u(0.55, 0.75), rv_angle, amp, phase[::-1])
     rv = rv_outer & ~sep & (rv_r > 0.5)
     rv_wall = _blob(yy, xx, rv_cy, rv_cx, rv_r * 0.9 + 1.5 * f, rv_r * 0.65 + 1.5 * f, rv_angle) & ~rv & ~epi
     # papillary muscles inside the LV cavity (labelled LV, myocardium-dark)
@@ -121,9 +118,7 @@ def phantom2d_subject(seed: int, index: int, size: int = 128) -> tuple[np.ndarra
     fat = body & ~_blob(yy, xx, body_cy, body_cx, body_ry - 2.5 * f, body_rx - 2.5 * f)
     lung_l = _blob(yy, xx, cy - f * u(2, 8), cx - f * u(28, 34), f * u(18, 24), f * u(10, 14), u(-0.3, 0.3))
     lung_r = _blob(yy, xx, cy - f * u(0, 6), cx + f * u(26, 32), f * u(18, 24), f * u(10, 14), u(-0.3, 0.3))
-    liver = _blob(
-        yy, xx, cy + f * u(20, 30) + f * 25 * (1 - t), cx - f * u(10, 25), f * u(22, 30), f * u(28, 36)
-    )
+    liver = _blob(yy, xx, cy + f * u(20, 30) + f * 25 * (1 - t), cx - f * u(10, 25), f * u(22, 30), f * u(28, 36))
     aorta = _blob(yy, xx, cy - f * u(20, 26), cx + f * u(4, 14), f * u(4, 6), f * u(4, 6)) & (t < 0.5)
     stomach = _blob(yy, xx, cy + f * u(18, 26), cx + f * u(18, 30), f * u(6, 10), f * u(8, 12)) & (t > 0.4)
     spine = _blob(yy, xx, body_cy + body_ry - f * u(14, 18), body_cx, f * u(6, 8), f * u(6, 8))
@@ -189,21 +184,15 @@ def phantom3d_subject(seed: int, index: int, size: int = 64) -> tuple[np.ndarray
             for p, q in ((a, b), (b, e)):
                 v = q - p
                 tt = np.clip(((zz - p[0]) * v[0] + (yy - p[1]) * v[1] + (xx - p[2]) * v[2]) / (v @ v), 0, 1)
-                d2 = (
-                    (zz - p[0] - tt * v[0]) ** 2 + (yy - p[1] - tt * v[1]) ** 2 + (xx - p[2] - tt * v[2]) ** 2
-                )
+                d2 = (zz - p[0] - tt * v[0]) ** 2 + (yy - p[1] - tt * v[1]) ** 2 + (xx - p[2] - tt * v[2]) ** 2
                 label |= d2 < rad * rad
     ap = c + r * np.array([u(-0.3, 0.3), 0.7, u(0.7, 1.0)])
     label |= ((zz - ap[0]) ** 2 + (yy - ap[1]) ** 2 / 2 + (xx - ap[2]) ** 2) < (f * u(2.5, 3.5)) ** 2
     # unlabeled bright neighbours: the LV (anterior-inferior) and the aorta (a tube through all slices)
     lv_c = c + f * np.array([u(4, 8), u(14, 18), u(-10, -4)])
-    lv = ((zz - lv_c[0]) / (f * 8)) ** 2 + ((yy - lv_c[1]) / (f * 9)) ** 2 + (
-        (xx - lv_c[2]) / (f * 9)
-    ) ** 2 < 1
+    lv = ((zz - lv_c[0]) / (f * 8)) ** 2 + ((yy - lv_c[1]) / (f * 9)) ** 2 + ((xx - lv_c[2]) / (f * 9)) ** 2 < 1
     ao = (yy - c[1] - f * u(2, 6)) ** 2 + (xx - c[2] + f * u(14, 18)) ** 2 < (f * u(3.5, 5)) ** 2
-    tissue = ((yy - shape[1] / 2) / (shape[1] * 0.47)) ** 2 + (
-        (xx - shape[2] / 2) / (shape[2] * 0.49)
-    ) ** 2 < 1
+    tissue = ((yy - shape[1] / 2) / (shape[1] * 0.47)) ** 2 + ((xx - shape[2] / 2) / (shape[2] * 0.49)) ** 2 < 1
     blood = u(0.7, 0.9)
     img = np.where(tissue, u(0.3, 0.45), 0.05).astype(np.float32)
     img[(lv | ao) & ~label & tissue] = blood * u(0.85, 1.05)
@@ -316,3 +305,28 @@ def generate_phantom3d(
         "size": size,
         "seed": seed,
     }
+
+
+def ensure_phantom(root: str, kind: str, generate: bool, subjects: int, seed: int, size: int) -> Path:
+    """Return ``root`` holding a ``kind`` phantom ("phantom2d" / "phantom3d"), generating it there when absent.
+
+    Raises:
+        ConfigError: no root given. DataError: absent and ``generate`` is False, or ``root`` holds other files.
+    """
+    marker, gen, default_size, flag = {
+        "phantom2d": ("train_slices.list", generate_phantom2d, 128, "2d"),
+        "phantom3d": ("train.list", generate_phantom3d, 64, "3d"),
+    }[kind]
+    if not root:
+        raise ConfigError(f"data.root must name the {kind} folder (generated there when absent)")
+    path = Path(root)
+    if not (path / marker).is_file():
+        if not generate:
+            raise DataError(
+                f"{path}: no {kind} dataset ({marker} missing); run `arco data phantom --kind {flag} "
+                f"--out {path}` or set data.generate=true"
+            )
+        if path.exists() and any(path.iterdir()):
+            raise DataError(f"{path} exists, is not empty and holds no {kind} dataset; choose another data.root")
+        gen(path, subjects, seed, size or default_size)
+    return path

@@ -80,9 +80,7 @@ def select_labeled(patients: Sequence[str], labeled: str | int | float, where: s
         return list(patients)
     if kind == "count":
         if value > n:
-            raise DataError(
-                f"data.labeled={value} but only {n} training patients exist{src}; ask for at most {n}"
-            )
+            raise DataError(f"data.labeled={value} but only {n} training patients exist{src}; ask for at most {n}")
         return list(patients[:value])
     if kind == "fraction":
         return list(patients[: max(1, int(math.floor(value * n + 0.5)))])
@@ -118,9 +116,7 @@ def ssl4mis_rows(slice_ids: Sequence[str], count: int, acdc: bool) -> int:
     return len(slice_ids)
 
 
-def holdout(
-    cases: Sequence[str], fraction: float, seed: int | None = None, minimum: int = 1
-) -> tuple[list, list]:
+def holdout(cases: Sequence[str], fraction: float, seed: int | None = None, minimum: int = 1) -> tuple[list, list]:
     """Split ``cases`` into ``(kept, held)``; ``held`` is the last ``round(fraction*n)`` (>= ``minimum``)
     cases of a
     seeded permutation (``seed=None``: of the given order). ``fraction=0`` holds nothing out."""

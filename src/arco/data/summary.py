@@ -25,9 +25,7 @@ def detect_layout(root: str | Path) -> str:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(
-            f"{root}: folder not found; give a dataset folder (ACDC/SSL4MIS, LA/UA-MT or nnU-Net raw)"
-        )
+        raise DataError(f"{root}: folder not found; give a dataset folder (ACDC/SSL4MIS, LA/UA-MT or nnU-Net raw)")
     if (root / "train_slices.list").is_file() or (root / "data" / "slices").is_dir():
         return "acdc"
     if (root / "dataset.json").is_file() or (root / "imagesTr").is_dir():
@@ -72,14 +70,8 @@ def inspect_dataset(
     train_imgs = list(full.labeled.images)
     train_labs = list(full.labeled.labels)
     vols = full.val + full.test
-    stats = _stats(
-        train_imgs + [v.image for v in vols], train_labs + [v.label for v in vols], full.num_classes
-    )
-    chosen = (
-        full
-        if str(labeled) == "all"
-        else build_data(replace(base, labeled=str(labeled), split_rule=split_rule))
-    )
+    stats = _stats(train_imgs + [v.image for v in vols], train_labs + [v.label for v in vols], full.num_classes)
+    chosen = full if str(labeled) == "all" else build_data(replace(base, labeled=str(labeled), split_rule=split_rule))
     shapes = Counter(tuple(a.shape) for a in train_imgs)
     spacings = sorted({tuple(round(s, 4) for s in v.spacing) for v in vols if v.spacing is not None})
     return {

@@ -50,14 +50,8 @@ def weak_2d(
     Returns:
         ``(image (1, h, w) float32, label (h, w) int64 | None)``.
     """
-    img = torch.as_tensor(
-        np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image
-    ).float()
-    lab = (
-        None
-        if label is None
-        else torch.as_tensor(np.asarray(label) if isinstance(label, np.ndarray) else label)
-    )
+    img = torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image).float()
+    lab = None if label is None else torch.as_tensor(np.asarray(label) if isinstance(label, np.ndarray) else label)
     h, w = int(patch_size[0]), int(patch_size[1])
     if not augment:
         if tuple(img.shape) == (h, w):
@@ -79,9 +73,7 @@ def weak_2d(
     out = F.grid_sample(img[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     if lab is None:
         return out, None
-    lab_out = F.grid_sample(
-        lab[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
+    lab_out = F.grid_sample(lab[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out, lab_out[0, 0].long()
 
 
@@ -164,9 +156,7 @@ def cutmix(
         True
     """
     if image.dim() not in (4, 5):
-        raise ValueError(
-            f"cutmix(): image must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(image.shape)}"
-        )
+        raise ValueError(f"cutmix(): image must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(image.shape)}")
     spatial = tuple(image.shape[2:])
     for t in targets:
         if tuple(t.shape) != (image.shape[0], *spatial):
