@@ -61,7 +61,8 @@ def _measure(preset: str, variant: str, iters: int, device_name: str, threads: i
     import torch
 
     import arco.losses.contrastive as contrastive
-    from arco.methods import ArcoFinetuneConfig, ArcoFinetuneMethod, Batch, ModelConfig
+    from arco.methods import Batch, ModelConfig
+    from arco.methods.arco import ArcoFinetuneConfig, ArcoFinetuneMethod
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Configuration: presets, overrides, errors that name the key, and every field read somewhere."""
+"""Configuration: presets, stages, overrides, --method / --iterations, errors that name the key, every field read."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pytest
 
 import arco
 from arco._checks import ConfigError
-from arco.config import RunConfig, apply_overrides, from_dict, load_config, presets, to_dict
+from arco.config import RunConfig, StageConfig, apply_overrides, load_config, presets, to_dict
+from arco.config.load import build_config
+from arco.engine import ScheduleConfig
+from arco.methods import get_method
 
 SRC = Path(arco.__file__).parent
 
@@ -21,34 +24,63 @@ def test_presets_load_and_acdc_has_paper_settings():
         load_config(name)
     acdc = load_config("acdc")
     assert acdc.data.patch_size == (256, 256)
-    assert (acdc.finetune.batch_labeled, acdc.finetune.batch_unlabeled) == (4, 4)
-    assert acdc.pretrain.iterations == acdc.finetune.iterations == 30000
-    f = acdc.finetune
+    assert [s.name for s in acdc.stages] == ["pretrain", "finetune"]
+    pre, fine = acdc.stage("pretrain"), acdc.stage("finetune")
+    assert (fine.schedule.batch_labeled, fine.schedule.batch_unlabeled) == (4, 4)
+    assert pre.schedule.iterations == fine.schedule.iterations == 30000
+    f = fine.params
     assert (f.lambda_contrast, f.lambda_unsup, f.lambda_nn) == (0.01, 1.0, 1.0)
     assert (f.num_queries, f.num_negatives, f.tau, f.confidence, f.sampler) == (256, 512, 0.5, 0.97, "sg")
-    assert acdc.model.dim == 512 and acdc.pretrain.queue_size == 36
+    assert acdc.model.dim == 512 and pre.params.queue_size == 36
     assert load_config("la").model.arch == "vnet"
 
 
-def test_overrides_are_parsed_as_yaml():
+def test_flat_stage_overrides_reach_schedule_or_params():
     cfg = load_config(
         "phantom2d",
         [
             "finetune.sampler=sag",
+            "finetune.iterations=7",
+            "finetune.lr=0.02",
+            "finetune.params.num_queries=32",
+            "finetune.schedule.batch_labeled=3",
             "data.patch_size=[96, 96]",
             "engine.deterministic=true",
-            "optim.lr=0.05",
-            "finetune.num_queries=32",
+            "schedule.lr=0.05",
         ],
     )
-    assert cfg.finetune.sampler == "sag" and cfg.data.patch_size == (96, 96)
-    assert cfg.engine.deterministic is True and cfg.optim.lr == 0.05 and cfg.finetune.num_queries == 32
+    fine, pre = cfg.stage("finetune"), cfg.stage("pretrain")
+    assert fine.params.sampler == "sag" and fine.params.num_queries == 32
+    assert (fine.schedule.iterations, fine.schedule.lr, fine.schedule.batch_labeled) == (7, 0.02, 3)
+    assert pre.schedule.lr == 0.05  # the run's schedule is every stage's default
+    assert cfg.data.patch_size == (96, 96) and cfg.engine.deterministic is True
 
 
-def test_demo_extends_phantom2d():
+def test_method_replaces_the_stages_and_keeps_matching_preset_settings():
+    sup = load_config("demo", method="supervised")
+    assert [(s.name, s.method) for s in sup.stages] == [("supervised", "supervised")]
+    assert sup.stages[0].schedule.iterations == 1800 and sup.method == "supervised"
+    ns = load_config("demo", method="arco-ns")
+    assert ns.stage("finetune").params.sampler == "ns"
+    assert ns.stage("finetune").params.confidence == load_config("demo").stage("finetune").params.confidence
+    # a recipe stage the preset does not tune gets its share of the run's budget
+    fresh = build_config({"schedule": {"iterations": 100}}, method="arco")
+    assert [s.schedule.iterations for s in fresh.stages] == [50, 50]
+
+
+def test_iterations_sets_every_stage():
+    cfg = load_config("demo", iterations=3)
+    assert [s.schedule.iterations for s in cfg.stages] == [3, 3]
+    with pytest.raises(ConfigError, match="--iterations"):
+        load_config("demo", iterations=0)
+
+
+def test_demo_extends_phantom2d_and_merges_stages_by_name():
     demo, base = load_config("demo"), load_config("phantom2d")
     assert demo.data.dataset == base.data.dataset == "phantom2d"
     assert demo.data.patch_size != base.data.patch_size
+    # demo does not restate grid: it comes from the defaults; bank_size 512 overrides phantom2d's 1024
+    assert demo.stage("finetune").params.bank_size == 512 and base.stage("finetune").params.bank_size == 1024
 
 
 @pytest.mark.parametrize(
@@ -58,38 +90,52 @@ def test_demo_extends_phantom2d():
         ("finetun.sampler=sag", r"'finetun'.*did you mean 'finetune'"),
         ("finetune.num_queries=abc", r"finetune\.num_queries.*integer"),
         ("engine.deterministic=3", r"engine\.deterministic.*true or false"),
-        ("optim.lr=fast", r"optim\.lr.*number"),
+        ("schedule.lr=fast", r"schedule\.lr.*number"),
+        ("schedule.lr=-1", r"schedule.lr must be > 0"),
+        ("finetune.iterations=0", r"schedule.iterations must be >= 1"),
         ("data.patch_size=64", r"data\.patch_size.*list"),
-        ("stages=[pretrain, finetun]", r"stages.*did you mean 'finetune'"),
+        ("data.labeled=0", r"data.labeled='0' gives an empty labeled set"),
+        ("data.labeled=1.5", r"data.labeled: a fraction must be in \(0, 1\]"),
+        ("eval.compat=medpy", r"eval.compat must be one of"),
+        ("finetune.init_checkpoint=first", r"init_checkpoint must be one of"),
+        ("optim.learning_rate=0.1", r"optim\.learning_rate"),
+        ("method=arcoo", r"unknown method 'arcoo'.*did you mean 'arco'"),
         ("nonsense", r"KEY=VALUE"),
     ],
 )
-def test_bad_keys_and_types_name_the_key(override, match):
-    with pytest.raises(ConfigError, match=match):
+def test_bad_keys_and_values_name_the_key_when_read(override, match):
+    with pytest.raises((ConfigError, ValueError), match=match):
         load_config("phantom2d", [override])
 
 
-def test_unknown_preset_suggests():
+def test_unknown_preset_and_section_suggest():
     with pytest.raises(ConfigError, match="did you mean 'phantom2d'"):
         load_config("phantom2")
+    with pytest.raises(ConfigError, match="did you mean 'schedule'"):
+        build_config({"schedul": {}})
 
 
-def test_round_trip():
+def test_resolved_config_reloads_to_the_same_run(tmp_path):
+    import yaml
+
     cfg = load_config("acdc", ["finetune.sampler=sag"])
-    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert load_config(str(p)) == cfg
 
 
 def test_yaml_file_with_extends(tmp_path):
     p = tmp_path / "mine.yaml"
-    p.write_text("extends: acdc\nfinetune:\n  sampler: ns\n")
+    p.write_text("extends: acdc\nstages:\n  - name: finetune\n    method: arco-finetune\n    sampler: ns\n")
     cfg = load_config(str(p))
-    assert cfg.finetune.sampler == "ns" and cfg.data.dataset == "acdc"
+    assert cfg.stage("finetune").params.sampler == "ns" and cfg.data.dataset == "acdc"
+    assert cfg.stage("finetune").params.num_queries == 256  # the rest of acdc's finetune stage is kept
 
 
 def test_apply_overrides_does_not_touch_input():
-    raw = {"finetune": {"sampler": "sg"}}
-    out = apply_overrides(raw, ["finetune.sampler=sag"])
-    assert raw["finetune"]["sampler"] == "sg" and out["finetune"]["sampler"] == "sag"
+    raw = {"data": {"labeled": "3"}}
+    out = apply_overrides(raw, ["data.labeled=1"])
+    assert raw["data"]["labeled"] == "3" and out["data"]["labeled"] == 1
 
 
 def _fields(cls, prefix=""):
@@ -102,8 +148,13 @@ def _fields(cls, prefix=""):
 
 def test_every_config_field_is_read():
     """Each field is read as ``<something>.<field>`` in library code outside its own dataclass definition."""
+    from arco.methods import method_names
+
     code = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
-    unread = [full for full, name in _fields(RunConfig) if not re.search(rf"\.{name}\b", code)]
+    fields = list(_fields(RunConfig)) + list(_fields(StageConfig)) + list(_fields(ScheduleConfig))
+    for name in method_names():
+        fields += list(_fields(get_method(name).config_class, f"{name}."))
+    unread = [full for full, name in fields if not re.search(rf"\.{name}\b", code)]
     assert not unread, f"config fields nothing reads: {unread}"
 
 
@@ -112,3 +163,55 @@ def test_training_sampler_is_checked_when_the_config_is_read(sampler):
     # sg-ref / sag-ref are study-only strategies of arco.sampling.sample; training must reject them up front.
     with pytest.raises(ValueError, match="finetune.sampler must be one of 'ns', 'sg', 'sag'"):
         load_config("phantom2d", [f"finetune.sampler={sampler}"])
+
+
+def test_plugins_are_loaded_before_stages_are_read(tmp_path):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(PLUGIN)
+    cfg = build_config({"plugins": [str(plugin)], "schedule": {"iterations": 4}}, method="plugin-mean-consistency")
+    assert cfg.stages[0].params.weight == 0.25 and cfg.plugins == (str(plugin),)
+    with pytest.raises(ConfigError, match="plug-in file .* does not exist"):
+        build_config({"plugins": ["missing_plugin.py"]})
+    with pytest.raises(ConfigError, match="plug-in module 'no_such_module_xyz' cannot be imported"):
+        build_config({"plugins": ["no_such_module_xyz"]})
+
+
+PLUGIN = '''
+from dataclasses import dataclass
+import torch
+from arco.losses import SupervisedLoss
+from arco.methods import MethodBase, StepOutput, register_method
+
+
+@dataclass(frozen=True)
+class Cfg:
+    weight: float = 0.25
+
+
+@register_method
+class MeanConsistency(MethodBase):
+    """A user's own method: L_sup + weight * MSE between the softmax of two noisy views of unlabeled images."""
+
+    name = "plugin-mean-consistency"
+    config_class = Cfg
+    description = "test plug-in: supervised + consistency between two noisy views"
+    paper = "(a user's own method)"
+    loss_names = ("loss_sup", "loss_cons")
+    init_modules = ("student",)
+
+    def __init__(self, cfg, num_classes, spatial_dims, model):
+        super().__init__(cfg, num_classes, spatial_dims, model)
+        self.student = self.add_backbone("student")
+        self.sup = SupervisedLoss()
+
+    def training_step(self, batch, step):
+        out = self.student(torch.cat([batch.image_l, batch.image_u]))
+        bl = batch.image_l.shape[0]
+        loss_sup = self.sup(out.logits[:bl], batch.label_l)
+        noisy = batch.image_u + 0.1 * torch.randn(batch.image_u.shape, generator=self.generator)
+        with torch.no_grad():
+            target = self.student(noisy).logits.softmax(1)
+        loss_cons = ((out.logits[bl:].softmax(1) - target) ** 2).mean()
+        loss = loss_sup + self.cfg.weight * loss_cons
+        return StepOutput(loss, {"loss_sup": loss_sup.detach(), "loss_cons": loss_cons.detach()})
+'''

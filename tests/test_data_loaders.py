@@ -326,8 +326,8 @@ def test_dims_mismatch(tmp_path):
 
 def test_empty_and_too_many_labeled(tmp_path):
     root = make_acdc(tmp_path / "a")
-    with pytest.raises(DataError, match="empty labeled set"):
-        build_data(_acdc_cfg(root, labeled="0"))
+    with pytest.raises(ConfigError, match="empty labeled set"):  # rejected when the config is read
+        _acdc_cfg(root, labeled="0")
     with pytest.raises(DataError, match=r"data.labeled=5 but only 3 training patients exist in .*train_slices"):
         build_data(_acdc_cfg(root, labeled="5"))
     with pytest.raises(ConfigError, match="num_classes=3 but dataset 'acdc' has 4"):

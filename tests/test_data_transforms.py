@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from arco.data.transforms import color_jitter, cutmix, gaussian_blur, weak_2d, weak_3d
+from arco.augment import color_jitter, cutmix, gaussian_blur
+from arco.data.transforms import weak_2d, weak_3d
 
 
 def _blocks(shape, seed=0):

@@ -46,8 +46,10 @@ def test_supervised_hand_value():
     # Uniform logits, 2 classes, 4 pixels of class 0: CE = ln 2; Dice class 0 = 1 - 4/5, class 1 = 1 - 0/1.
     logits = torch.zeros(1, 2, 2, 2)
     label = torch.zeros(1, 2, 2, dtype=torch.long)
-    expected = 0.5 * (math.log(2) + 0.5 * ((1 - 4 / 5) + 1))
+    expected = math.log(2) + 0.5 * ((1 - 4 / 5) + 1)  # weight 1: the ARCO stages (reference code)
     assert float(supervised_loss(logits, label)) == pytest.approx(expected, abs=1e-5)
+    # weight 0.5: the SSL4MIS baselines
+    assert float(supervised_loss(logits, label, weight=0.5)) == pytest.approx(0.5 * expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8), (1, 4, 4, 4)])

@@ -1,39 +1,28 @@
-"""Method contract (STYLE.md §3/§8): one CPU step per registered method, gradients, teachers, state."""
+"""Method contract (STYLE.md §3/§8), run over every registered method, and ARCO's objective as defined."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from arco.methods import METHOD_CONFIGS, METHODS, Batch, Method, ModelConfig
+from _tiny import params_for
+from arco._checks import ConfigError
+from arco.methods import Batch, Method, ModelConfig, build_method, get_method, get_recipe, method_names, recipe_names
 from arco.models import RepresentationHead
-
-SMALL = {
-    "supervised": {},
-    "arco-pretrain": {"queue_size": 4},
-    "arco-finetune": {
-        "num_queries": 16,
-        "num_negatives": 16,
-        "bank_size": 32,
-        "nn_bank": 8,
-        "nn_k": 2,
-        "confidence": 0.0,
-    },
-}
 
 
 def build(name: str, spatial_dims: int = 2, **over):
     model = ModelConfig(arch="unet" if spatial_dims == 2 else "vnet", dim=8, hidden_dim=8, n_filters=4)
-    cfg = METHOD_CONFIGS[name](**{**SMALL[name], **over})
     torch.manual_seed(0)
-    m = METHODS.build(name, cfg=cfg, num_classes=3, spatial_dims=spatial_dims, model=model)
-    m.setup(torch.device("cpu"), 0)
+    m = build_method(name, params_for(name, **over), 3, spatial_dims, model)
+    m.setup(torch.device("cpu"), 0, 100)
     m.train(True)
     return m
 
 
-def batch(spatial_dims: int = 2, b: int = 2) -> Batch:
-    g = torch.Generator().manual_seed(1)
+def batch(spatial_dims: int = 2, b: int = 2, seed: int = 1) -> Batch:
+    g = torch.Generator().manual_seed(seed)
     s = (32, 32) if spatial_dims == 2 else (16, 16, 16)
     return Batch(
         torch.randn(b, 1, *s, generator=g),
@@ -42,46 +31,183 @@ def batch(spatial_dims: int = 2, b: int = 2) -> Batch:
     )
 
 
-def test_registry_lists_the_three_methods():
-    assert METHODS.names() == ["arco-finetune", "arco-pretrain", "supervised"]
-    with pytest.raises(ValueError, match="did you mean 'supervised'"):
-        METHODS.get("supervise")
+def sgd_step(m, b: Batch, it: int = 0, lr: float = 0.1):
+    out = m.training_step(b, it)
+    opt = torch.optim.SGD(m.param_groups(), lr=lr)
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    m.after_optimizer_step(it)
+    return out
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
-def test_one_step_finite_loss_gradients_and_frozen_teachers(name, spatial_dims):
-    m = build(name, spatial_dims)
+# ------------------------------------------------------------------------------------------------ registry
+def test_registry_holds_the_built_in_methods_and_recipes():
+    assert {"supervised", "arco-pretrain", "arco-finetune"} <= set(method_names())
+    assert {"arco", "arco-ns", "arco-sag", "supervised"} <= set(recipe_names())
+    assert [s.method for s in get_recipe("arco").stages] == ["arco-pretrain", "arco-finetune"]
+    assert dict(get_recipe("arco-ns").stages[1].params) == {"sampler": "ns"}
+    with pytest.raises(ConfigError, match="did you mean 'supervised'"):
+        get_method("supervise")
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_declares_what_the_engine_reads(name):
+    cls = get_method(name)
+    assert cls.description and cls.paper and cls.loss_names and cls.loss_names[0].startswith("loss")
+    assert all(n.startswith("loss_") for n in cls.loss_names)
+    m = build(name, cls.spatial_dims[0])
     assert isinstance(m, Method)
+    assert m.predict_module in m.modules() and set(cls.init_modules) <= set(m.modules())
+    assert m.predictor_spec["arch"] in ("unet", "vnet")
+
+
+# ------------------------------------------------------------------------------------- contract, every method
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("name", method_names())
+def test_one_step_finite_loss_gradients_and_frozen_teachers(name, spatial_dims):
+    if spatial_dims not in get_method(name).spatial_dims:
+        pytest.skip(f"{name} is not defined in {spatial_dims}D")
+    m = build(name, spatial_dims)
     out = m.training_step(batch(spatial_dims), 0)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert set(out.logs) <= {*m.loss_names, *m.metric_names}
     assert all(v.dim() == 0 and not v.requires_grad for v in out.logs.values())
     out.loss.backward()
     trainable = {id(p) for g in m.param_groups() for p in g["params"]}
+    frozen = {t for t, _ in m.ema_pairs}
     for mod_name, mod in m.modules().items():
         for pname, p in mod.named_parameters():
             if id(p) in trainable:
                 assert p.grad is not None and torch.isfinite(p.grad).all(), f"{mod_name}.{pname} got no gradient"
             else:
-                assert mod_name.startswith("teacher"), f"{mod_name}.{pname} is not optimised"
+                assert mod_name in frozen, f"{mod_name}.{pname} is neither optimised nor a teacher"
                 assert not p.requires_grad and p.grad is None, f"teacher {mod_name}.{pname} got a gradient"
-    for mod_name, mod in m.modules().items():
-        if mod_name.startswith("teacher"):
-            assert not mod.training, f"{mod_name} must stay in eval mode"
+    for t in frozen:
+        assert not m.modules()[t].training, f"{t} must stay in eval mode"
 
 
+@pytest.mark.parametrize("name", method_names())
+def test_generator_state_round_trip(name):
+    m = build(name, get_method(name).spatial_dims[0])
+    state = m.state_dict()
+    a = torch.rand(3, generator=m.generator)
+    m.load_state_dict(state)
+    assert torch.equal(torch.rand(3, generator=m.generator), a)
+
+
+# ------------------------------------------------------------------------------------- ARCO, as defined
 @pytest.mark.parametrize("name", ["arco-pretrain", "arco-finetune"])
-def test_after_step_moves_teacher_towards_student(name):
+def test_ema_momentum_on_every_teacher_student_pair(name):
     m = build(name)
-    teacher = m.modules()["teacher"]
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    out = m.training_step(batch(), 0)
-    opt = torch.optim.SGD(m.param_groups(), lr=0.1)
-    out.loss.backward()
-    opt.step()
-    m.after_optimizer_step(0)
-    changed = [k for k, v in teacher.state_dict().items() if not torch.equal(v, before[k])]
-    assert changed
+    pairs = m.ema_pairs
+    # backbone, global projector and each stage's own heads are all kept as EMA teachers
+    students = {s for _, s in pairs}
+    assert {"student", "projector"} <= students
+    assert ("rep_head" in students) if name == "arco-finetune" else ("local_projector" in students)
+    before = {t: {k: v.clone() for k, v in m.modules()[t].state_dict().items()} for t, _ in pairs}
+    sgd_step(m, batch())
+    momentum = m.cfg.ema
+    for t, s in pairs:
+        t_state, s_state = m.modules()[t].state_dict(), m.modules()[s].state_dict()
+        for k, v in t_state.items():
+            if v.is_floating_point():
+                expected = momentum * before[t][k] + (1 - momentum) * s_state[k]
+                assert torch.allclose(v, expected, atol=1e-6), f"{t}.{k} is not the EMA of {s}.{k}"
+            else:
+                assert torch.equal(v, s_state[k]), f"{t}.{k} (integer buffer) must be copied from {s}"
+
+
+def _dice(logits, label):
+    p = logits.softmax(1)
+    y = F.one_hot(label, logits.shape[1]).movedim(-1, 1).float()
+    dims = (0, 2, 3)
+    return (1 - (2 * (p * y).sum(dims) + 1e-5) / ((p * p).sum(dims) + y.sum(dims) + 1e-5)).mean()
+
+
+@pytest.mark.parametrize(("name", "weight"), [("arco-pretrain", 1.0), ("arco-finetune", 1.0), ("supervised", 0.5)])
+def test_supervised_term_is_ce_plus_dice_with_the_methods_weight(name, weight):
+    m = build(name)
+    b = batch()
+    seen = {}
+
+    def hook(_m, _i, out) -> None:
+        seen.setdefault("logits", out.logits)
+
+    m.modules()["student"].register_forward_hook(hook)
+    out = m.training_step(b, 0)
+    logits = seen["logits"][: b.image_l.shape[0]].detach()
+    expected = weight * (F.cross_entropy(logits, b.label_l) + _dice(logits, b.label_l))
+    assert float(out.logs["loss_sup"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_finetune_contrast_draws_only_confident_pseudo_labels(monkeypatch):
+    from arco import sampling
+    from arco.losses import contrastive
+
+    drawn = []
+    original = sampling.sample_per_class
+
+    def spy(label, *args, **kwargs):
+        index, ok = original(label, *args, **kwargs)
+        drawn.append((index[ok], label.shape))
+        return index, ok
+
+    monkeypatch.setattr(contrastive.sampling, "sample_per_class", spy, raising=True)
+    counts = {}
+    for threshold in (1.01, 0.0):  # nothing confident / everything confident
+        drawn.clear()
+        m = build("arco-finetune", confidence=threshold)
+        out = m.training_step(batch(), 0)
+        index, shape = drawn[-1]
+        labeled_pixels = 2 * shape[1] * shape[2]  # the first two images of the batch are the labeled ones
+        counts[threshold] = int((index >= labeled_pixels).sum())
+        if threshold > 1:
+            assert float(out.logs["loss_unsup"]) == 0.0 and float(out.logs["confident"]) == 0.0
+    assert counts[1.01] == 0, "unconfident unlabeled pixels entered the contrastive loss"
+    assert counts[0.0] > 0  # the check above can fail: with every pixel valid, unlabeled pixels are drawn
+
+
+def test_sampler_strategy_and_grid_reach_the_sampler_from_the_config(monkeypatch, tmp_path):
+    from arco import sampling
+    from arco.config import load_config
+    from arco.losses import contrastive
+    from arco.pipeline import build_stage_method
+
+    seen = []
+    original = sampling.sample_per_class
+
+    def spy(label, num_classes, num, strategy, grid=4, **kwargs):
+        seen.append((strategy, grid))
+        return original(label, num_classes, num, strategy, grid=grid, **kwargs)
+
+    monkeypatch.setattr(contrastive.sampling, "sample_per_class", spy, raising=True)
+    from _tiny import tiny_data
+
+    data = tiny_data(2)
+    for sampler, grid in (("sag", 2), ("ns", 3)):
+        cfg = load_config("demo", [f"finetune.sampler={sampler}", f"finetune.grid={grid}", "model.dim=8"])
+        m = build_stage_method(cfg, cfg.stage("finetune"), data)
+        m.setup(torch.device("cpu"), 0, 10)
+        m.train(True)
+        m.training_step(batch(), 0)
+        assert seen[-1] == (sampler, grid)
+
+
+def test_nearest_neighbour_term_trains_the_student_once_its_bank_is_full():
+    def grads(lambda_nn: float) -> dict[str, torch.Tensor]:
+        m = build("arco-finetune", lambda_contrast=0.0, lambda_unsup=0.0, lambda_nn=lambda_nn, nn_bank=4, nn_k=2)
+        for it in range(3):  # two unlabeled images per step: the 4-entry bank is full after two steps
+            sgd_step(m, batch(seed=10 + it), it, lr=0.0)
+        assert bool(m.modules()["nn_loss"].bank_valid.all())
+        out = m.training_step(batch(seed=99), 3)
+        assert lambda_nn == 0 or float(out.logs["loss_nn"]) > 0
+        out.loss.backward()
+        return {n: p.grad.clone() for n, p in m.modules()["student"].named_parameters() if p.grad is not None}
+
+    with_nn, without = grads(1.0), grads(0.0)
+    differ = [n for n in with_nn if not torch.allclose(with_nn[n], without[n], atol=1e-8)]
+    assert differ, "L_nn carries no gradient to the student"
 
 
 def test_finetune_never_runs_a_dense_representation_head(monkeypatch):
@@ -94,35 +220,11 @@ def test_finetune_never_runs_a_dense_representation_head(monkeypatch):
     assert torch.isfinite(out.loss)
 
 
-def test_finetune_contrast_sees_only_confident_pseudo_labels():
-    # With an unreachable threshold no unlabeled pixel is valid: L_unsup is exactly 0.
-    m = build("arco-finetune", confidence=1.01)
-    out = m.training_step(batch(), 0)
-    assert float(out.logs["loss_unsup"]) == 0.0 and float(out.logs["confident"]) == 0.0
-
-
-def test_generator_state_round_trip():
-    m = build("arco-finetune")
-    state = m.state_dict()
-    a = torch.rand(3, generator=m.generator)
-    m.load_state_dict(state)
-    assert torch.equal(torch.rand(3, generator=m.generator), a)
-
-
 def test_bad_arguments_are_named():
+    cfg = params_for("supervised")
     with pytest.raises(ValueError, match="num_classes"):
-        METHODS.build(
-            "supervised",
-            cfg=METHOD_CONFIGS["supervised"](),
-            num_classes=1,
-            spatial_dims=2,
-            model=ModelConfig(),
-        )
+        build_method("supervised", cfg, 1, 2, ModelConfig())
     with pytest.raises(ValueError, match="3D network but the data is 2D"):
-        METHODS.build(
-            "supervised",
-            cfg=METHOD_CONFIGS["supervised"](),
-            num_classes=2,
-            spatial_dims=2,
-            model=ModelConfig(arch="vnet"),
-        )
+        build_method("supervised", cfg, 2, 2, ModelConfig(arch="vnet"))
+    with pytest.raises(TypeError, match="takes a SupervisedConfig"):
+        build_method("supervised", params_for("arco-pretrain"), 2, 2, ModelConfig())

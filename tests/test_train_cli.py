@@ -1,4 +1,4 @@
-"""`arco train` / `arco demo` via the CLI: in-process on tiny phantoms, plus one subprocess error check."""
+"""`arco train` / `arco demo` via the CLI: in-process on tiny phantoms, plug-ins, plus one subprocess error check."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.cli import main
+from test_config import PLUGIN
 
 TINY = [
     "data.subjects=6",
@@ -19,50 +20,45 @@ TINY = [
     "data.labeled=2",
     "model.dim=8",
     "model.hidden_dim=8",
-    "pretrain.iterations=3",
-    "pretrain.batch_labeled=2",
-    "pretrain.batch_unlabeled=2",
-    "pretrain.queue_size=4",
-    "finetune.iterations=3",
-    "finetune.batch_labeled=2",
-    "finetune.batch_unlabeled=2",
-    "finetune.num_queries=8",
-    "finetune.num_negatives=8",
-    "finetune.bank_size=16",
-    "finetune.nn_bank=4",
-    "finetune.nn_k=2",
-    "supervised.iterations=3",
-    "supervised.batch=2",
+    "schedule.iterations=3",
+    "schedule.batch_labeled=2",
+    "schedule.batch_unlabeled=2",
     "engine.device=cpu",
     "engine.log_every=1",
     "engine.val_every=3",
     "engine.progress=false",
 ]
+ARCO_TINY = [
+    "pretrain.iterations=3",
+    "pretrain.queue_size=4",
+    "finetune.iterations=3",
+    "finetune.num_queries=8",
+    "finetune.num_negatives=8",
+    "finetune.bank_size=16",
+    "finetune.nn_bank=4",
+    "finetune.nn_k=2",
+]
 
 
-def _args(tmp_path, *extra):
-    sets = [a for kv in [*TINY, f"data.root={tmp_path / 'data'}"] for a in ("--set", kv)]
-    return ["train", "--config", "phantom2d", *sets, "--out", str(tmp_path / "run"), *extra]
+def _args(tmp_path, *extra, arco=True):
+    sets = [*TINY, *(ARCO_TINY if arco else []), f"data.root={tmp_path / 'data'}"]
+    return ["train", "--config", "phantom2d", *[a for kv in sets for a in ("--set", kv)], "--out",
+            str(tmp_path / "run"), *extra]  # fmt: skip
 
 
 def test_train_runs_both_stages_in_process(tmp_path, capsys):
     assert main(_args(tmp_path)) == 0
     run = tmp_path / "run"
     for stage in ("pretrain", "finetune"):
-        for name in (
-            "config.yaml",
-            "split.json",
-            "log.csv",
-            "summary.json",
-            "checkpoints/last.pt",
-            "checkpoints/best.pt",
-        ):
+        for name in ("config.yaml", "split.json", "log.csv", "summary.json", "checkpoints/last.pt",
+                     "checkpoints/best.pt"):  # fmt: skip
             assert (run / stage / name).is_file(), f"{stage}/{name}"
     state = load_checkpoint(run / "finetune" / "checkpoints" / "last.pt")
-    assert state["stage"] == "finetune" and state["iteration"] == 3
+    assert state["stage"] == "finetune" and state["method"] == "arco-finetune" and state["iteration"] == 3
     assert {"student", "teacher", "rep_head", "contrast", "nn_loss"} <= set(state["modules"])
-    assert state["config"]["finetune"]["sampler"] == "sg"
-    assert "generator" in state["method"] and "torch" in state["rng"]
+    stages = {s["name"]: s for s in state["config"]["stages"]}
+    assert stages["finetune"]["params"]["sampler"] == "sg"
+    assert "generator" in state["method_state"] and "torch" in state["rng"]
     model, meta = load_predictor(run / "finetune")
     assert meta["data"]["dataset"] == "phantom2d" and meta["data"]["num_classes"] == 4
     assert model(torch.zeros(1, 1, 32, 32)).logits.shape == (1, 4, 32, 32)
@@ -73,12 +69,43 @@ def test_train_runs_both_stages_in_process(tmp_path, capsys):
     assert json.loads((run / "finetune" / "summary.json").read_text()) == before
 
 
-def test_train_supervised_stage_and_print_config(tmp_path, capsys):
-    assert main(_args(tmp_path, "--stage", "supervised")) == 0
+def test_train_a_method_by_name_and_print_config(tmp_path, capsys):
+    assert main(_args(tmp_path, "--method", "supervised", arco=False)) == 0
     assert (tmp_path / "run" / "supervised" / "checkpoints" / "best.pt").is_file()
     assert not (tmp_path / "run" / "pretrain").exists()
     assert main(["train", "--config", "acdc", "--print-config"]) == 0
     assert "lambda_contrast: 0.01" in capsys.readouterr().out
+
+
+def test_one_stage_with_init(tmp_path):
+    assert main(_args(tmp_path, "--stage", "pretrain")) == 0
+    assert not (tmp_path / "run" / "finetune").exists()
+    assert main(_args(tmp_path, "--stage", "finetune")) == 0  # starts from the pretrain stage's last.pt
+    assert load_checkpoint(tmp_path / "run" / "finetune" / "checkpoints" / "last.pt")["iteration"] == 3
+    other = tmp_path / "other"
+    assert main([*_args(tmp_path, "--stage", "finetune")[:-1], str(other)]) != 0  # no pretrain there: clear error
+
+
+def test_list_methods_reads_the_registry(capsys):
+    assert main(["train", "--list-methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("supervised", "arco", "arco-ns", "arco-sag", "arco-pretrain", "arco-finetune", "NeurIPS 2023"):
+        assert name in out
+
+
+def test_a_plugin_method_from_a_file_outside_arco_trains_through_the_cli(tmp_path, capsys):
+    plugin = tmp_path / "elsewhere" / "my_method.py"
+    plugin.parent.mkdir()
+    plugin.write_text(PLUGIN.replace("plugin-mean-consistency", "plugin-cli-consistency"))
+    args = _args(tmp_path, "--plugin", str(plugin), "--method", "plugin-cli-consistency", "--iterations", "4",
+                 arco=False)  # fmt: skip
+    assert main(args) == 0
+    run = tmp_path / "run" / "plugin-cli-consistency"
+    header = (run / "log.csv").read_text().splitlines()[0]
+    assert header == "iteration,stage,lr,loss,loss_sup,loss_cons,val_dice"
+    assert json.loads((run / "summary.json").read_text())["completed_iterations"] == 4
+    assert main(["train", "--plugin", str(plugin), "--list-methods"]) == 0
+    assert "plugin-cli-consistency" in capsys.readouterr().out
 
 
 def test_bad_key_in_process_is_a_clean_error(tmp_path, capsys):
@@ -89,22 +116,12 @@ def test_bad_key_in_process_is_a_clean_error(tmp_path, capsys):
 
 def test_bad_set_key_subprocess_exits_nonzero_without_traceback(tmp_path):
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "arco",
-            "train",
-            "--config",
-            "phantom2d",
-            "--set",
-            "optim.learning_rate=0.1",
-            "--out",
-            str(tmp_path / "run"),
-        ],
+        [sys.executable, "-m", "arco", "train", "--config", "phantom2d", "--set", "optim.learning_rate=0.1",
+         "--out", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         timeout=120,
-    )
+    )  # fmt: skip
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "optim.learning_rate" in proc.stderr
     assert "did you mean" in proc.stderr
@@ -112,18 +129,9 @@ def test_bad_set_key_subprocess_exits_nonzero_without_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_demo_fast_end_to_end(tmp_path, capsys):
-    sets = [
-        a
-        for kv in [
-            "pretrain.iterations=8",
-            "finetune.iterations=8",
-            "engine.val_every=4",
-            "data.subjects=8",
-            "engine.progress=false",
-        ]
-        for a in ("--set", kv)
-    ]
-    assert main(["demo", "--out", str(tmp_path / "demo"), *sets]) == 0
+    sets = ["pretrain.iterations=8", "finetune.iterations=8", "schedule.iterations=16", "engine.val_every=4",
+            "data.subjects=8", "engine.progress=false"]  # fmt: skip
+    assert main(["demo", "--out", str(tmp_path / "demo"), *[a for kv in sets for a in ("--set", kv)]]) == 0
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
     for method in ("supervised", "arco"):
         assert 0.0 <= s[method]["dice"] <= 1.0 and s[method]["asd"] >= 0.0 and s[method]["per_class"]
@@ -135,7 +143,8 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
 @pytest.mark.slow
 def test_phantom3d_vnet_pipeline_learns(tmp_path):
     """SPEC §3/§7: both stages with the VNet, 3D samplers and 3D heads on phantom3d; Dice above chance."""
-    from arco.config import load_config, train
+    from arco.config import load_config
+    from arco.pipeline import train
 
     cfg = load_config(
         "phantom3d",
@@ -149,7 +158,7 @@ def test_phantom3d_vnet_pipeline_learns(tmp_path):
             "pretrain.iterations=40",
             "finetune.iterations=80",
             "finetune.confidence=0.8",
-            "optim.lr=0.05",
+            "schedule.lr=0.05",
             "engine.device=cpu",
             "engine.val_every=40",
             "engine.progress=false",

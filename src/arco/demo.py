@@ -1,8 +1,8 @@
 """The whole story on the built-in phantom, sized for a 2-core CPU: supervised baseline vs ARCO-SG.
 
-Both methods see the same labeled subjects, the same network, the same number of supervised iterations (the
-baseline trains ``pretrain.iterations + finetune.iterations`` steps, ARCO's two stages together as many), and
-both are scored with their best-on-val checkpoint on the test split.
+Both methods see the same labeled subjects, the same network and the same iteration budget (the baseline trains
+``schedule.iterations`` steps, ARCO's two stages together as many), and both are scored with their best-on-val
+checkpoint on the test split.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from arco._io import atomic_write_text
-from arco.config import RunConfig, load_config, to_dict, train
+from arco.config import SECTIONS, RunConfig, load_config, to_dict
+from arco.pipeline import train
 
 __all__ = ["DEMO_PRESET", "demo_config", "run_demo", "evaluate_checkpoint", "format_table"]
 
@@ -27,20 +28,23 @@ logger = logging.getLogger(__name__)
 DEMO_PRESET = "demo"
 
 
-def demo_config(out: str | os.PathLike, fast: bool = False, overrides: tuple[str, ...] = ()) -> RunConfig:
-    """The ``demo`` preset with its data under ``out/data``; ``fast`` divides every schedule by 4 (smoke
-    test).
-    """
-    cfg = load_config(DEMO_PRESET, (f"data.root={Path(out) / 'data'}", *overrides))
-    if fast:
-        cfg = replace(
-            cfg,
-            pretrain=replace(cfg.pretrain, iterations=max(cfg.pretrain.iterations // 4, 1)),
-            finetune=replace(cfg.finetune, iterations=max(cfg.finetune.iterations // 4, 1)),
-            supervised=replace(cfg.supervised, iterations=max(cfg.supervised.iterations // 4, 1)),
-            engine=replace(cfg.engine, val_every=max(cfg.engine.val_every // 4, 1)),
-        )
-    return cfg
+def _shorten(cfg: RunConfig, factor: int) -> RunConfig:
+    stages = tuple(
+        replace(s, schedule=replace(s.schedule, iterations=max(s.schedule.iterations // factor, 1))) for s in cfg.stages
+    )
+    return replace(cfg, stages=stages, engine=replace(cfg.engine, val_every=max(cfg.engine.val_every // factor, 1)))
+
+
+def demo_config(
+    out: str | os.PathLike, fast: bool = False, overrides: tuple[str, ...] = (), method: str | None = None
+) -> RunConfig:
+    """The ``demo`` preset (as recipe ``method``, default ARCO) with its data under ``out/data``; ``fast`` divides
+    every schedule by 4 (smoke test). Overrides of stages this run does not have (``finetune.*`` for the supervised
+    run) are left out."""
+    stages = {s.name for s in load_config(DEMO_PRESET, method=method).stages}
+    mine = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in (*SECTIONS, *stages)]
+    cfg = load_config(DEMO_PRESET, (f"data.root={Path(out) / 'data'}", *mine), method=method)
+    return _shorten(cfg, 4) if fast else cfg
 
 
 def _scores(result: Any) -> dict[str, Any]:
@@ -72,42 +76,34 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def evaluate_checkpoint(ckpt: str | os.PathLike, data: Any, cfg: RunConfig, out_dir: Any = None) -> dict[str, Any]:
     """Score a run's best checkpoint on ``data.test``; returns mean and per-class Dice/ASD/HD95."""
-    import torch
-
+    from arco._device import resolve_device
     from arco.checkpoint import load_predictor
-    from arco.engine import resolve_device
-    from arco.evaluation.report import evaluate
+    from arco.evaluation.report import evaluate_model
 
     device = resolve_device(cfg.engine.device)
     model, _ = load_predictor(ckpt, map_location=device)
-    model.to(device)
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return model(x.to(device)).logits
-
-    with torch.no_grad():
-        result = evaluate(
-            predict,
-            data.test,
-            data.num_classes,
-            data.spatial_dims,
-            data.patch_size,
-            class_names=data.class_names,
-            compat=cfg.eval.compat,
-            out_dir=out_dir,
-            device=str(device),
-        )
+    result = evaluate_model(
+        model.to(device),
+        data.test,
+        data.num_classes,
+        data.spatial_dims,
+        data.patch_size,
+        device=device,
+        class_names=data.class_names,
+        compat=cfg.eval.compat,
+        out_dir=out_dir,
+    )
     return _scores(result)
 
 
-def _train_job(cfg: RunConfig, out: Path, stages: tuple[str, ...], data: Any = None) -> float:
-    """Train ``stages`` into ``out`` (builds the data when ``data`` is None); returns the seconds taken."""
+def _train_job(cfg: RunConfig, out: Path, data: Any = None) -> float:
+    """Train the run ``cfg`` into ``out`` (builds the data when ``data`` is None); returns the seconds taken."""
     import torch
 
     if cfg.engine.threads > 0:
         torch.set_num_threads(cfg.engine.threads)
     t = time.perf_counter()
-    train(cfg, out, stages=stages, data=data)
+    train(cfg, out, data=data)
     return time.perf_counter() - t
 
 
@@ -133,16 +129,11 @@ def run_demo(
     t0 = time.perf_counter()
     out = Path(out)
     cfg = demo_config(out, fast, overrides)
+    sup_cfg = demo_config(out, fast, overrides, method="supervised")
     if cfg.engine.threads > 0:
         torch.set_num_threads(cfg.engine.threads)
     data = build_data(cfg.data)  # generates the phantom once, before the workers start
-    sup_cfg = replace(
-        cfg, supervised=replace(cfg.supervised, iterations=cfg.pretrain.iterations + cfg.finetune.iterations)
-    )
-    jobs = {
-        "supervised": (sup_cfg, out / "supervised", ("supervised",)),
-        "arco": (cfg, out / "arco", ("pretrain", "finetune")),
-    }
+    jobs = {"supervised": (sup_cfg, out / "supervised"), "arco": (cfg, out / "arco")}
     timings: dict[str, float] = {}
     if parallel:
         # One process per method, one torch thread each: both cores busy, and no OpenMP spinning when the
@@ -157,19 +148,16 @@ def run_demo(
             timings[name] = _train_job(*job, data=data)
 
     results: dict[str, Any] = {}
-    for name, ckpt in (
-        ("supervised", out / "supervised" / "supervised"),
-        ("arco", out / "arco" / "finetune"),
-    ):
-        results[name] = evaluate_checkpoint(ckpt, data, cfg, out / "evaluation" / name)
+    for name, (run_cfg, run_out) in jobs.items():
+        ckpt = run_out / run_cfg.stages[-1].name
+        results[name] = evaluate_checkpoint(ckpt, data, run_cfg, out / "evaluation" / name)
     summary: dict[str, Any] = {
         **results,
         "test_cases": [v.case_id for v in data.test],
         "labeled": data.split.get("labeled"),
         "iterations": {
-            "supervised": sup_cfg.supervised.iterations,
-            "pretrain": cfg.pretrain.iterations,
-            "finetune": cfg.finetune.iterations,
+            **{s.name: s.schedule.iterations for s in sup_cfg.stages},
+            **{s.name: s.schedule.iterations for s in cfg.stages},
         },
         "train_seconds": {k: round(v, 1) for k, v in timings.items()},
         "wall_seconds": round(time.perf_counter() - t0, 1),

@@ -42,15 +42,13 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> str:
-    import torch
+    """``--device`` checked by the one :func:`arco._device.resolve_device` (as a string for the evaluation API)."""
+    from arco._device import resolve_device as resolve
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was requested but CUDA is not available here; use --device cpu")
     try:
-        torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}") from exc
-    return name
+        return str(resolve(name))
+    except ValueError as exc:
+        raise ValueError(f"--device: {exc}") from exc
 
 
 def load_model(checkpoint: str, device: str, num_classes: int | None = None) -> tuple[Any, dict[str, Any]]:
@@ -155,7 +153,7 @@ def _run_checkpoint(args: argparse.Namespace, out: Path) -> Any:
 
     from arco._checks import CheckpointError
     from arco.data import DataConfig, build_data
-    from arco.evaluation import evaluate
+    from arco.evaluation import evaluate_model
 
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device, args.num_classes)
@@ -177,8 +175,8 @@ def _run_checkpoint(args: argparse.Namespace, out: Path) -> Any:
     volumes = list(getattr(data, args.split))
     if not volumes:
         raise ValueError(f"the {args.split} split of {cfg.get('dataset')!r} is empty; nothing to evaluate")
-    return evaluate(
-        predictor_fn(model),
+    return evaluate_model(
+        model,
         volumes,
         num_classes=int(data_meta["num_classes"]),
         spatial_dims=int(data_meta["spatial_dims"]),

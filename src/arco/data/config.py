@@ -69,3 +69,33 @@ class DataConfig:
     rotation: float = 20.0
     max_zoom: float = 1.2
     ct_window: tuple[float, float] = (-200.0, 250.0)
+
+    def __post_init__(self) -> None:
+        """Reject bad values when the config is read, not at the first use (names the key and the fix)."""
+        from arco._checks import ConfigError, DataError, choice
+        from arco.data.splits import check_rule, parse_labeled
+        from arco.data.volume import NORMALIZATIONS
+
+        try:
+            parse_labeled(self.labeled)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from exc
+        check_rule(self.split_rule)
+        if self.normalization:
+            choice("data.normalization", self.normalization, NORMALIZATIONS)
+        if self.spatial_dims not in (0, 2, 3):
+            raise ConfigError(f"data.spatial_dims must be 0 (the dataset's own), 2 or 3, got {self.spatial_dims}")
+        if self.patch_size and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):
+            raise ConfigError(f"data.patch_size must be 2 or 3 positive sizes, got {list(self.patch_size)}")
+        if self.num_classes not in (0,) and self.num_classes < 2:
+            raise ConfigError(f"data.num_classes must be 0 (from the dataset) or >= 2, got {self.num_classes}")
+        for key in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.subjects < 1 or self.image_size < 0 or self.max_zoom < 1 or self.rotation < 0:
+            raise ConfigError(
+                "data: subjects must be >= 1, image_size >= 0, max_zoom >= 1 and rotation >= 0; got "
+                f"{self.subjects}, {self.image_size}, {self.max_zoom}, {self.rotation}"
+            )
+        if self.ct_window[0] >= self.ct_window[1]:
+            raise ConfigError(f"data.ct_window must be (low, high) with low < high, got {list(self.ct_window)}")

@@ -10,7 +10,7 @@ from arco.evaluation.curves import plot_training_curves
 from arco.evaluation.inference import REFERENCE_STRIDE_3D, overlap_from_stride, predict_volume
 from arco.evaluation.metrics import COMPAT_MODES, EMPTY_CASES, binary_metrics, case_metrics, surface_distances
 from arco.evaluation.overlay import save_overlay
-from arco.evaluation.report import EvaluationResult, check_writable, evaluate, evaluate_arrays
+from arco.evaluation.report import EvaluationResult, check_writable, evaluate, evaluate_arrays, evaluate_model
 
 __all__ = [
     "COMPAT_MODES",
@@ -22,6 +22,7 @@ __all__ = [
     "check_writable",
     "evaluate",
     "evaluate_arrays",
+    "evaluate_model",
     "overlap_from_stride",
     "plot_training_curves",
     "predict_volume",

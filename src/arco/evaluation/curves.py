@@ -9,10 +9,7 @@ from pathlib import Path
 
 from arco._io import atomic_path
 
-__all__ = ["LOSS_COLUMNS", "read_log", "plot_training_curves"]
-
-# Plotted when present, in this order; other columns starting with "loss" are plotted after them.
-LOSS_COLUMNS = ("loss", "loss_sup", "loss_contrast", "loss_unsup", "loss_nn", "loss_inst")
+__all__ = ["read_log", "plot_training_curves"]
 
 
 def _number(text: str | None) -> float | None:
@@ -61,8 +58,8 @@ def plot_training_curves(log_csv: str | os.PathLike, out_png: str | os.PathLike)
     from matplotlib.figure import Figure
 
     columns, rows = read_log(log_csv)
-    losses = [c for c in LOSS_COLUMNS if c in columns]
-    losses += [c for c in columns if c.startswith("loss") and c not in losses]
+    # The log's columns are the method's declared loss names (arco.engine.logger), in its own order.
+    losses = [c for c in columns if c.startswith("loss")]
     stages = list(dict.fromkeys(r.get("stage") or "" for r in rows))
 
     def series(col: str, stage: str) -> tuple[list[float], list[float]]:

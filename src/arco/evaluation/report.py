@@ -21,7 +21,7 @@ from arco.evaluation.inference import predict_volume
 from arco.evaluation.metrics import COMPAT_MODES, EMPTY_CASES, METRICS, MM_METRICS, case_metrics
 from arco.evaluation.overlay import pick_slice, save_overlay
 
-__all__ = ["EvaluationResult", "evaluate", "evaluate_arrays", "check_writable"]
+__all__ = ["EvaluationResult", "evaluate", "evaluate_arrays", "evaluate_model", "check_writable"]
 
 logger = logging.getLogger(__name__)
 
@@ -321,3 +321,43 @@ def evaluate(
         )
         logger.debug("%s: mean Dice %.4f", vol.case_id, cases[-1].mean_dice)
     return _finish(cases, rows, names, num_classes, compat, out_dir, overlays)
+
+
+def evaluate_model(
+    model: Any,
+    volumes: Iterable[Any],
+    num_classes: int,
+    spatial_dims: int,
+    patch_size: Sequence[int],
+    *,
+    device: Any = "cpu",
+    amp_dtype: Any = None,
+    **kwargs: Any,
+) -> EvaluationResult:
+    """Evaluate a segmentation network on whole volumes: the one path used by validation during training, the demo
+    and ``arco evaluate``.
+
+    ``model(x)`` may return logits or an object with a ``logits`` attribute (arco's ``SegOutput``). The model is put
+    in eval mode for the evaluation and returned to its previous mode; inference runs under ``torch.no_grad`` and,
+    when ``amp_dtype`` is given (CUDA), under autocast. ``kwargs`` are those of :func:`evaluate` (``class_names``,
+    ``compat``, ``out_dir``, ``overlays``, ``batch_size``, ``stride``, ``overlap``, ``blend``, ``progress``).
+    """
+    import contextlib
+
+    import torch
+
+    dev = torch.device(device)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        ctx = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+        with ctx:
+            out = model(x.to(dev))
+        return getattr(out, "logits", out).float()
+
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.no_grad():
+            return evaluate(predict, volumes, num_classes, spatial_dims, patch_size, device=str(dev), **kwargs)
+    finally:
+        model.train(was_training)

@@ -1,5 +1,7 @@
-"""Supervised loss L_sup: cross-entropy + soft Dice with equal weights (SPEC §4, SSL4MIS ``0.5 * (ce +
-dice)``)."""
+"""Supervised loss L_sup: ``weight * (cross-entropy + soft Dice)``.
+
+The ARCO stages use the reference code's plain sum (weight 1, SPEC §4); the SSL4MIS baselines use 0.5.
+"""
 
 from __future__ import annotations
 
@@ -40,13 +42,16 @@ def dice_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)).mean()
 
 
-def supervised_loss(logits: torch.Tensor, label: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
-    """``0.5 * (cross_entropy + soft_dice)`` for 2D or 3D segmentation.
+def supervised_loss(
+    logits: torch.Tensor, label: torch.Tensor, num_classes: int | None = None, weight: float = 1.0
+) -> torch.Tensor:
+    """``weight * (cross_entropy + soft_dice)`` for 2D or 3D segmentation.
 
     Args:
         logits: ``(B, C, *S)`` float.
         label: ``(B, *S)`` int64 in ``0..C-1``.
         num_classes: optional check of ``C``.
+        weight: 1 for the ARCO stages (reference code), 0.5 for the SSL4MIS baselines.
 
     Returns:
         Scalar float32 tensor.
@@ -59,15 +64,16 @@ def supervised_loss(logits: torch.Tensor, label: torch.Tensor, num_classes: int 
     """
     _validate(logits, label, num_classes, "supervised_loss")
     ce = F.cross_entropy(logits.float(), label)
-    return 0.5 * (ce + dice_loss(logits, label))
+    return weight * (ce + dice_loss(logits, label))
 
 
 class SupervisedLoss(nn.Module):
-    """Module wrapper of :func:`supervised_loss`."""
+    """Module wrapper of :func:`supervised_loss` with a fixed ``weight``."""
 
-    def __init__(self, num_classes: int | None = None) -> None:
+    def __init__(self, num_classes: int | None = None, weight: float = 1.0) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.weight = float(weight)
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return supervised_loss(logits, label, self.num_classes)
+        return supervised_loss(logits, label, self.num_classes, self.weight)

@@ -1,39 +1,57 @@
-"""Training methods plugged into the one engine (STYLE.md §3), registered by name in ``METHODS``.
+"""Training methods plugged into the one engine (STYLE.md §3). A method is one file in this folder.
 
-``METHODS.build(name, cfg=..., num_classes=..., spatial_dims=..., model=...)`` returns a :class:`Method`.
+Every module here whose name does not start with ``_`` (other than ``base`` and ``registry``) is imported on
+first import of :mod:`arco.methods`, which registers its methods: adding a built-in method is adding its file.
+Methods outside arco come in through plug-ins (:func:`arco.methods.registry.load_plugins`).
 """
 
 from __future__ import annotations
 
-from arco.methods.arco import ArcoFinetuneConfig, ArcoFinetuneMethod, ArcoPretrainConfig, ArcoPretrainMethod
-from arco.methods.base import Batch, Method, MethodBase, ModelConfig, StepOutput
-from arco.methods.supervised import SupervisedConfig, SupervisedMethod
-from arco.registry import Registry
+import importlib
+import pkgutil
+
+from arco.methods.base import Batch, Method, MethodBase, ModelConfig, StepOutput, build_backbone
+from arco.methods.registry import (
+    Recipe,
+    RecipeStage,
+    get_method,
+    get_recipe,
+    load_plugins,
+    method_names,
+    recipe_names,
+    register_method,
+    register_recipe,
+)
 
 __all__ = [
-    "METHODS",
-    "METHOD_CONFIGS",
     "Batch",
     "Method",
     "MethodBase",
     "ModelConfig",
     "StepOutput",
-    "SupervisedConfig",
-    "SupervisedMethod",
-    "ArcoPretrainConfig",
-    "ArcoPretrainMethod",
-    "ArcoFinetuneConfig",
-    "ArcoFinetuneMethod",
+    "build_backbone",
+    "Recipe",
+    "RecipeStage",
+    "get_method",
+    "get_recipe",
+    "load_plugins",
+    "method_names",
+    "recipe_names",
+    "register_method",
+    "register_recipe",
+    "build_method",
 ]
 
-METHODS: Registry = Registry("method")
-METHODS.register("supervised")(SupervisedMethod)
-METHODS.register("arco-pretrain")(ArcoPretrainMethod)
-METHODS.register("arco-finetune")(ArcoFinetuneMethod)
+_NOT_METHODS = {"base", "registry"}
 
-#: The config dataclass each method takes.
-METHOD_CONFIGS = {
-    "supervised": SupervisedConfig,
-    "arco-pretrain": ArcoPretrainConfig,
-    "arco-finetune": ArcoFinetuneConfig,
-}
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _info.name.startswith("_") and _info.name not in _NOT_METHODS:
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+
+def build_method(name: str, cfg: object, num_classes: int, spatial_dims: int, model: ModelConfig) -> MethodBase:
+    """Instantiate registered method ``name`` with its config dataclass ``cfg``."""
+    cls = get_method(name)
+    if not isinstance(cfg, cls.config_class):
+        raise TypeError(f"method {name!r} takes a {cls.config_class.__name__}, got {type(cfg).__name__}")
+    return cls(cfg, num_classes=num_classes, spatial_dims=spatial_dims, model=model)

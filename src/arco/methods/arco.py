@@ -7,7 +7,7 @@
 
 Both keep an EMA teacher (in eval mode) of the student and of the heads. Module names are shared between the
 stages (``student``, ``teacher``, ``projector``, ``predictor``, ``teacher_projector``) so stage 2 starts from
-stage 1's weights.
+stage 1's weights. The recipes ``arco`` (SG, the paper's best), ``arco-sag`` and ``arco-ns`` chain the two stages.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from arco._checks import choice
-from arco.data.transforms import color_jitter, cutmix, gaussian_blur
+from arco.augment import color_jitter, cutmix, gaussian_blur
 from arco.losses import (
     NearestNeighbourLoss,
     PixelContrastiveLoss,
@@ -27,8 +26,9 @@ from arco.losses import (
     SupervisedLoss,
     unsup_loss,
 )
-from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput, build_backbone
-from arco.models import PredictionHead, ProjectionHead, RepresentationHead, ema_update, make_teacher
+from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput
+from arco.methods.registry import RecipeStage, register_method, register_recipe
+from arco.models import PredictionHead, ProjectionHead, RepresentationHead
 from arco.sampling import STRATEGIES
 
 __all__ = ["ArcoPretrainConfig", "ArcoFinetuneConfig", "ArcoPretrainMethod", "ArcoFinetuneMethod"]
@@ -39,8 +39,6 @@ class ArcoPretrainConfig:
     """Stage 1 (SPEC §4, App. E(1)).
 
     Attributes:
-        iterations: optimiser steps (reference code: 30 000).
-        batch_labeled / batch_unlabeled: images per step (reference code: 3 + 3).
         queue_size: K mined views in the FIFO queue (paper: 36).
         tau_s / tau_t: student / teacher temperatures of the relation softmax (paper: 0.1 / 0.01).
         ema: teacher momentum (paper: 0.99).
@@ -49,9 +47,6 @@ class ArcoPretrainConfig:
             the instance terms do not swamp ``L_sup``).
     """
 
-    iterations: int = 30000
-    batch_labeled: int = 3
-    batch_unlabeled: int = 3
     queue_size: int = 36
     tau_s: float = 0.1
     tau_t: float = 0.01
@@ -65,8 +60,6 @@ class ArcoFinetuneConfig:
     """Stage 2 (SPEC §5, App. E(2)).
 
     Attributes:
-        iterations: optimiser steps (reference code: 30 000).
-        batch_labeled / batch_unlabeled: images per step (paper: 4 + 4).
         sampler: pixel sampler for queries and negatives: ``ns`` (MONA), ``sg`` (default) or ``sag``. (The
             reference code's list-position ``sg-ref``/``sag-ref`` exist in ``arco.sampling.sample`` for
             studies, not for training.)
@@ -81,9 +74,6 @@ class ArcoFinetuneConfig:
         cutmix_p: probability that an unlabeled image gets a CutMix box in the strong view.
     """
 
-    iterations: int = 30000
-    batch_labeled: int = 4
-    batch_unlabeled: int = 4
     sampler: str = "sg"
     grid: int = 4
     num_queries: int = 256
@@ -112,66 +102,61 @@ def _strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return gaussian_blur(color_jitter(x, generator=generator), generator=generator)
 
 
+_SHARED = ("student", "teacher", "projector", "predictor", "teacher_projector")
+_PAPER = (
+    "You et al., Rethinking Semi-Supervised Medical Image Segmentation: A Variance-Reduction Perspective, NeurIPS 2023"
+)
+
+
 class _ArcoBase(MethodBase):
     """Student/teacher backbones and the global projector/predictor shared by both stages."""
 
-    def __init__(self, num_classes: int, spatial_dims: int, model: ModelConfig, ema: float) -> None:
-        super().__init__(num_classes, spatial_dims)
-        self.ema = float(ema)
-        self.student, self.predictor_spec = build_backbone(model, num_classes, spatial_dims)
-        self.teacher = make_teacher(self.student)
-        self.projector = ProjectionHead(self.student.bottleneck_channels, model.hidden_dim, model.dim)
-        self.predictor_head = PredictionHead(model.dim, model.hidden_dim, model.dim)
-        self.teacher_projector = make_teacher(self.projector)
-        self.sup = SupervisedLoss()
-        self._modules = {
-            "student": self.student,
-            "teacher": self.teacher,
-            "projector": self.projector,
-            "predictor": self.predictor_head,
-            "teacher_projector": self.teacher_projector,
-        }
-        self._trainable = ["student", "projector", "predictor"]
-        self._frozen = ["teacher", "teacher_projector"]
-        self._ema_pairs = [("teacher", "student"), ("teacher_projector", "projector")]
-
-    def _update_teachers(self) -> None:
-        for t, s in self._ema_pairs:
-            ema_update(self._modules[t], self._modules[s], self.ema)
-
-    def predictor(self) -> nn.Module:
-        return self.student
+    def __init__(self, cfg, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
+        super().__init__(cfg, num_classes, spatial_dims, model)
+        self.student = self.add_backbone("student")
+        self.teacher = self.add_teacher("teacher", "student")
+        self.projector = self.add_module(
+            "projector", ProjectionHead(self.student.bottleneck_channels, model.hidden_dim, model.dim)
+        )
+        self.predictor_head = self.add_module("predictor", PredictionHead(model.dim, model.hidden_dim, model.dim))
+        self.teacher_projector = self.add_teacher("teacher_projector", "projector")
+        self.sup = SupervisedLoss(weight=1.0)  # CE + Dice, a plain sum as in the reference code (SPEC §4)
 
 
+@register_method
 class ArcoPretrainMethod(_ArcoBase):
     """Stage 1: supervised loss + relational instance discrimination on global and local embeddings."""
 
+    name = "arco-pretrain"
+    config_class = ArcoPretrainConfig
+    description = "ARCO stage 1: L_sup + relational instance discrimination (global + local) against an EMA teacher"
+    paper = _PAPER
+    loss_names = ("loss_sup", "loss_inst", "loss_inst_global", "loss_inst_local")
+    init_modules = _SHARED
+
     def __init__(self, cfg: ArcoPretrainConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
-        super().__init__(num_classes, spatial_dims, model, cfg.ema)
-        self.cfg = cfg
+        super().__init__(cfg, num_classes, spatial_dims, model)
         self.slots = int(cfg.local_grid) ** spatial_dims
         fine = self.student.feature_channels[-1]
-        self.local_projector = ProjectionHead(fine, model.hidden_dim, model.dim)
-        self.local_predictor = PredictionHead(model.dim, model.hidden_dim, model.dim)
-        self.teacher_local_projector = make_teacher(self.local_projector)
-        self.inst_global = RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=1)
-        self.inst_local = RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=self.slots)
-        self._modules.update(
-            local_projector=self.local_projector,
-            local_predictor=self.local_predictor,
-            teacher_local_projector=self.teacher_local_projector,
-            inst_global=self.inst_global,
-            inst_local=self.inst_local,
+        self.local_projector = self.add_module("local_projector", ProjectionHead(fine, model.hidden_dim, model.dim))
+        self.local_predictor = self.add_module(
+            "local_predictor", PredictionHead(model.dim, model.hidden_dim, model.dim)
         )
-        self._trainable += ["local_projector", "local_predictor"]
-        self._frozen += ["teacher_local_projector"]
-        self._ema_pairs.append(("teacher_local_projector", "local_projector"))
+        self.teacher_local_projector = self.add_teacher("teacher_local_projector", "local_projector")
+        self.inst_global = self.add_module(
+            "inst_global", RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=1), "state"
+        )
+        self.inst_local = self.add_module(
+            "inst_local",
+            RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=self.slots),
+            "state",
+        )
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _windows(self, fine: torch.Tensor) -> torch.Tensor:
         """(B, C, *S) -> (B * slots, C): mean of each local window of a local_grid^d grid."""
         g = int(self.cfg.local_grid)
-        pool = F.adaptive_avg_pool2d if self.spatial_dims == 2 else F.adaptive_avg_pool3d
+        pool = F.adaptive_avg_pool2d if self.dims == 2 else F.adaptive_avg_pool3d
         w = pool(fine, g)
         return w.flatten(2).transpose(1, 2).reshape(-1, fine.shape[1])
 
@@ -201,43 +186,49 @@ class ArcoPretrainMethod(_ArcoBase):
         return StepOutput(loss, logs)
 
     def after_optimizer_step(self, step: int) -> None:
-        self._update_teachers()
+        self.update_teachers(self.cfg.ema)
         if self._pending is not None:
             self.inst_global.enqueue(self._pending[0])
             self.inst_local.enqueue(self._pending[1])
             self._pending = None
 
 
+@register_method
 class ArcoFinetuneMethod(_ArcoBase):
     """Stage 2: supervised + pixel contrastive (sampled pixels only) + confident pseudo-labels + nearest
-    neighbours.
-    """
+    neighbours."""
+
+    name = "arco-finetune"
+    config_class = ArcoFinetuneConfig
+    description = "ARCO stage 2: L_sup + sampled pixel contrast (NS/SG/SAG) + pseudo-labels + nearest neighbours"
+    paper = _PAPER
+    loss_names = ("loss_sup", "loss_contrast", "loss_unsup", "loss_nn")
+    metric_names = ("confident",)
+    init_modules = _SHARED
 
     def __init__(self, cfg: ArcoFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
-        super().__init__(num_classes, spatial_dims, model, cfg.ema)
-        self.cfg = cfg
-        self.rep_head = RepresentationHead(self.student.feature_channels, model.dim, spatial_dims)
-        self.teacher_rep_head = make_teacher(self.rep_head)
-        self.contrast = PixelContrastiveLoss(
-            num_classes,
-            model.dim,
-            strategy=cfg.sampler,
-            grid=cfg.grid,
-            num_queries=cfg.num_queries,
-            num_negatives=cfg.num_negatives,
-            tau=cfg.tau,
-            bank_size=cfg.bank_size,
+        super().__init__(cfg, num_classes, spatial_dims, model)
+        self.rep_head = self.add_module(
+            "rep_head", RepresentationHead(self.student.feature_channels, model.dim, spatial_dims)
         )
-        self.nn_loss = NearestNeighbourLoss(model.dim, bank_size=cfg.nn_bank, k=cfg.nn_k)
-        self._modules.update(
-            rep_head=self.rep_head,
-            teacher_rep_head=self.teacher_rep_head,
-            contrast=self.contrast,
-            nn_loss=self.nn_loss,
+        self.teacher_rep_head = self.add_teacher("teacher_rep_head", "rep_head")
+        self.contrast = self.add_module(
+            "contrast",
+            PixelContrastiveLoss(
+                num_classes,
+                model.dim,
+                strategy=cfg.sampler,
+                grid=cfg.grid,
+                num_queries=cfg.num_queries,
+                num_negatives=cfg.num_negatives,
+                tau=cfg.tau,
+                bank_size=cfg.bank_size,
+            ),
+            "state",
         )
-        self._trainable += ["rep_head"]
-        self._frozen += ["teacher_rep_head"]
-        self._ema_pairs.append(("teacher_rep_head", "rep_head"))
+        self.nn_loss = self.add_module(
+            "nn_loss", NearestNeighbourLoss(model.dim, bank_size=cfg.nn_bank, k=cfg.nn_k), "state"
+        )
         self._pending: torch.Tensor | None = None
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
@@ -284,8 +275,21 @@ class ArcoFinetuneMethod(_ArcoBase):
         return StepOutput(loss, logs)
 
     def after_optimizer_step(self, step: int) -> None:
-        self._update_teachers()
+        self.update_teachers(self.cfg.ema)
         self.contrast.enqueue()
         if self._pending is not None:
             self.nn_loss.enqueue(self._pending)
             self._pending = None
+
+
+_STAGES = ("pretrain", "arco-pretrain", 0.5), ("finetune", "arco-finetune", 0.5)
+register_recipe(
+    "arco", _STAGES, "ARCO-SG: stage 1 (arco-pretrain) then stage 2 (arco-finetune) with the SG sampler", _PAPER
+)
+for _sampler, _what in (("sag", "SAG (stratified-antithetic)"), ("ns", "NS (naive uniform, as MONA samples)")):
+    register_recipe(
+        f"arco-{_sampler}",
+        (_STAGES[0], RecipeStage(*_STAGES[1], params={"sampler": _sampler})),
+        f"ARCO with the {_what} sampler in stage 2",
+        _PAPER,
+    )

@@ -1,13 +1,25 @@
 """The method contract (STYLE.md §3): what a training method supplies to the one engine.
 
-A method owns its networks, heads and losses and turns a batch into a loss. It never calls ``backward()``,
-steps the optimiser, writes files, or syncs with the host (no ``.item()``); the engine does all of that.
+A method is one file: a frozen config dataclass and a :class:`MethodBase` subclass registered with
+:func:`arco.methods.registry.register_method`. The class declares what the rest of arco reads from the registry:
+
+- ``name``, ``description`` (one line), ``paper`` (citation) and ``config_class``;
+- ``loss_names`` / ``metric_names``: the scalars its ``training_step`` logs (the columns of ``log.csv``);
+- ``init_modules``: the modules a previous stage's checkpoint initialises (stage 2 of ARCO from stage 1);
+- ``predict_module``: the module that segments at validation, test and ``arco predict``;
+- ``needs_unlabeled`` and ``spatial_dims`` (2D, 3D or both).
+
+A method owns its networks, heads and losses and turns a batch into a loss. It never calls ``backward()``, steps an
+optimiser, writes files or syncs with the host (no ``.item()``); the engine does all of that. The engine calls, in
+this order: ``setup(device, seed, total_steps)``, then per iteration ``training_step(batch, step)`` ->
+``after_optimizer_step(step)``; ``train(mode)`` around validation, and ``state_dict()`` / ``load_state_dict()`` for
+checkpoints (modules are checkpointed by the engine through ``modules()``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -24,7 +36,7 @@ class ModelConfig:
         dim: width D of the representation head and of the embeddings (paper: 512; 16-64 in 3D, 64-128 on
             CPU).
         hidden_dim: hidden width of the projector/predictor MLPs.
-        in_channels: image channels.
+        in_channels: image channels (set from the data when a run is built).
         n_filters: base width of the VNet (16 as in UA-MT; smaller for quick CPU tests). Ignored by the UNet.
     """
 
@@ -37,8 +49,7 @@ class ModelConfig:
 
 def build_backbone(cfg: ModelConfig, num_classes: int, spatial_dims: int) -> tuple[nn.Module, dict[str, Any]]:
     """Build the registered segmentation network; return it with its ``{"arch", "kwargs"}`` (stored in
-    checkpoints).
-    """
+    checkpoints so ``arco predict`` can rebuild it without the method)."""
     from arco.models import MODELS
 
     kwargs: dict[str, Any] = {"in_channels": int(cfg.in_channels), "num_classes": int(num_classes)}
@@ -55,11 +66,10 @@ def build_backbone(cfg: ModelConfig, num_classes: int, spatial_dims: int) -> tup
 
 @dataclass
 class Batch:
-    """One training batch on the device.
+    """One training batch.
 
-    ``image_l (B_l, 1, *S)`` float and ``label_l (B_l, *S)`` int64 are the labeled part; ``image_u (B_u, 1,
-    *S)`` the
-    weakly augmented unlabeled images (``None`` for supervised-only methods).
+    ``image_l (B_l, C_in, *S)`` float and ``label_l (B_l, *S)`` int64 are the labeled part; ``image_u (B_u, C_in,
+    *S)`` the weakly augmented unlabeled images (``None`` for methods that need none).
     """
 
     image_l: torch.Tensor
@@ -75,9 +85,8 @@ class Batch:
 
 
 class StepOutput(NamedTuple):
-    """``loss``: scalar tensor to minimise; ``logs``: detached scalar tensors (``loss_sup``, ...) averaged by
-    the engine.
-    """
+    """``loss``: scalar tensor to minimise; ``logs``: detached scalar tensors named in the method's
+    ``loss_names``/``metric_names``, averaged on the device by the engine."""
 
     loss: torch.Tensor
     logs: dict[str, torch.Tensor]
@@ -85,12 +94,16 @@ class StepOutput(NamedTuple):
 
 @runtime_checkable
 class Method(Protocol):
-    """What the engine needs from a method (see STYLE.md §3)."""
+    """What the engine needs from a method (STYLE.md §3)."""
 
+    name: str
+    loss_names: tuple[str, ...]
+    metric_names: tuple[str, ...]
+    init_modules: tuple[str, ...]
+    predict_module: str
     needs_unlabeled: bool
-    predictor_spec: dict[str, Any]  # {"arch", "kwargs"} of predictor(), stored in checkpoints
 
-    def setup(self, device: torch.device, seed: int) -> None: ...
+    def setup(self, device: torch.device, seed: int, total_steps: int = 1) -> None: ...
 
     def train(self, mode: bool = True) -> None: ...
 
@@ -104,58 +117,113 @@ class Method(Protocol):
 
     def predictor(self) -> nn.Module: ...
 
+    @property
+    def predictor_spec(self) -> dict[str, Any]: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def generator_state(gen: torch.Generator) -> torch.Tensor:
-    """State of a generator as a CPU uint8 tensor (checkpoint-safe with ``weights_only=True``)."""
-    return gen.get_state().cpu()
-
-
-def set_generator_state(gen: torch.Generator, state: torch.Tensor) -> None:
-    gen.set_state(state.cpu().to(torch.uint8))
-
-
 class MethodBase:
-    """Shared plumbing: the module dict, device placement, the method's random generator and its state.
+    """Shared plumbing: the module dict, backbones with their rebuild specs, EMA teachers, device placement, the
+    method's random generator and its state.
 
-    Subclasses fill ``self._modules`` (name -> module; everything checkpointed, losses with their banks
-    included),
-    list the trainable names in ``self._trainable`` and the EMA teachers in ``self._frozen``.
+    Subclasses call :meth:`add_backbone`, :meth:`add_module` and :meth:`add_teacher` in ``__init__``; everything
+    added is checkpointed. ``self.generator`` (seeded by ``setup``) drives every random choice a method makes on the
+    device (samplers, CutMix, jitter), so runs are reproducible and resumable. ``self.total_steps`` (set by
+    ``setup``) lets a method schedule its weights (ramp-ups) over the stage.
     """
 
-    needs_unlabeled = True
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = type(None)
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    loss_names: ClassVar[tuple[str, ...]] = ("loss_sup",)
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    init_modules: ClassVar[tuple[str, ...]] = ()
+    predict_module: ClassVar[str] = "student"
+    needs_unlabeled: ClassVar[bool] = True
+    spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
 
-    def __init__(self, num_classes: int, spatial_dims: int) -> None:
+    def __init__(self, cfg: Any, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         if int(num_classes) < 2:
             raise ValueError(f"Expected `num_classes` to be an integer >= 2, but got {num_classes!r}.")
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"Expected `spatial_dims` to be 2 or 3, but got {spatial_dims!r}.")
+        if spatial_dims not in type(self).spatial_dims:
+            raise ValueError(
+                f"method {type(self).name!r} supports spatial_dims {type(self).spatial_dims}, but the data is "
+                f"{spatial_dims}D"
+            )
+        self.cfg = cfg
+        self.model_cfg = model
         self.num_classes = int(num_classes)
-        self.spatial_dims = int(spatial_dims)
+        self.dims = int(spatial_dims)
         self._modules: dict[str, nn.Module] = {}
         self._trainable: list[str] = []
         self._frozen: list[str] = []
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._ema_pairs: list[tuple[str, str]] = []
         self.device = torch.device("cpu")
         self.generator = torch.Generator()
+        self.total_steps = 1
 
-    def setup(self, device: torch.device, seed: int) -> None:
-        """Move every module to ``device`` and (re)seed the method's generator (samplers, CutMix, jitter)."""
+    # -------------------------------------------------------------------------------------------- building
+    def add_backbone(self, name: str, trainable: bool = True) -> nn.Module:
+        """Build the configured segmentation network under ``name`` (its spec is stored for rebuilding)."""
+        net, spec = build_backbone(self.model_cfg, self.num_classes, self.dims)
+        self._specs[name] = spec
+        return self.add_module(name, net, "trainable" if trainable else "frozen")
+
+    def add_module(self, name: str, module: nn.Module, role: str = "trainable") -> nn.Module:
+        """Register ``module``: ``role`` is ``trainable`` (optimised), ``frozen`` (no gradients, eval mode) or
+        ``state`` (buffers only, e.g. a loss with a memory bank)."""
+        if name in self._modules:
+            raise ValueError(f"{type(self).__name__}: module {name!r} is added twice")
+        if role not in ("trainable", "frozen", "state"):
+            raise ValueError(f"add_module(): role must be 'trainable', 'frozen' or 'state', got {role!r}")
+        self._modules[name] = module
+        if role == "trainable":
+            self._trainable.append(name)
+        elif role == "frozen":
+            self._frozen.append(name)
+        return module
+
+    def add_teacher(self, name: str, student: str) -> nn.Module:
+        """A frozen copy of module ``student`` kept as its EMA by :meth:`update_teachers`."""
+        from arco.models import make_teacher
+
+        teacher = self.add_module(name, make_teacher(self._modules[student]), "frozen")
+        if student in self._specs:
+            self._specs[name] = self._specs[student]
+        self._ema_pairs.append((name, student))
+        return teacher
+
+    def update_teachers(self, momentum: float) -> None:
+        """EMA of every (teacher, student) pair added with :meth:`add_teacher` (parameters and BN buffers)."""
+        from arco.models import ema_update
+
+        for t, s in self._ema_pairs:
+            ema_update(self._modules[t], self._modules[s], momentum)
+
+    @property
+    def ema_pairs(self) -> list[tuple[str, str]]:
+        return list(self._ema_pairs)
+
+    # ------------------------------------------------------------------------------------- engine seams
+    def setup(self, device: torch.device, seed: int, total_steps: int = 1) -> None:
+        """Move every module to ``device``, freeze the frozen ones and (re)seed the method's generator."""
         self.device = torch.device(device)
+        self.total_steps = max(int(total_steps), 1)
         for m in self._modules.values():
             m.to(self.device)
         for name in self._frozen:
-            for p in self._modules[name].parameters():
-                p.requires_grad_(False)
+            self._modules[name].requires_grad_(False)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed) + 7919)
 
     def train(self, mode: bool = True) -> None:
-        """Trainable modules follow ``mode``; EMA teachers always stay in eval mode (SPEC §3: eval-mode
-        pseudo-labels).
-        """
+        """Trainable modules follow ``mode``; frozen ones (EMA teachers) always stay in eval mode (SPEC §3:
+        eval-mode pseudo-labels)."""
         for name, m in self._modules.items():
             m.train(mode and name not in self._frozen)
 
@@ -163,11 +231,24 @@ class MethodBase:
         return dict(self._modules)
 
     def param_groups(self) -> list[dict[str, Any]]:
+        """One SGD group with every trainable parameter. Methods with a second optimiser (a discriminator) add
+        groups with ``"optimizer": "adam"`` and their own ``"lr"``; ``"lr"`` is the group's base learning rate
+        that the schedule scales (default: the stage's ``lr``)."""
         params = [p for n in self._trainable for p in self._modules[n].parameters() if p.requires_grad]
         return [{"params": params}]
 
+    def training_step(self, batch: Batch, step: int) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def after_optimizer_step(self, step: int) -> None:
         return None
+
+    def predictor(self) -> nn.Module:
+        return self._modules[self.predict_module]
+
+    @property
+    def predictor_spec(self) -> dict[str, Any]:
+        return self._specs[self.predict_module]
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state().cpu()}

@@ -1,0 +1,406 @@
+"""The one training loop (STYLE.md §3). It knows the :class:`arco.methods.base.Method` protocol, never a method.
+
+Per iteration: batch -> ``method.training_step`` (under autocast) -> backward (GradScaler) -> optimiser step(s) ->
+``method.after_optimizer_step``. Every ``log_every`` iterations the device-side sums of the logged scalars are read
+once (the only host sync); every ``val_every`` iterations the predictor is validated on the val split, ``best.pt`` is
+kept by validation Dice (never test), and ``last.pt`` holds everything needed to resume bit-identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arco._checks import ArcoError, CheckpointError
+from arco._device import resolve_device
+from arco._io import atomic_write_text
+from arco.checkpoint import load_checkpoint, save_checkpoint
+from arco.engine.config import EngineConfig, OptimConfig, ScheduleConfig, lr_factor
+from arco.engine.logger import RunLogger, log_columns
+from arco.engine.optim import Optimizers
+from arco.engine.state import all_finite, load_modules, module_states, rng_state, set_rng_state
+from arco.engine.stream import BatchStream
+from arco.methods.base import Method
+
+__all__ = ["fit", "seed_everything", "StageSpec"]
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) global generators (weight initialisation, dropout)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - global state on purpose
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What ``fit`` trains: the stage's name, its schedule, and where it starts from.
+
+    Attributes:
+        name: stage name (folder and ``stage`` column of the log).
+        schedule: iterations, batch sizes, learning-rate schedule.
+        init_from: checkpoint whose modules (those in the method's ``init_modules``) initialise the method when
+            not resuming.
+        stop_at: stop after this iteration as if interrupted (tests of resume).
+    """
+
+    name: str
+    schedule: ScheduleConfig
+    init_from: str | os.PathLike | None = None
+    stop_at: int | None = None
+
+
+@dataclass
+class _Progress:
+    """Device-side sums of the logged scalars since the last log row, and the best validation so far."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+    last_logged: int = 0
+    best_dice: float = -math.inf
+    best_iteration: int = -1
+    last_row: dict[str, Any] = field(default_factory=dict)
+
+
+class _Trainer:
+    """One stage of training: set up, resume or initialise, loop, log, validate, checkpoint."""
+
+    def __init__(self, method: Method, data: Any, stage: StageSpec, optim: OptimConfig, engine: EngineConfig,
+                 run_dir: Path, config: dict[str, Any], eval_compat: str) -> None:  # fmt: skip
+        self.method, self.data, self.stage, self.engine = method, data, stage, engine
+        self.schedule, self.config, self.eval_compat = stage.schedule, config, eval_compat
+        self.run_dir = run_dir
+        self.last_path, self.best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+        self.device = resolve_device(engine.device)
+        if engine.threads > 0:
+            torch.set_num_threads(engine.threads)
+        precision = engine.precision
+        if precision != "fp32" and self.device.type != "cuda":
+            warnings.warn(f"engine.precision={precision} is only used on CUDA; training in fp32", stacklevel=3)
+            precision = "fp32"
+        self.precision = precision
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        method.setup(self.device, engine.seed, self.schedule.iterations)
+        self.optimizers = Optimizers(method.param_groups(), optim, self.schedule.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.progress = _Progress()
+        self.names = (*method.loss_names, *method.metric_names)
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def restore(self, resume: bool) -> int:
+        """Resume from ``last.pt`` (returns its iteration) or initialise from ``stage.init_from`` (returns 0)."""
+        if resume and self.last_path.is_file():
+            state = load_checkpoint(self.last_path, map_location="cpu")
+            if state.get("stage") != self.stage.name or state.get("method") != self.method.name:
+                raise CheckpointError(
+                    f"{self.last_path} belongs to stage {state.get('stage')!r} / method {state.get('method')!r}, "
+                    f"not {self.stage.name!r} / {self.method.name!r}; use another --out or drop --resume"
+                )
+            load_modules(self.method, state["modules"], None, self.last_path)
+            self.method.setup(self.device, self.engine.seed, self.schedule.iterations)
+            self.method.load_state_dict(state["method_state"])
+            self.optimizers.load_state_dict(state["optimizers"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.progress.best_dice, self.progress.best_iteration = state["best_dice"], state["best_iteration"]
+            logger.info("%s: resuming from %s at iteration %d", self.stage.name, self.last_path, state["iteration"])
+            return int(state["iteration"])
+        if resume:
+            logger.info("%s: no %s to resume from; starting fresh", self.stage.name, self.last_path)
+        if self.stage.init_from is not None:
+            src = Path(self.stage.init_from)
+            state = load_checkpoint(src, map_location="cpu")
+            loaded = load_modules(self.method, state.get("modules", {}), tuple(self.method.init_modules), src)
+            if self.method.predict_module in self.method.init_modules and self.method.predict_module not in loaded:
+                raise CheckpointError(
+                    f"{src} holds no {self.method.predict_module!r} weights to initialise {self.stage.name} from"
+                )
+            self.method.setup(self.device, self.engine.seed, self.schedule.iterations)
+            logger.info("%s: initialised %s from %s", self.stage.name, ", ".join(loaded) or "nothing", src)
+        return 0
+
+    # --------------------------------------------------------------------------------------- checkpoints
+    def _data_meta(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "dataset": str(getattr(d, "name", "")),
+            "spatial_dims": int(d.spatial_dims),
+            "num_classes": int(d.num_classes),
+            "class_names": list(getattr(d, "class_names", []) or []),
+            "patch_size": [int(s) for s in d.patch_size],
+            "normalization": str(getattr(d, "normalization", "")),
+            "in_channels": int(getattr(d, "in_channels", 1)),
+        }
+
+    def _state(self, iteration: int) -> dict[str, Any]:
+        spec = self.method.predictor_spec
+        weights = {k: v.detach().cpu() for k, v in self.method.predictor().state_dict().items()}
+        return {
+            "stage": self.stage.name,
+            "method": self.method.name,
+            "iteration": iteration,
+            "config": self.config,
+            "data": self._data_meta(),
+            "predictor": {"arch": spec["arch"], "kwargs": spec["kwargs"], "state_dict": weights},
+            "modules": module_states(self.method),
+        }
+
+    def _check_finite(self, iteration: int, what: Path) -> None:
+        if not all_finite(self.method):
+            raise ArcoError(
+                f"{self.stage.name}: weights became non-finite before iteration {iteration}; not writing {what}. "
+                "Lower the schedule's lr, use engine.precision=fp32, or check the data."
+            )
+
+    def save_last(self, iteration: int) -> None:
+        self._check_finite(iteration, self.last_path)
+        p = self.progress
+        state = self._state(iteration)
+        state.update(
+            method_state=self.method.state_dict(),
+            optimizers=self.optimizers.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rng_state(),
+            best_dice=p.best_dice,
+            best_iteration=p.best_iteration,
+        )
+        save_checkpoint(state, self.last_path)
+
+    def save_best(self, iteration: int, val_dice: float | None) -> None:
+        self._check_finite(iteration, self.best_path)
+        save_checkpoint({**self._state(iteration), "val_dice": val_dice}, self.best_path)
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def step(self, batch: Any, it: int) -> torch.Tensor:
+        """One optimiser step; returns the (detached) loss. No host sync."""
+        batch = batch.to(self.device)
+        self.optimizers.set_lr_factor(lr_factor(self.schedule, it))
+        with self.autocast():
+            out = self.method.training_step(batch, it)
+        loss = out.loss.float()
+        if it == self.engine.nan_at:
+            loss = loss * float("nan")
+        self.optimizers.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.optimizers.step(self.scaler)
+        self.method.after_optimizer_step(it)
+        self._accumulate({"loss": loss.detach(), **out.logs})
+        return loss.detach()
+
+    def _accumulate(self, logs: dict[str, torch.Tensor]) -> None:
+        p = self.progress
+        if p.count == 0:
+            unknown = sorted(set(logs) - {"loss", *self.names})
+            if unknown:
+                raise ValueError(
+                    f"method {self.method.name!r} logged {unknown} but declares loss_names/metric_names "
+                    f"{list(self.names)}; declare every logged scalar"
+                )
+        for k, v in logs.items():
+            v = v.detach().float()
+            p.sums[k] = p.sums[k] + v if k in p.sums else v
+        p.count += 1
+
+    def report(self, it: int, validate: bool, log: RunLogger, bar: Any) -> None:
+        """Write a log row (one host sync), validate when asked, keep ``best.pt`` and ``last.pt``."""
+        p = self.progress
+        means = {k: float(v) / p.count for k, v in p.sums.items()}
+        if not all(math.isfinite(v) for v in means.values()):
+            raise ArcoError(
+                f"{self.stage.name}: the loss became NaN/inf between iterations {p.last_logged + 1} and {it}; "
+                f"training stopped. The last good checkpoint is kept at {self.last_path} "
+                f"({'present' if self.last_path.is_file() else 'none written yet'}). Try a lower schedule lr, "
+                "engine.precision=fp32, or optim.grad_clip > 0."
+            )
+        row = {"iteration": it, "stage": self.stage.name, "lr": self.optimizers.lr, **means, "val_dice": None}
+        p.sums, p.count, p.last_logged = {}, 0, it
+        if bar is not None:
+            bar.update(it - bar.n)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.startswith("loss")})
+        if validate and self.data.val:
+            row["val_dice"] = self.validate()
+            if row["val_dice"] > p.best_dice:
+                p.best_dice, p.best_iteration = row["val_dice"], it
+                self.save_best(it, row["val_dice"])
+            logger.info(
+                "%s: iteration %d val Dice %.4f (best %.4f @ %d)",
+                self.stage.name, it, row["val_dice"], p.best_dice, p.best_iteration,
+            )  # fmt: skip
+        p.last_row = row
+        log.write(row)
+        if validate:
+            self.save_last(it)
+
+    def validate(self) -> float:
+        from arco.evaluation.report import evaluate_model
+
+        d = self.data
+        result = evaluate_model(
+            self.method.predictor(),
+            d.val,
+            d.num_classes,
+            d.spatial_dims,
+            d.patch_size,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            compat=self.eval_compat,
+            overlays=0,
+            batch_size=self.engine.val_batch,
+        )
+        self.method.train(True)
+        return float(result.summary["mean"]["dice"])
+
+    def run(self, start: int) -> int:
+        """Train from iteration ``start``; returns the iteration reached."""
+        eng, sched, stop_at = self.engine, self.schedule, self.stage.stop_at
+        stream = BatchStream(
+            self.data.labeled,
+            self.data.unlabeled if self.method.needs_unlabeled else None,
+            sched.batch_labeled,
+            sched.batch_unlabeled,
+            eng.seed,
+            start,
+            sched.iterations,
+            eng.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        log = RunLogger(self.run_dir, log_columns(self.names), start if start > 0 else None)
+        bar = _progress_bar(eng.progress, sched.iterations, start, self.stage.name)
+        self.progress.last_logged = it = start
+        self.method.train(True)
+        try:
+            for batch in stream:
+                self.step(batch, it)
+                it += 1
+                at_val = (eng.val_every > 0 and it % eng.val_every == 0) or it == sched.iterations
+                if it % eng.log_every == 0 or at_val or it == stop_at:
+                    self.report(it, at_val, log, bar)
+                if stop_at is not None and it >= stop_at:
+                    self.save_last(it)
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+        return it
+
+
+def _progress_bar(enabled: bool, total: int, start: int, stage: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=stage, dynamic_ncols=True, leave=True)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool, device: torch.device):
+    prev = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.use_deterministic_algorithms(prev)
+
+
+def fit(
+    method: Method,
+    data: Any,
+    stage: StageSpec,
+    *,
+    optim: OptimConfig,
+    engine: EngineConfig,
+    run_dir: str | os.PathLike,
+    config: dict[str, Any],
+    resume: bool = False,
+    eval_compat: str = "default",
+) -> dict[str, Any]:
+    """Train ``method`` on ``data`` (an :class:`arco.data.SegmentationData`) for one stage.
+
+    Writes ``run_dir/{config.yaml, split.json, log.csv, checkpoints/last.pt, checkpoints/best.pt, summary.json,
+    curves.png}``. ``best.pt`` is chosen by mean foreground Dice on the val split (never the test split).
+
+    Args:
+        method: a built method (call :func:`seed_everything` before building it).
+        stage: name, schedule and initialisation of this stage.
+        optim, engine: optimiser and loop settings.
+        run_dir: output folder of this stage.
+        config: resolved configuration, stored in ``config.yaml`` and in every checkpoint.
+        resume: continue from ``run_dir/checkpoints/last.pt`` (bit-identical to an uninterrupted run in
+            deterministic CPU mode); without one the stage starts fresh.
+        eval_compat: empty-mask policy of the validation metrics.
+
+    Returns:
+        The summary dict also written to ``summary.json``.
+
+    Raises:
+        ArcoError: the loss became NaN/inf (the last good checkpoint is kept), or bad data/checkpoint.
+    """
+    import yaml
+
+    if method.needs_unlabeled and getattr(data, "unlabeled", None) is None:
+        raise ArcoError(f"method {method.name!r} needs unlabeled images but the dataset provides none")
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    trainer = _Trainer(method, data, stage, optim, engine, run_dir, config, eval_compat)
+    start = trainer.restore(resume)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if getattr(data, "split", None) is not None:
+        atomic_write_text(run_dir / "split.json", json.dumps(data.split, indent=2, default=str))
+    t0 = time.perf_counter()
+    with _deterministic(engine.deterministic, trainer.device):
+        it = trainer.run(start)
+    finished = it >= stage.schedule.iterations
+    p = trainer.progress
+    if finished and not data.val:  # no validation split: the final weights are the selected ones
+        trainer.save_best(it, None)
+        p.best_iteration = it
+    summary = {
+        "stage": stage.name,
+        "method": method.name,
+        "iterations": stage.schedule.iterations,
+        "completed_iterations": it,
+        "finished": finished,
+        "best_val_dice": None if p.best_iteration < 0 or not data.val else p.best_dice,
+        "best_iteration": p.best_iteration,
+        "final_losses": {k: v for k, v in p.last_row.items() if k.startswith("loss")},
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "device": str(trainer.device),
+        "precision": trainer.precision,
+        "checkpoints": {
+            "last": str(trainer.last_path),
+            "best": str(trainer.best_path) if trainer.best_path.is_file() else None,
+        },
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    if finished:
+        from arco.evaluation.curves import plot_training_curves
+
+        plot_training_curves(run_dir / "log.csv", run_dir / "curves.png")
+    return summary

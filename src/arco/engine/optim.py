@@ -1,0 +1,76 @@
+"""The optimisers of a stage, built from a method's parameter groups.
+
+Most methods have one SGD group. Methods with an adversary (DAN, SASSNet) add groups with ``"optimizer": "adam"``
+and their own base ``"lr"``; one optimiser is built per kind. The learning-rate schedule scales every group's base
+learning rate by the same factor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from arco._checks import choice
+from arco.engine.config import OptimConfig
+
+__all__ = ["Optimizers", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class Optimizers:
+    """One optimiser per kind named in the groups (``sgd`` by default, ``adam`` on request)."""
+
+    def __init__(self, groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) -> None:
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for g in groups:
+            g = dict(g)
+            kind = choice("param group optimizer", g.pop("optimizer", "sgd"), OPTIMIZERS)
+            g.setdefault("lr", lr)
+            g["base_lr"] = g["lr"]
+            by_kind.setdefault(kind, []).append(g)
+        if not any(p.requires_grad for gs in by_kind.values() for g in gs for p in g["params"]):
+            raise ValueError("the method has no trainable parameters")
+        self.cfg = cfg
+        self.kinds = sorted(by_kind)
+        self.optimizers: list[torch.optim.Optimizer] = []
+        for kind in self.kinds:
+            if kind == "sgd":
+                opt = torch.optim.SGD(
+                    by_kind[kind], lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+                )
+            else:
+                opt = torch.optim.Adam(by_kind[kind], lr=lr)
+            self.optimizers.append(opt)
+        self.lr = lr
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+
+    def set_lr_factor(self, factor: float) -> None:
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+        self.lr = self.optimizers[0].param_groups[0]["lr"]
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self, scaler: torch.amp.GradScaler) -> None:
+        if self.cfg.grad_clip > 0:
+            for opt in self.optimizers:
+                scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        for opt in self.optimizers:
+            scaler.step(opt)
+        scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {kind: opt.state_dict() for kind, opt in zip(self.kinds, self.optimizers)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for kind, opt in zip(self.kinds, self.optimizers):
+            opt.load_state_dict(state[kind])

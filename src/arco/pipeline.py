@@ -1,0 +1,127 @@
+"""Running a configuration: build the data once, then train its stages in order, each in ``RUN/<stage>/``.
+
+Below the CLI and the demo, above the engine: the only place that turns a :class:`~arco.config.RunConfig` into
+engine calls. A stage starts from the checkpoint its ``init`` names (by default the stage before it), loading the
+modules its method declares in ``init_modules``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from arco._checks import CheckpointError, ConfigError
+from arco.config import RunConfig, StageConfig, to_dict
+
+__all__ = ["train", "stage_init", "build_stage_method"]
+
+logger = logging.getLogger(__name__)
+
+
+def stage_init(cfg: RunConfig, stage: StageConfig, out: Path) -> Path | None:
+    """The checkpoint ``stage`` starts from (``None`` = fresh weights)."""
+    names = [s.name for s in cfg.stages]
+    index = names.index(stage.name)
+    if stage.init == "none" or (stage.init == "previous" and index == 0):
+        return None
+    source = names[index - 1] if stage.init == "previous" else stage.init
+    if source in names:
+        if names.index(source) >= index:
+            raise ConfigError(f"stage {stage.name!r} cannot start from {source!r}, which comes after it")
+        return out / source / "checkpoints" / f"{stage.init_checkpoint}.pt"
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(
+            f"{stage.name}.init={source!r} is neither a stage of this run ({', '.join(names)}) nor a checkpoint "
+            "file; use 'previous', 'none', a stage name or the path of a .pt file"
+        )
+    return path
+
+
+def build_stage_method(cfg: RunConfig, stage: StageConfig, data: Any) -> Any:
+    """Seed the global generators and build the stage's method for ``data`` (input channels from the data)."""
+    from arco.engine import seed_everything
+    from arco.methods import build_method
+
+    seed_everything(cfg.engine.seed)
+    model = dataclasses.replace(cfg.model, in_channels=int(getattr(data, "in_channels", cfg.model.in_channels)))
+    return build_method(stage.method, stage.params, data.num_classes, data.spatial_dims, model)
+
+
+def _finished(stage_dir: Path) -> dict[str, Any] | None:
+    path = stage_dir / "summary.json"
+    if path.is_file():
+        prior = json.loads(path.read_text())
+        if prior.get("finished"):
+            return prior
+    return None
+
+
+def train(
+    cfg: RunConfig,
+    out: str | os.PathLike,
+    only: tuple[str, ...] | list[str] | None = None,
+    resume: bool = False,
+    init_from: str | os.PathLike | None = None,
+    data: Any = None,
+) -> dict[str, Any]:
+    """Train the run's stages (or only those named in ``only``), each in ``out/<stage>``.
+
+    Args:
+        cfg: the run configuration.
+        out: run folder.
+        only: stage names to run (default: all, in order).
+        resume: continue every stage from its ``last.pt``; finished stages are skipped.
+        init_from: checkpoint that initialises the first stage run (overrides its ``init``).
+        data: an already built :class:`arco.data.SegmentationData` (default: ``build_data(cfg.data)``).
+
+    Returns:
+        ``{stage name: summary}``.
+    """
+    from arco.engine import StageSpec, fit
+    from arco.methods import load_plugins
+
+    load_plugins(cfg.plugins)  # idempotent; a config built in another process names its plug-ins here
+    names = [s.name for s in cfg.stages]
+    selected = list(only) if only else names
+    for name in selected:
+        if name not in names:
+            raise ConfigError(f"this run has no stage {name!r}; its stages: {', '.join(names)}")
+    if data is None:
+        from arco.data import build_data
+
+        data = build_data(cfg.data)
+    out = Path(out)
+    resolved = to_dict(cfg)
+    results: dict[str, Any] = {}
+    for i, stage in enumerate(s for s in cfg.stages if s.name in selected):
+        stage_dir = out / stage.name
+        prior = _finished(stage_dir) if resume else None
+        if prior is not None:
+            logger.info("%s: already finished in %s; skipping", stage.name, stage_dir)
+            results[stage.name] = prior
+            continue
+        init = Path(init_from) if (init_from is not None and i == 0) else stage_init(cfg, stage, out)
+        if init is not None and not init.is_file():
+            raise CheckpointError(
+                f"stage {stage.name!r} starts from {init}, which does not exist: train the stage it comes from "
+                f"first, pass --init CKPT, or set {stage.name}.init=none"
+            )
+        method = build_stage_method(cfg, stage, data)
+        spec = StageSpec(stage.name, stage.schedule, init_from=init)
+        results[stage.name] = fit(
+            method,
+            data,
+            spec,
+            optim=cfg.optim,
+            engine=cfg.engine,
+            run_dir=stage_dir,
+            config=resolved,
+            resume=resume,
+            eval_compat=cfg.eval.compat,
+        )
+    return results

@@ -1,0 +1,143 @@
+"""Tiny stand-in data and one-call training helpers shared by the engine, method and pipeline tests."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from arco.data.volume import Volume
+from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, fit, seed_everything
+from arco.methods import ModelConfig, build_method, get_method
+
+
+def _phantom(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disk (class 2) inside a ring (class 1) at a random centre, plus noise."""
+    grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
+    size = rng.uniform(0.12, 0.2) * min(shape)
+    label = np.where(r < size, 2, np.where(r < 1.7 * size, 1, 0)).astype(np.int64)
+    image = (0.1 + 0.45 * label + 0.08 * rng.standard_normal(shape)).astype(np.float32)
+    return image, label
+
+
+class _TinySet(Dataset):
+    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray] | None) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        img = torch.from_numpy(self.images[i])[None]
+        lab = None if self.labels is None else torch.from_numpy(self.labels[i])
+        if torch.rand(()) < 0.5:  # weak augmentation from the global RNG, as the real datasets do
+            img = img.flip(-1)
+            lab = None if lab is None else lab.flip(-1)
+        img = img + 0.02 * torch.randn_like(img)
+        return {"image": img} if lab is None else {"image": img, "label": lab}
+
+
+@dataclass
+class _TinyData:
+    """Stand-in for arco.data.SegmentationData."""
+
+    spatial_dims: int
+    labeled: Any
+    unlabeled: Any
+    val: list
+    test: list
+    num_classes: int = 3
+    name: str = "tiny"
+    class_names: tuple = ("bg", "ring", "disk")
+    normalization: str = "none"
+    patch_size: tuple = ()
+    split: dict = field(default_factory=lambda: {"labeled": ["a", "b"], "rule": "test"})
+
+
+def tiny_data(spatial_dims: int = 2, n_labeled: int = 3, n_unlabeled: int = 4, seed: int = 0) -> _TinyData:
+    rng = np.random.default_rng(seed)
+    shape = (32, 32) if spatial_dims == 2 else (16, 16, 16)
+    lab = [_phantom(rng, shape) for _ in range(n_labeled)]
+    unl = [_phantom(rng, shape)[0] for _ in range(n_unlabeled)]
+    vol_shape = (3, *shape) if spatial_dims == 2 else shape
+    val = []
+    for k in range(2):
+        if spatial_dims == 2:
+            pairs = [_phantom(rng, shape) for _ in range(3)]
+            img, seg = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        else:
+            img, seg = _phantom(rng, vol_shape)
+        val.append(Volume(case_id=f"val{k}", image=img, label=seg, spacing=None))
+    return _TinyData(
+        spatial_dims=spatial_dims,
+        labeled=_TinySet([a for a, _ in lab], [b for _, b in lab]),
+        unlabeled=_TinySet(unl, None),
+        val=val,
+        test=[],
+        patch_size=shape,
+    )
+
+
+MODEL2D = ModelConfig(arch="unet", dim=16, hidden_dim=16)
+MODEL3D = ModelConfig(arch="vnet", dim=16, hidden_dim=16, n_filters=4)
+
+#: Small but faithful parameters for the tiny data (fewer queries, small banks); other methods use defaults.
+SMALL: dict[str, dict[str, Any]] = {
+    "arco-pretrain": {"queue_size": 8},
+    "arco-finetune": {
+        "num_queries": 32,
+        "num_negatives": 32,
+        "bank_size": 64,
+        "nn_bank": 8,
+        "nn_k": 2,
+        "confidence": 0.5,
+    },
+}
+
+
+def params_for(name: str, **over: Any) -> Any:
+    """The config dataclass of method ``name`` with :data:`SMALL` settings and ``over`` applied."""
+    return get_method(name).config_class(**{**SMALL.get(name, {}), **over})
+
+
+def run_method(
+    tmp_path,
+    name: str,
+    data: Any,
+    iterations: int,
+    model: ModelConfig = MODEL2D,
+    engine: EngineConfig | None = None,
+    optim: OptimConfig | None = None,
+    params: Any = None,
+    lr: float = 0.05,
+    init_from: Any = None,
+    stop_at: int | None = None,
+    **kw: Any,
+):
+    """Build method ``name`` (seed 0) and train it ``iterations`` steps on ``data`` into ``tmp_path``."""
+    seed_everything(0)
+    method = build_method(name, params or params_for(name), 3, data.spatial_dims, model)
+    engine = engine or EngineConfig(device="cpu", log_every=5, val_every=0, progress=False)
+    schedule = ScheduleConfig(iterations=iterations, batch_labeled=2, batch_unlabeled=2, lr=lr)
+    summary = fit(
+        method,
+        data,
+        StageSpec(name, schedule, init_from=init_from, stop_at=stop_at),
+        optim=optim or OptimConfig(),
+        engine=engine,
+        run_dir=tmp_path,
+        config={"test": True},
+        **kw,
+    )
+    return method, summary
+
+
+def read_log(path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
