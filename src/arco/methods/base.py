@@ -47,14 +47,18 @@ class ModelConfig:
     n_filters: int = 16
 
 
-def build_backbone(cfg: ModelConfig, num_classes: int, spatial_dims: int) -> tuple[nn.Module, dict[str, Any]]:
+def build_backbone(
+    cfg: ModelConfig, num_classes: int, spatial_dims: int, **extra: Any
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build the registered segmentation network; return it with its ``{"arch", "kwargs"}`` (stored in
-    checkpoints so ``arco predict`` can rebuild it without the method)."""
+    checkpoints so ``arco predict`` can rebuild it without the method). ``extra`` are further constructor
+    arguments (e.g. ``up_mode="bilinear"`` for a second decoder style)."""
     from arco.models import MODELS
 
     kwargs: dict[str, Any] = {"in_channels": int(cfg.in_channels), "num_classes": int(num_classes)}
     if cfg.arch == "vnet":
         kwargs["n_filters"] = int(cfg.n_filters)
+    kwargs.update(extra)
     net = MODELS.build(cfg.arch, **kwargs)
     if getattr(net, "spatial_dims", spatial_dims) != spatial_dims:
         raise ValueError(
@@ -168,9 +172,10 @@ class MethodBase:
         self.total_steps = 1
 
     # -------------------------------------------------------------------------------------------- building
-    def add_backbone(self, name: str, trainable: bool = True) -> nn.Module:
-        """Build the configured segmentation network under ``name`` (its spec is stored for rebuilding)."""
-        net, spec = build_backbone(self.model_cfg, self.num_classes, self.dims)
+    def add_backbone(self, name: str, trainable: bool = True, **extra: Any) -> nn.Module:
+        """Build the configured segmentation network under ``name`` (its spec is stored for rebuilding); ``extra``
+        are further constructor arguments of the network (``up_mode=...``)."""
+        net, spec = build_backbone(self.model_cfg, self.num_classes, self.dims, **extra)
         self._specs[name] = spec
         return self.add_module(name, net, "trainable" if trainable else "frozen")
 

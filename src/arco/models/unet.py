@@ -12,7 +12,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["SegOutput", "UNet", "check_divisible"]
+__all__ = ["SegOutput", "UNet", "check_divisible", "UP_MODES"]
+
+#: Decoder up-sampling: 2x2 transposed convolution (SSL4MIS ``mode_upsampling=1``, the default here), or a 1x1
+#: convolution followed by bilinear (2) / nearest (3) interpolation, as MC-Net's decoders differ.
+UP_MODES = ("transpose", "bilinear", "nearest")
 
 #: SSL4MIS ``UNet`` channel widths and encoder dropout rates.
 UNET_CHANNELS = (16, 32, 64, 128, 256)
@@ -65,12 +69,18 @@ class ConvBlock(nn.Sequential):
 
 
 class UpBlock(nn.Module):
-    """2x2 transposed conv up, concatenation with the skip, then a ``ConvBlock`` (SSL4MIS
-    ``bilinear=False``)."""
+    """Up-sample (``up_mode``), concatenate the skip, then a ``ConvBlock`` (SSL4MIS ``UpBlock``)."""
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, up_mode: str = "transpose") -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
+        if up_mode == "transpose":
+            self.up: nn.Module = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
+        else:
+            align = {"align_corners": True} if up_mode == "bilinear" else {}
+            self.up = nn.Sequential(
+                nn.Conv2d(in_channels, skip_channels, kernel_size=1),
+                nn.Upsample(scale_factor=2, mode=up_mode, **align),
+            )
         self.conv = ConvBlock(2 * skip_channels, out_channels, dropout=0.0)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -84,7 +94,10 @@ class UNet(nn.Module):
         in_channels: image channels.
         num_classes: output classes (background included).
         spatial_dims: must be 2 (accepted for symmetry with the 3D backbone).
+        up_mode: decoder up-sampling, one of :data:`UP_MODES` (``transpose`` by default).
 
+    ``encode(x)`` returns the five encoder maps (the last is the bottleneck) and ``decode(maps)`` the
+    :class:`SegOutput`, so methods can perturb encoder features or attach extra decoders; ``forward`` is both.
     Input ``(B, in_channels, H, W)`` with ``H`` and ``W`` divisible by 16 (``ValueError`` otherwise).
     ``features`` are the four decoder outputs ``128@/8, 64@/4, 32@/2, 16@/1``; ``bottleneck`` is ``256@/16``.
     About 1.94 M parameters at 4 classes (SSL4MIS with its default bilinear up-sampling has 1.81 M).
@@ -95,8 +108,12 @@ class UNet(nn.Module):
         ((2, 4, 32, 32), [128, 64, 32, 16])
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 4, spatial_dims: int = 2) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 4, spatial_dims: int = 2, up_mode: str = "transpose"
+    ) -> None:
         super().__init__()
+        if up_mode not in UP_MODES:
+            raise ValueError(f"UNet: up_mode must be one of {UP_MODES}, got {up_mode!r}")
         if spatial_dims != 2:
             raise ValueError(f"UNet: spatial_dims must be 2 (use 'vnet' for 3D), got {spatial_dims}")
         if in_channels < 1 or num_classes < 1:
@@ -108,20 +125,28 @@ class UNet(nn.Module):
             [ConvBlock(in_channels, ch[0], dp[0])] + [ConvBlock(ch[i - 1], ch[i], dp[i]) for i in range(1, 5)]
         )
         self.pool = nn.MaxPool2d(2)
-        self.decoder = nn.ModuleList([UpBlock(ch[i], ch[i - 1], ch[i - 1]) for i in range(4, 0, -1)])
+        self.decoder = nn.ModuleList([UpBlock(ch[i], ch[i - 1], ch[i - 1], up_mode) for i in range(4, 0, -1)])
         self.out_conv = nn.Conv2d(ch[0], num_classes, kernel_size=3, padding=1)
         self.feature_channels: list[int] = [ch[3], ch[2], ch[1], ch[0]]
         self.bottleneck_channels: int = ch[4]
 
-    def forward(self, x: torch.Tensor) -> SegOutput:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five encoder maps ``16@/1 ... 256@/16``; the last is the bottleneck."""
         check_divisible(x, 2, 16, "UNet")
-        skips = []
+        maps = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else self.pool(x))
-            skips.append(x)
-        bottleneck = x
+            maps.append(x)
+        return maps
+
+    def decode(self, maps: list[torch.Tensor]) -> SegOutput:
+        """Decoder on encoder maps (possibly perturbed): logits, the four decoder maps and the bottleneck."""
+        x = maps[-1]
         features = []
-        for up, skip in zip(self.decoder, reversed(skips[:-1])):
+        for up, skip in zip(self.decoder, reversed(maps[:-1])):
             x = up(x, skip)
             features.append(x)
-        return SegOutput(self.out_conv(x), features, bottleneck)
+        return SegOutput(self.out_conv(x), features, maps[-1])
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        return self.decode(self.encode(x))
