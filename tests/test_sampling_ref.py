@@ -1,4 +1,4 @@
-"""Tests of arco.sampling_ref, the reproduction of the reference code's list-block sampler ("sg-ref",
+"""Tests of arco.sampling.reference, the reproduction of the reference code's list-block sampler ("sg-ref",
 "sag-ref"), against a slow per-block loop kept here that slices the pseudo-square explicitly."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-from arco.sampling import estimate, group_ids, sample, sample_many, sample_per_class
-from arco.sampling_ref import REF_STRATEGIES, ref_block_ids, sample_ref, sample_ref_from_candidates
+from arco.sampling import REF_STRATEGIES, estimate, group_ids, sample, sample_many, sample_per_class
+from arco.sampling.reference import ref_block_ids, sample_ref, sample_ref_from_candidates
 
 
 # ------------------------------------------------------------------------------------------- slow reference

@@ -32,21 +32,11 @@ import warnings
 
 import torch
 
-from arco.sampling import REF_STRATEGIES, _check_num, _check_spatial
+from arco.sampling._validate import check_num as _check_num
+from arco.sampling._validate import check_ref as _check_ref
+from arco.sampling._validate import check_spatial as _check_spatial
 
-__all__ = ["REF_STRATEGIES", "sample_ref", "sample_ref_from_candidates", "ref_block_ids"]
-
-
-def _check_ref(strategy: str, grid: int, where: str) -> None:
-    if strategy not in REF_STRATEGIES:
-        known = ", ".join(repr(s) for s in REF_STRATEGIES)
-        raise ValueError(f"{where}: strategy must be one of {known}, got {strategy!r}")
-    if isinstance(grid, bool) or not isinstance(grid, int):
-        raise TypeError(
-            f"{where}: the reference samplers cut the list into grid x grid blocks; grid must be an int, got {grid!r}"
-        )
-    if grid < 1:
-        raise ValueError(f"{where}: grid must be a positive integer, got {grid!r}")
+__all__ = ["sample_ref", "sample_ref_from_candidates", "ref_block_ids"]
 
 
 def _side(n: int, grid: int, where: str) -> tuple[int, int]:
