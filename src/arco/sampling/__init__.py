@@ -10,8 +10,8 @@ Layout (imports point down only; no module imports this package back):
 - :mod:`arco.sampling._validate`: argument checks and the strategy names :data:`STRATEGIES`, :data:`REF_STRATEGIES`.
 - :mod:`arco.sampling._strata`: group ids from grid cells, proportional allocation, the vectorised per-group draw.
 - :mod:`arco.sampling.paper`: the paper's NS/SG/SAG on a mask, :func:`sample_many`, :func:`sample_per_class`.
-- :mod:`arco.sampling.reference`: ``"sg-ref"``/``"sag-ref"``, the public reference code's list-block sampler,
-  for comparison studies only (training configs reject them).
+- :mod:`arco.sampling.reference`: ``"sg-ref"``/``"sag-ref"``, the public reference code's list-block samplers
+  reproduced exactly, for comparison studies only (training configs reject them).
 - this module: the public dispatch :func:`sample` and :func:`estimate`.
 
 Note: SAG follows SPEC §2 literally (a mirror outside the candidates is replaced by a fresh draw from the
@@ -26,9 +26,17 @@ import warnings
 import torch
 
 from arco.sampling._strata import group_ids
-from arco.sampling._validate import REF_STRATEGIES, STRATEGIES, Grid, check_mask, check_num
+from arco.sampling._validate import (
+    REF_STRATEGIES,
+    STRATEGIES,
+    Grid,
+    check_mask,
+    check_num,
+    check_ref,
+    check_spatial,
+)
 from arco.sampling.paper import draw_mask, sample_many, sample_per_class
-from arco.sampling.reference import sample_ref
+from arco.sampling.reference import sample_positions
 
 __all__ = ["STRATEGIES", "REF_STRATEGIES", "sample", "estimate", "sample_per_class", "sample_many", "group_ids"]
 
@@ -50,8 +58,9 @@ def sample(
         strategy: ``"ns"`` (uniform), ``"sg"`` (stratified: proportional allocation with randomised
             systematic rounding, uniform draws inside each group) or ``"sag"`` (SG with mirrored pairs through
             each cell centre; a mirror that is no candidate or a duplicate is replaced by another draw).
-            ``"sg-ref"``/``"sag-ref"`` reproduce the reference code's list-block sampler for comparison
-            studies (:mod:`arco.sampling.reference`: int ``grid`` only, always ``num`` draws with replacement).
+            ``"sg-ref"``/``"sag-ref"`` reproduce the reference code's list-block samplers for comparison
+            studies (:mod:`arco.sampling.reference`: the candidates in raster order form the list, int ``grid``
+            only, always exactly ``num`` draws, with replacement; ``replace`` is ignored).
         grid: cells per spatial axis (int, or one int per axis); cells differ by at most one pixel per axis.
         generator: ``torch.Generator`` on ``mask.device`` for reproducible draws.
         replace: draw exactly ``num`` positions with replacement (SAG: the second half of each group's draws
@@ -73,11 +82,14 @@ def sample(
         >>> idx.shape, bool(mask.reshape(-1)[idx].all()), idx.unique().numel()
         (torch.Size([16]), True, 16)
     """
-    if strategy in REF_STRATEGIES:
-        return sample_ref(mask, num, strategy, grid, generator)
     where = "sample()"
     check_num(num, "num", where)
-    cells = check_mask(mask, strategy, grid, where)
+    if strategy in REF_STRATEGIES:
+        check_spatial(mask, "mask", (torch.bool,), "bool", where)
+        check_ref(strategy, grid, where)
+        cells = ()
+    else:
+        cells = check_mask(mask, strategy, grid, where)
     mask_flat = mask.reshape(-1)
     flat = torch.nonzero(mask_flat).squeeze(1)  # the one unavoidable sync: the output size depends on it
     p = flat.numel()
@@ -85,6 +97,8 @@ def sample(
         warnings.warn(f"{where}: the mask has no candidates; returning no indices", stacklevel=2)
     if p == 0 or num == 0:
         return flat[:0]
+    if strategy in REF_STRATEGIES:
+        return flat[sample_positions(p, num, strategy, grid, generator, flat.device)]
     return draw_mask(mask_flat, flat, tuple(mask.shape), cells, num, strategy, generator, replace)
 
 

@@ -1,187 +1,157 @@
-"""Reproduction of the reference code's samplers, for comparison studies only (SPEC §2, last paragraph).
+"""The reference code's samplers reproduced exactly, for comparison studies only (SPEC §2, last paragraph).
 
-``"sg-ref"`` and ``"sag-ref"`` mimic ``grid_monte_carlo_sample`` in ``code/loss_helper.py`` of
-charlesyou999648/ARCO. They are NOT the paper's SG/SAG (Sec. 3.3; :mod:`arco.sampling`): the reference
-takes the flat list of the n candidate indices in raster order, keeps the first ``s*s`` of them
-(``s = floor(sqrt(n))``), reshapes that list into an ``s x s`` pseudo-square and cuts it into
-``grid x grid`` blocks. Every block gets the same number of draws, drawn uniformly with replacement inside
-the block. Its "strata" are therefore runs of list positions (rows of the image, roughly), not image
-regions, the last ``n - s*s`` candidates are never drawn, and the allocation ignores block sizes.
-``"sag-ref"`` draws half of a block's share and pairs each draw with the reversed list position inside the
-block (position p <-> ``block_len - 1 - p``), not with a spatial mirror.
+``"sg-ref"`` and ``"sag-ref"`` are ``grid_monte_carlo_sample`` and ``grid_as_monte_carlo_sample`` of
+charlesyou999648/ARCO (``code/loss_helper.py``; ``loss_helper_3d.py`` has the same functions). They are NOT the
+paper's SG/SAG (Sec. 3.3; :mod:`arco.sampling.paper`): the reference stratifies positions of a flat list, not
+regions of an image. ``compute_contra_memobank_loss`` calls them with the length N of a list of candidates
+(pixels of a class, in raster order over the batch; or a memory bank) and S draws, and indexes the list with
+the result. With ``grid`` (the reference's ``cut_count``, 4 there):
 
-Choices where the description leaves room (documented, covered by ``tests/test_sampling_ref.py``):
+1. The list positions are laid out row-major as a square of side ``edge = round(sqrt(N))``. Positions >= N do
+   not exist; positions N > p >= ``edge**2`` are outside the square, reached only by the top-up of step 4.
+2. The square is cut into ``grid x grid`` blocks of side ``edge // grid``; the last block row and column
+   extend to the edge (so they are larger when ``edge % grid != 0``).
+3. Every block gets ``per = S * edge**2 // N // grid**2`` draws, uniform with replacement over its positions.
+   ``"sag-ref"`` draws ``per // 2`` and keeps each with its mirror ``2 * mean(block positions) - p``: the
+   reference truncates ``2 * mean`` to int64, which is exact (for a rectangle ``r0..r1 x c0..c1`` of the
+   square it is the integer ``(r0 + r1) * edge + c0 + c1``), so the mirror is the point reflection
+   ``(r0 + r1 - r, c0 + c1 - c)`` and stays in the block.
+4. Draws at positions >= N are dropped, the rest shuffled; then uniform draws over ``[0, N)`` are appended one
+   at a time until there are S, and the list is cut to its first S entries (a uniform subset when more than S
+   draws were kept, which can happen only when ``edge**2 > N``).
 
-- Blocks have side ``b = s // grid`` and cover rows/columns ``[i*b, (i+1)*b)`` of the pseudo-square; the
-  last ``s % grid`` rows and columns of the square are dropped too. A position inside a block is counted
-  row-major over its ``b x b`` entries, so its reversed partner is the block-local point ``(b-1-r, b-1-c)``.
-- ``num // grid**2`` draws per block; the remainder ``num % grid**2`` goes one each to that many distinct
-  blocks chosen uniformly at random, so the output has exactly ``num`` entries and every block's expected
-  share is equal.
-- With ``n_m`` draws in a block, ``"sag-ref"`` draws ``ceil(n_m / 2)`` primaries and pairs the first
-  ``floor(n_m / 2)`` of them (the partner of an odd block's centre is the centre itself).
-- Fewer than ``grid**2`` candidates (``b == 0``, empty blocks) raises ``ValueError``: the reference code
-  fails there too (its 3D twin silently falls back to NS, which STYLE §5 forbids). An empty mask warns and
-  returns no indices, like :func:`arco.sampling.sample`.
+Fallback. The reference wraps all this in a bare ``except`` that calls its naive samplers
+``monte_carlo_sample`` / ``as_monte_carlo_sample`` (``patch=16``). The stratified code raises whenever a block
+holds fewer than two positions: an empty block (``edge < grid``) makes ``torch.randint(0, ...)`` fail, and a
+one-position block is indexed by a one-element tensor, which NumPy reads as a scalar index, so the block's
+``.shape[0]`` fails (checked by running the reference functions with NumPy 2.4 and torch 2.13; other versions
+were not tried). At ``grid = 4`` that is every ``N <= 56`` (``edge <= 7``). The naive samplers draw S uniformly
+over ``[0, N)`` when ``N < 16`` or ``N // 16 > S``; otherwise they cut ``[0, 16 * (N // 16))`` into runs of 16,
+give every run ``S // (N // 16)`` uniform draws (``"sag-ref"``: half of them, rounded down, each with its mirror
+``32 i + 15 - p`` in run i), top up with uniform draws over ``[0, N)`` to S and shuffle all S. So at
+``grid = 4`` a list of ``N <= 15`` is sampled uniformly and one of 16..56 by runs of 16, where positions past
+the last full run are reached only by the top-up. This module reproduces that fallback rather than raising (STYLE §5
+forbids silent fallbacks in our own algorithms; here it is the behaviour being reproduced, and it is documented).
+
+Differences that cannot matter: the random streams (the reference uses the global torch and Python generators;
+here one explicit ``torch.Generator``) and the reference's float32 round trip of the positions, exact below
+``2**24`` candidates (we keep int64). Everything is vectorised; the only host sync is reading N.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
-from arco.sampling._validate import check_num as _check_num
-from arco.sampling._validate import check_ref as _check_ref
-from arco.sampling._validate import check_spatial as _check_spatial
+from arco.sampling._validate import check_num, check_ref
 
-__all__ = ["sample_ref", "sample_ref_from_candidates", "ref_block_ids"]
+__all__ = ["sample_positions"]
 
-
-def _side(n: int, grid: int, where: str) -> tuple[int, int]:
-    """Pseudo-square side ``s`` and block side ``b``; raises when a block would be empty."""
-    s = math.isqrt(n)
-    if s < grid:
-        raise ValueError(
-            f"{where}: the reference sampler needs at least grid**2 = {grid * grid} candidates to fill its "
-            f"{grid}x{grid} list blocks, got {n}; use a smaller grid or the paper's 'sg'/'sag'"
-        )
-    return s, s // grid
+# monte_carlo_sample's default run length, which the reference's fallback uses.
+_NAIVE_PATCH = 16
 
 
-def ref_block_ids(num_candidates: int, grid: int = 4, device: torch.device | str | None = None) -> torch.Tensor:
-    """List block of every candidate list position under the reference layout (tests, diagnostics).
-
-    Args:
-        num_candidates: n, the number of candidates (length of the flat candidate list).
-        grid: blocks per side of the pseudo-square.
-        device: output device.
-
-    Returns:
-        int64 ``(n,)``: block id ``i * grid + j`` (row i, column j of blocks) of each list position, or -1 for
-        positions the reference never draws (beyond ``s*s`` or in the dropped last rows/columns).
-
-    Raises:
-        ValueError: fewer than ``grid**2`` candidates.
-
-    Example:
-        >>> ref_block_ids(20, grid=2).tolist()
-        [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3, -1, -1, -1, -1]
-    """
-    where = "ref_block_ids()"
-    _check_num(num_candidates, "num_candidates", where)
-    _check_ref("sg-ref", grid, where)
-    s, b = _side(num_candidates, grid, where)
-    pos = torch.arange(num_candidates, device=device)
-    row, col = torch.div(pos, s, rounding_mode="floor"), pos % s
-    bi, bj = torch.div(row, b, rounding_mode="floor"), torch.div(col, b, rounding_mode="floor")
-    inside = (pos < s * s) & (bi < grid) & (bj < grid)
-    return torch.where(inside, bi * grid + bj, -1)
-
-
-def sample_ref_from_candidates(
-    candidates: torch.Tensor,
+def sample_positions(
+    num_candidates: int,
     num: int,
     strategy: str,
     grid: int = 4,
     generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The reference code's grid Monte-Carlo sampler on a flat candidate list (comparison studies only).
+    """Positions in a list of ``num_candidates`` drawn as the reference's grid samplers draw them.
+
+    ``sample(mask, num, "sg-ref")`` returns ``flat[sample_positions(len(flat), num, "sg-ref")]`` with
+    ``flat = torch.nonzero(mask.reshape(-1))`` (the candidates in raster order). See the module docstring for
+    the exact behaviour.
 
     Args:
-        candidates: int64 ``(n,)`` candidate indices in the reference's list order (raster order for a mask,
-            ``torch.nonzero(mask.reshape(-1))``); any device.
-        num: number of draws; returned exactly, with replacement.
-        strategy: ``"sg-ref"`` (equal draws per list block) or ``"sag-ref"`` (half of them, each paired
-            with the reversed position inside its block).
-        grid: blocks per side of the pseudo-square (4 in the reference code).
-        generator: ``torch.Generator`` on the candidates' device.
+        num_candidates: N, the length of the list (the reference's ``high``).
+        num: S, the number of draws (the reference's ``shape``); always returned exactly, with replacement.
+        strategy: ``"sg-ref"`` (``grid_monte_carlo_sample``) or ``"sag-ref"`` (``grid_as_monte_carlo_sample``).
+        grid: blocks per side of the square (the reference's ``cut_count``, 4 there).
+        generator: ``torch.Generator`` on ``device``.
+        device: output device (default CPU).
 
     Returns:
-        int64 ``(num,)`` entries of ``candidates`` on its device, grouped by block (block 0 first); inside a
-        block the primaries come first, then (``"sag-ref"``) their partners in the same order.
+        int64 ``(num,)`` positions in ``[0, N)`` on ``device``: the shuffled kept block draws, then the top-up.
 
     Raises:
-        ValueError: bad ``strategy``/``num``/``grid``, or fewer than ``grid**2`` candidates.
-        TypeError: ``candidates`` is not a 1-D int64 tensor or ``grid`` not an int.
+        ValueError: bad ``num``/``num_candidates``/``strategy``/``grid``, or ``num > 0`` with no candidates.
+        TypeError: ``grid`` is not an int.
+
+    Example:
+        >>> pos = sample_positions(100, 64, "sag-ref", generator=torch.Generator().manual_seed(0))
+        >>> pos.shape, bool(((pos >= 0) & (pos < 100)).all())
+        (torch.Size([64]), True)
     """
-    where = "sample_ref_from_candidates()"
-    if not isinstance(candidates, torch.Tensor) or candidates.dtype != torch.long or candidates.dim() != 1:
-        got = f"{getattr(candidates, 'dtype', type(candidates).__name__)}"
-        raise TypeError(f"{where}: candidates must be a 1-D int64 tensor, got {got}")
-    _check_num(num, "num", where)
-    _check_ref(strategy, grid, where)
-    return _draw_ref(candidates, num, strategy == "sag-ref", grid, generator, where)
+    where = "sample_positions()"
+    n = check_num(num_candidates, "num_candidates", where)
+    check_num(num, "num", where)
+    check_ref(strategy, grid, where)
+    device = torch.device("cpu" if device is None else device)
+    if n == 0 and num > 0:
+        raise ValueError(f"{where}: cannot draw {num} positions from an empty list (num_candidates=0)")
+    if num == 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    antithetic = strategy == "sag-ref"
+    edge = round(math.sqrt(n))
+    smallest_side = edge if grid == 1 else edge // grid  # block (0, 0) is the smallest
+    if smallest_side < 2:
+        return _naive(n, num, antithetic, generator, device)
+    return _blocks(n, num, edge, grid, antithetic, generator, device)
 
 
-def _draw_ref(
-    candidates: torch.Tensor,
-    num: int,
-    antithetic: bool,
-    grid: int,
-    generator: torch.Generator | None,
-    where: str,
+def _blocks(
+    n: int, num: int, edge: int, grid: int, antithetic: bool, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
-    device, blocks = candidates.device, grid * grid
-    s, b = _side(candidates.numel(), grid, where)
-    # Equal allocation; the remainder goes to distinct random blocks (the reference leaves it out).
-    alloc = torch.full((blocks,), num // blocks, dtype=torch.long, device=device)
-    extra = torch.randperm(blocks, generator=generator, device=device)[: num % blocks]
-    alloc[extra] += 1
-    ends = torch.cumsum(alloc, 0)
-    slot = torch.arange(num, device=device)
-    block = torch.searchsorted(ends, slot, right=True)
-    length = b * b
-    within = torch.randint(0, length, (num,), generator=generator, device=device)
-    if antithetic:
-        rank = slot - (ends - alloc).index_select(0, block)
-        half = ((alloc + 1) // 2).index_select(0, block)
-        partner = length - 1 - within.index_select(0, (slot - half).clamp(min=0))
-        within = torch.where(rank >= half, partner, within)
+    """Steps 1-4 of the module docstring: equal draws per block of the ``edge x edge`` square, drop, top up."""
+    side = edge // grid
+    per = num * edge * edge // n // (grid * grid)
+    k = per // 2 if antithetic else per
+    start = torch.arange(grid, device=device) * side
+    size = torch.full((grid,), side, device=device)
+    size[-1] = edge - (grid - 1) * side
+    block = torch.arange(grid * grid, device=device).repeat_interleave(k)
     bi, bj = torch.div(block, grid, rounding_mode="floor"), block % grid
-    r, c = torch.div(within, b, rounding_mode="floor"), within % b
-    return candidates.index_select(0, (bi * b + r) * s + bj * b + c)
+    h, w = size.index_select(0, bi), size.index_select(0, bj)
+    u = torch.rand(block.numel(), generator=generator, device=device, dtype=torch.float64)
+    cell = torch.minimum((u * (h * w)).floor().long(), h * w - 1)  # uniform over the block's h*w positions
+    r0, c0 = start.index_select(0, bi), start.index_select(0, bj)
+    pos = (r0 + torch.div(cell, w, rounding_mode="floor")) * edge + c0 + cell % w
+    if antithetic:
+        twice_mean = (2 * r0 + h - 1) * edge + 2 * c0 + w - 1
+        pos = torch.cat([pos, twice_mean - pos])
+    return _shuffle_and_top_up(pos, n, num, generator)
 
 
-def sample_ref(
-    mask: torch.Tensor,
-    num: int,
-    strategy: str,
-    grid: int = 4,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Reference-code sampler on a mask: what :func:`arco.sampling.sample` runs for the -ref strategies.
+def _shuffle_and_top_up(pos: torch.Tensor, n: int, num: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Drop positions >= n, shuffle the rest, cut to ``num``; fill what is missing with uniform draws over n.
 
-    The candidates are ``torch.nonzero(mask.reshape(-1))`` (raster order over the whole batch, as the
-    reference flattens them); see :func:`sample_ref_from_candidates` and the module docstring for the layout.
-
-    Args:
-        mask: bool ``(B, H, W)`` or ``(B, D, H, W)`` on any device.
-        num: number of draws; always exactly ``num``, with replacement (``sample``'s ``replace`` is ignored).
-        strategy, grid, generator: as :func:`sample_ref_from_candidates`.
-
-    Returns:
-        int64 ``(num,)`` flat indices into ``mask.reshape(-1)`` on ``mask.device``, all at True positions;
-        empty, with a warning, for an empty mask.
-
-    Raises:
-        ValueError: bad ``strategy``/``num``/``grid``, or between 1 and ``grid**2 - 1`` candidates.
-        TypeError: ``mask`` is not a bool tensor or ``grid`` not an int.
-
-    Example:
-        >>> mask = torch.ones(1, 8, 8, dtype=torch.bool)
-        >>> idx = sample_ref(mask, 32, "sag-ref", generator=torch.Generator().manual_seed(0))
-        >>> idx.shape, bool(mask.reshape(-1)[idx].all())
-        (torch.Size([32]), True)
+    Static shapes: the kept draws are ranked in a random order and scattered to slots ``0..K-1``; slots past the
+    kept ones keep their independent uniform draw (the reference appends those one at a time).
     """
-    where = "sample()"
-    _check_num(num, "num", where)
-    _check_spatial(mask, "mask", (torch.bool,), "bool", where)
-    _check_ref(strategy, grid, where)
-    flat = torch.nonzero(mask.reshape(-1)).squeeze(1)  # the one sync: the list length sets the layout
-    if flat.numel() == 0:
-        warnings.warn(f"{where}: the mask has no candidates; returning no indices", stacklevel=3)
-    if flat.numel() == 0 or num == 0:
-        return flat[:0]
-    return _draw_ref(flat, num, strategy == "sag-ref", grid, generator, where)
+    device = pos.device
+    pos = pos.index_select(0, torch.randperm(pos.numel(), generator=generator, device=device))
+    keep = pos < n
+    rank = torch.cumsum(keep.long(), 0) - 1
+    out = torch.randint(0, n, (num + 1,), generator=generator, device=device)  # the last slot is a dump
+    out.scatter_(0, torch.where(keep & (rank < num), rank, num), pos)
+    return out[:num]
+
+
+def _naive(n: int, num: int, antithetic: bool, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """The reference's fallback ``monte_carlo_sample`` / ``as_monte_carlo_sample`` with ``patch = 16``."""
+    runs = n // _NAIVE_PATCH
+    if n < _NAIVE_PATCH or runs > num:
+        return torch.randint(0, n, (num,), generator=generator, device=device)
+    each = num // runs
+    k = each // 2 if antithetic else each
+    run = torch.arange(runs, device=device).repeat_interleave(k)
+    pos = run * _NAIVE_PATCH + torch.randint(0, _NAIVE_PATCH, (run.numel(),), generator=generator, device=device)
+    if antithetic:
+        pos = torch.cat([pos, (2 * run + 1) * _NAIVE_PATCH - 1 - pos])
+    out = torch.randint(0, n, (num,), generator=generator, device=device)  # the top-up
+    out[: pos.numel()] = pos
+    return out.index_select(0, torch.randperm(num, generator=generator, device=device))
