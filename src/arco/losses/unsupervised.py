@@ -1,11 +1,22 @@
-"""L_unsup: cross-entropy against confident teacher pseudo-labels (SPEC §5; reference threshold 0.97)."""
+"""L_unsup: cross-entropy against confident teacher pseudo-labels (SPEC §5; reference threshold 0.97).
+
+Two weightings:
+
+- ``"mask"`` (SPEC §5): the mean cross-entropy over the pixels whose confidence reaches the threshold; the others
+  do not count at all.
+- ``"ratio"`` (the reference code's ``compute_unsupervised_loss``, inherited from ReCo): the cross-entropy of *every*
+  pixel, weighted per image by the fraction of its pixels whose confidence reaches the threshold. Early in training,
+  when the teacher is confident almost nowhere, the term is small: the weighting acts as an automatic ramp-up.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["unsup_loss"]
+__all__ = ["unsup_loss", "UNSUP_WEIGHTINGS"]
+
+UNSUP_WEIGHTINGS = ("mask", "ratio")
 
 #: Confidence threshold of the reference code.
 CONFIDENCE_THRESHOLD = 0.97
@@ -16,14 +27,17 @@ def unsup_loss(
     pseudo: torch.Tensor,
     confidence: torch.Tensor,
     threshold: float = CONFIDENCE_THRESHOLD,
+    weighting: str = "mask",
 ) -> torch.Tensor:
-    """Mean pixel cross-entropy over pixels with ``confidence >= threshold``; the others do not count at all.
+    """Pseudo-label cross-entropy, ``"mask"``: mean over pixels with ``confidence >= threshold``; ``"ratio"``:
+    ``mean_b,p(r_b * CE_bp)`` with ``r_b`` the fraction of confident pixels of image ``b`` (reference code).
 
     Args:
         logits: ``(B, C, *S)`` student logits on the strong view.
         pseudo: ``(B, *S)`` int64 pseudo-labels.
         confidence: ``(B, *S)`` float teacher confidence (e.g. max softmax probability).
         threshold: minimum confidence.
+        weighting: ``"mask"`` or ``"ratio"``.
 
     Returns:
         Scalar; exactly 0 (still attached to ``logits``' graph) when no pixel is confident.
@@ -36,4 +50,9 @@ def unsup_loss(
         )
     ce = F.cross_entropy(logits.float(), pseudo, reduction="none")
     mask = (confidence >= threshold).to(ce.dtype)
+    if weighting == "ratio":
+        ratio = mask.flatten(1).mean(1).view(-1, *([1] * (ce.dim() - 1)))
+        return (ce * ratio).mean()
+    if weighting != "mask":
+        raise ValueError(f"unsup_loss: weighting must be one of {UNSUP_WEIGHTINGS}, got {weighting!r}")
     return (ce * mask).sum() / mask.sum().clamp_min(1.0)

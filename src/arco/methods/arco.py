@@ -26,6 +26,8 @@ from arco.losses import (
     SupervisedLoss,
     unsup_loss,
 )
+from arco.losses.unsupervised import UNSUP_WEIGHTINGS
+from arco.methods._common import rampup_weight
 from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput
 from arco.methods.registry import RecipeStage, register_method, register_recipe
 from arco.models import PredictionHead, ProjectionHead, RepresentationHead
@@ -43,8 +45,10 @@ class ArcoPretrainConfig:
         tau_s / tau_t: student / teacher temperatures of the relation softmax (paper: 0.1 / 0.01).
         ema: teacher momentum (paper: 0.99).
         local_grid: local windows per spatial axis for the local branch (2 -> 2x2 in 2D, 2x2x2 in 3D).
-        lambda_inst: weight of ``L_inst_global + L_inst_local`` (paper: 1; short CPU schedules use less so
-            the instance terms do not swamp ``L_sup``).
+        lambda_inst: weight of ``L_inst_global + L_inst_local`` (paper and reference code: 1).
+        sup_weight: weight of ``L_sup = CE + Dice`` (reference code: 1, a plain sum).
+        rampup: fraction of the stage over which ``lambda_inst`` ramps up from 0 with the sigmoid schedule of
+            Laine & Aila (0 = constant weight, as the paper and the reference code).
     """
 
     queue_size: int = 36
@@ -53,6 +57,24 @@ class ArcoPretrainConfig:
     ema: float = 0.99
     local_grid: int = 2
     lambda_inst: float = 1.0
+    sup_weight: float = 1.0
+    rampup: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_common("pretrain", self.ema, self.sup_weight, self.rampup)
+        if self.queue_size < 1 or self.local_grid < 1 or self.tau_s <= 0 or self.tau_t <= 0 or self.lambda_inst < 0:
+            raise ValueError(
+                "pretrain: queue_size and local_grid must be >= 1, tau_s/tau_t > 0 and lambda_inst >= 0; got "
+                f"{self.queue_size}, {self.local_grid}, {self.tau_s}, {self.tau_t}, {self.lambda_inst}"
+            )
+
+
+def _check_common(stage: str, ema: float, sup_weight: float, rampup: float) -> None:
+    if not 0 <= ema <= 1 or sup_weight <= 0 or not 0 <= rampup <= 1:
+        raise ValueError(
+            f"{stage}: ema must be in [0, 1], sup_weight > 0 and rampup in [0, 1]; got ema={ema}, "
+            f"sup_weight={sup_weight}, rampup={rampup}"
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,12 @@ class ArcoFinetuneConfig:
         nn_bank / nn_k: bank of K = 36 pooled teacher embeddings and k = 5 neighbours for L_nn.
         ema: teacher momentum (0.99).
         cutmix_p: probability that an unlabeled image gets a CutMix box in the strong view.
+        photometric: colour jitter and Gaussian blur in the strong view (reference code: yes).
+        unsup_weighting: ``mask`` (SPEC §5: CE on confident pixels only) or ``ratio`` (the reference code: CE on
+            every pixel, weighted per image by its fraction of confident pixels); see :func:`arco.losses.unsup_loss`.
+        sup_weight: weight of ``L_sup = CE + Dice`` (reference code: 1).
+        rampup: fraction of the stage over which lambda_contrast, lambda_unsup and lambda_nn ramp up from 0
+            (sigmoid, Laine & Aila); 0 = constant weights, as the paper and the reference code.
     """
 
     sampler: str = "sg"
@@ -88,17 +116,32 @@ class ArcoFinetuneConfig:
     nn_k: int = 5
     ema: float = 0.99
     cutmix_p: float = 1.0
+    photometric: bool = True
+    unsup_weighting: str = "mask"
+    sup_weight: float = 1.0
+    rampup: float = 0.0
 
     def __post_init__(self) -> None:
         # Fail when the config is read, not at the first training step.
         choice("finetune.sampler", self.sampler, STRATEGIES)
+        choice("finetune.unsup_weighting", self.unsup_weighting, UNSUP_WEIGHTINGS)
+        _check_common("finetune", self.ema, self.sup_weight, self.rampup)
+        if min(self.lambda_contrast, self.lambda_unsup, self.lambda_nn) < 0 or not 0 <= self.cutmix_p <= 1:
+            raise ValueError("finetune: the lambdas must be >= 0 and cutmix_p in [0, 1]")
+        if not 0 <= self.confidence <= 1.01 or self.tau <= 0 or self.nn_k > self.nn_bank:
+            raise ValueError(
+                f"finetune: confidence must be in [0, 1], tau > 0 and nn_k <= nn_bank; got {self.confidence}, "
+                f"{self.tau}, {self.nn_k} > {self.nn_bank}"
+            )
 
 
 def _pool(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).mean(dim=2)
 
 
-def _strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _strong(x: torch.Tensor, generator: torch.Generator, photometric: bool = True) -> torch.Tensor:
+    if not photometric:
+        return x
     return gaussian_blur(color_jitter(x, generator=generator), generator=generator)
 
 
@@ -120,7 +163,7 @@ class _ArcoBase(MethodBase):
         )
         self.predictor_head = self.add_module("predictor", PredictionHead(model.dim, model.hidden_dim, model.dim))
         self.teacher_projector = self.add_teacher("teacher_projector", "projector")
-        self.sup = SupervisedLoss(weight=1.0)  # CE + Dice, a plain sum as in the reference code (SPEC §4)
+        self.sup = SupervisedLoss(weight=cfg.sup_weight)  # CE + Dice, a plain sum in the reference code (SPEC §4)
 
 
 @register_method
@@ -176,7 +219,8 @@ class ArcoPretrainMethod(_ArcoBase):
         loss_g = self.inst_global(s_global, t_global)
         loss_l = self.inst_local(s_local, t_local)
         self._pending = (t_global.detach(), t_local.detach())
-        loss = loss_sup + self.cfg.lambda_inst * (loss_g + loss_l)
+        lam = rampup_weight(self.cfg.lambda_inst, step, self.total_steps, self.cfg.rampup)
+        loss = loss_sup + lam * (loss_g + loss_l)
         logs = {
             "loss_sup": loss_sup.detach(),
             "loss_inst": (loss_g + loss_l).detach(),
@@ -240,13 +284,13 @@ class ArcoFinetuneMethod(_ArcoBase):
             confidence, pseudo = prob.max(dim=1)
             t_embed = self.teacher_projector(_pool(t_weak.bottleneck))
             image_s, pseudo_s, conf_s = cutmix(batch.image_u, pseudo, confidence, generator=g, p=cfg.cutmix_p)
-            image_s = _strong(image_s, g)
+            image_s = _strong(image_s, g, cfg.photometric)
             x = torch.cat([batch.image_l, image_s])
             t_all = self.teacher(x)
         out = self.student(x)
         logits_l, logits_u = out.logits[:bl], out.logits[bl:]
         loss_sup = self.sup(logits_l, batch.label_l)
-        loss_unsup = unsup_loss(logits_u, pseudo_s, conf_s, threshold=cfg.confidence)
+        loss_unsup = unsup_loss(logits_u, pseudo_s, conf_s, threshold=cfg.confidence, weighting=cfg.unsup_weighting)
 
         label = torch.cat([batch.label_l, pseudo_s])
         valid = torch.cat([torch.ones_like(batch.label_l, dtype=torch.bool), conf_s >= cfg.confidence])
@@ -264,7 +308,9 @@ class ArcoFinetuneMethod(_ArcoBase):
         s_embed = self.predictor_head(self.projector(_pool(out.bottleneck[bl:])))
         loss_nn = self.nn_loss(s_embed)
         self._pending = t_embed.detach()
-        loss = loss_sup + cfg.lambda_contrast * loss_contrast + cfg.lambda_unsup * loss_unsup + cfg.lambda_nn * loss_nn
+        ramp = rampup_weight(1.0, step, self.total_steps, cfg.rampup)
+        aux = cfg.lambda_contrast * loss_contrast + cfg.lambda_unsup * loss_unsup + cfg.lambda_nn * loss_nn
+        loss = loss_sup + ramp * aux
         logs = {
             "loss_sup": loss_sup.detach(),
             "loss_contrast": loss_contrast.detach(),
