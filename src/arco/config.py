@@ -313,7 +313,7 @@ def train(
             cfg=getattr(cfg, stage),
             num_classes=data.num_classes,
             spatial_dims=data.spatial_dims,
-            model=cfg.model,
+            model=dataclasses.replace(cfg.model, in_channels=data.in_channels),
         )
         init = None
         if stage == "finetune":

@@ -510,6 +510,9 @@ def fit(
         "class_names": list(getattr(data, "class_names", []) or []),
         "patch_size": [int(s) for s in data.patch_size],
         "normalization": str(getattr(data, "normalization", "")),
+        "in_channels": int(getattr(data, "in_channels", 1)),
+        "channel_names": list(getattr(data, "channel_names", ()) or ()),
+        "channel_normalization": list(getattr(data, "channel_normalization", ()) or ()),
     }
 
     start, best_dice, best_iter = 0, -math.inf, -1
