@@ -7,12 +7,13 @@ temporary folder, which the next run removes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["fresh_dir", "publish_dir"]
+__all__ = ["fresh_dir", "publish_dir", "staged_dir"]
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -51,3 +52,18 @@ def publish_dir(tmp: Path, out: str | os.PathLike) -> None:
     os.replace(tmp, out)
     if old.exists():
         shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def staged_dir(
+    out: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """`fresh_dir` + `publish_dir` around a block: yields the temporary folder, publishes it when the block
+    succeeds and removes it when the block raises (``out`` is then left as it was)."""
+    tmp = fresh_dir(out, overwrite, inputs)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_dir(tmp, out)

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from arco.data.formats import write_image
-from arco.data.outdir import fresh_dir, publish_dir
+from arco.data.outdir import staged_dir
 from arco.data.phantom import PHANTOMS, _blob, _rician, _smooth_field
 
 __all__ = ["MP_CHANNELS", "MP_CLASSES", "MP_TISSUES", "phantom_mp_subject", "generate_phantom_mp"]
@@ -123,26 +123,25 @@ def generate_phantom_mp(
     if size < 32:
         raise ValueError(f"generate_phantom_mp(): size must be >= 32, got {size}")
     out = Path(out)
-    tmp = fresh_dir(out, overwrite)
     n_test = max(1, int(round(0.2 * subjects)))
     affine = _affine(size)
-    for i in range(subjects):
-        case, part = f"mp_{i + 1:03d}", "Ts" if i >= subjects - n_test else "Tr"
-        image, label = phantom_mp_subject(seed, i, size)
-        for c in range(image.shape[0]):
-            write_image(image[c], affine, tmp / f"images{part}" / f"{case}_{c:04d}.nii.gz")
-        write_image(label, affine, tmp / f"labels{part}" / f"{case}.nii.gz")
-    meta = {
-        "name": "phantom_mp",
-        "description": "arco multi-parametric prostate-MRI-like phantom (T2, ADC, DWI)",
-        "channel_names": {str(i): c for i, c in enumerate(MP_CHANNELS)},
-        "labels": {name: i for i, name in enumerate(MP_CLASSES)},
-        "numTraining": subjects - n_test,
-        "file_ending": ".nii.gz",
-        "arco": {"seed": seed, "size": size, "subjects": subjects},
-    }
-    (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-    publish_dir(tmp, out)
+    with staged_dir(out, overwrite) as tmp:
+        for i in range(subjects):
+            case, part = f"mp_{i + 1:03d}", "Ts" if i >= subjects - n_test else "Tr"
+            image, label = phantom_mp_subject(seed, i, size)
+            for c in range(image.shape[0]):
+                write_image(image[c], affine, tmp / f"images{part}" / f"{case}_{c:04d}.nii.gz")
+            write_image(label, affine, tmp / f"labels{part}" / f"{case}.nii.gz")
+        meta = {
+            "name": "phantom_mp",
+            "description": "arco multi-parametric prostate-MRI-like phantom (T2, ADC, DWI)",
+            "channel_names": {str(i): c for i, c in enumerate(MP_CHANNELS)},
+            "labels": {name: i for i, name in enumerate(MP_CLASSES)},
+            "numTraining": subjects - n_test,
+            "file_ending": ".nii.gz",
+            "arco": {"seed": seed, "size": size, "subjects": subjects},
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {
         "kind": "phantom_mp",
         "root": str(out),

@@ -105,7 +105,7 @@ def select_labeled(
     if kind == "count":
         if value > n:
             raise DataError(
-                f"data.labeled={value} but only {n} training patient{'s' if n > 1 else ''} exist{src}. "
+                f"data.labeled={value} but only {n} training {'patients exist' if n > 1 else 'patient exists'}{src}. "
                 f"Possible: {possible_labeled(n)}"
             )
         return list(patients[:value])

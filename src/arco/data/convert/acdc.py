@@ -29,10 +29,10 @@ import numpy as np
 from arco._checks import DataError, choice
 from arco.data.convert.lists import ACDC_SLICE_ORDER, ACDC_TEST, ACDC_TRAIN, ACDC_VAL
 from arco.data.io import check_image, check_label, read_image, write_h5
-from arco.data.outdir import fresh_dir, publish_dir
+from arco.data.outdir import staged_dir
 from arco.data.volume import normalize
 
-__all__ = ["read_info_cfg", "find_acdc_patients", "acdc_split", "convert_acdc"]
+__all__ = ["read_info_cfg", "find_acdc_patients", "acdc_split", "train_slice_rows", "convert_acdc"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,20 @@ def _convert_frame(folder: Path, pid: str, num: int, out_name: str, tmp: Path) -
     return int(image.shape[0])
 
 
+def train_slice_rows(train: list[str], frames: dict[str, list[str]], slices: dict[str, int], standard: bool) -> list:
+    """Rows of ``train_slices.list``: every slice of the training frames, patient by patient; with the
+    standard split each frame keeps SSL4MIS's slice order when its slice count matches that list."""
+    rows = []
+    for pid in train:
+        for i, name in enumerate(frames[pid]):
+            table = ACDC_SLICE_ORDER.get(f"{pid}_frame{i + 1:02d}") if standard else None
+            order = table if table and sorted(table) == list(range(1, slices[name] + 1)) else None
+            if standard and order is None:
+                logger.warning("%s: %d slices, not as in the SSL4MIS list; slices listed in order", name, slices[name])
+            rows += [f"{name}_slice_{k}" for k in (order or range(1, slices[name] + 1))]
+    return rows
+
+
 def convert_acdc(
     raw: str | os.PathLike,
     out: str | os.PathLike,
@@ -154,36 +168,28 @@ def convert_acdc(
     infos = {pid: read_info_cfg(folder / "Info.cfg") for pid, folder in patients.items()}
     parts = acdc_split(list(patients), seed)
     standard = "extra" in parts
-    tmp = fresh_dir(out, overwrite, inputs=[raw])
     frames: dict[str, list[str]] = {}
     slices: dict[str, int] = {}
-    for pid, folder in patients.items():
-        frames[pid] = []
-        for _, num, name in _frame_names(pid, infos[pid], frame_names):
-            slices[name] = _convert_frame(folder, pid, num, name, tmp)
-            frames[pid].append(name)
-    rows = []
-    for pid in parts["train"]:
-        for i, name in enumerate(frames[pid]):
-            table = ACDC_SLICE_ORDER.get(f"{pid}_frame{i + 1:02d}") if standard else None
-            order = table if table and sorted(table) == list(range(1, slices[name] + 1)) else None
-            if standard and order is None:
-                logger.warning("%s: %d slices, not as in the SSL4MIS list; slices listed in order", name, slices[name])
-            rows += [f"{name}_slice_{k}" for k in (order or range(1, slices[name] + 1))]
-    (tmp / "train_slices.list").write_text("\n".join(rows) + "\n")
-    for part in ("train", "val", "test", "extra"):
-        if part in parts and (part != "extra" or parts[part]):
-            (tmp / f"{part}.list").write_text("".join(f"{f}\n" for p in parts[part] for f in frames[p]))
-    summary = {
-        "source": str(raw.resolve()),
-        "layout": "ssl4mis",
-        "split": "ssl4mis-standard" if standard else f"seeded-70/10/20 (seed {seed})",
-        "frame_names": frame_names,
-        **{part: len(ids) for part, ids in parts.items()},
-        "frames": sum(len(v) for v in frames.values()),
-        "train_slices": len(rows),
-        "patients": {pid: {"folder": str(patients[pid]), **infos[pid], "frames": frames[pid]} for pid in patients},
-    }
-    (tmp / "conversion.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    publish_dir(tmp, out)
+    with staged_dir(out, overwrite, inputs=[raw]) as tmp:
+        for pid, folder in patients.items():
+            frames[pid] = []
+            for _, num, name in _frame_names(pid, infos[pid], frame_names):
+                slices[name] = _convert_frame(folder, pid, num, name, tmp)
+                frames[pid].append(name)
+        rows = train_slice_rows(parts["train"], frames, slices, standard)
+        (tmp / "train_slices.list").write_text("\n".join(rows) + "\n")
+        for part in ("train", "val", "test", "extra"):
+            if part in parts and (part != "extra" or parts[part]):
+                (tmp / f"{part}.list").write_text("".join(f"{f}\n" for p in parts[part] for f in frames[p]))
+        summary = {
+            "source": str(raw.resolve()),
+            "layout": "ssl4mis",
+            "split": "ssl4mis-standard" if standard else f"seeded-70/10/20 (seed {seed})",
+            "frame_names": frame_names,
+            **{part: len(ids) for part, ids in parts.items()},
+            "frames": sum(len(v) for v in frames.values()),
+            "train_slices": len(rows),
+            "patients": {pid: {"folder": str(patients[pid]), **infos[pid], "frames": frames[pid]} for pid in patients},
+        }
+        (tmp / "conversion.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

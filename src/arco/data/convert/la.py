@@ -30,7 +30,7 @@ import numpy as np
 from arco._checks import DataError
 from arco.data.convert.lists import LA_TEST, LA_TRAIN
 from arco.data.io import check_image, read_image, write_h5
-from arco.data.outdir import fresh_dir, publish_dir
+from arco.data.outdir import staged_dir
 
 __all__ = ["UAMT_PATCH", "find_la_cases", "la_split", "uamt_crop", "convert_la"]
 
@@ -109,29 +109,28 @@ def convert_la(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool =
     raw, out = Path(raw), Path(out)
     cases = find_la_cases(raw)
     parts = la_split(list(cases), seed)
-    tmp = fresh_dir(out, overwrite, inputs=[raw])
     info: dict[str, Any] = {}
-    for case, folder in cases.items():
-        image, label, spacing_xyz = _read_pair(folder)
-        image = ((image - image.mean()) / image.std()).astype(np.float32)  # before the crop, as UA-MT
-        sx, sy = uamt_crop(label, np.random.default_rng([seed, zlib.crc32(case.encode())]))
-        write_h5(tmp / SUBDIR / case / "mri_norm2.h5", image=image[sx, sy], label=label[sx, sy])
-        info[case] = {
-            "folder": str(folder),
-            "shape_xyz": list(image.shape),
-            "spacing_xyz": list(spacing_xyz),
-            "crop_xyz": [[sx.start, sx.stop], [sy.start, sy.stop], [0, image.shape[2]]],
+    with staged_dir(out, overwrite, inputs=[raw]) as tmp:
+        for case, folder in cases.items():
+            image, label, spacing_xyz = _read_pair(folder)
+            image = ((image - image.mean()) / image.std()).astype(np.float32)  # before the crop, as UA-MT
+            sx, sy = uamt_crop(label, np.random.default_rng([seed, zlib.crc32(case.encode())]))
+            write_h5(tmp / SUBDIR / case / "mri_norm2.h5", image=image[sx, sy], label=label[sx, sy])
+            info[case] = {
+                "folder": str(folder),
+                "shape_xyz": list(image.shape),
+                "spacing_xyz": list(spacing_xyz),
+                "crop_xyz": [[sx.start, sx.stop], [sy.start, sy.stop], [0, image.shape[2]]],
+            }
+        for part, ids in parts.items():
+            if part != "extra" or ids:
+                (tmp / f"{part}.list").write_text("".join(f"{c}\n" for c in ids))
+        summary = {
+            "source": str(raw.resolve()),
+            "layout": "ua-mt",
+            "split": "ua-mt-standard" if "extra" in parts else f"seeded-80/20 (seed {seed})",
+            **{part: len(ids) for part, ids in parts.items()},
+            "cases": info,
         }
-    for part, ids in parts.items():
-        if part != "extra" or ids:
-            (tmp / f"{part}.list").write_text("".join(f"{c}\n" for c in ids))
-    summary = {
-        "source": str(raw.resolve()),
-        "layout": "ua-mt",
-        "split": "ua-mt-standard" if "extra" in parts else f"seeded-80/20 (seed {seed})",
-        **{part: len(ids) for part, ids in parts.items()},
-        "cases": info,
-    }
-    (tmp / "conversion.json").write_text(json.dumps(summary, indent=2) + "\n")
-    publish_dir(tmp, out)
+        (tmp / "conversion.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -24,7 +24,7 @@ import numpy as np
 
 from arco._checks import DataError
 from arco.data.formats import read_header
-from arco.data.outdir import fresh_dir, publish_dir
+from arco.data.outdir import staged_dir
 
 __all__ = ["read_msd_json", "msd_dataset_name", "convert_msd"]
 
@@ -98,6 +98,24 @@ def _split_channels(src: Path, dst_dir: Path, case: str, n_channels: int) -> tup
     return shape[:3]
 
 
+def _stem(path: Path) -> str:
+    return path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+
+
+def _convert_case(task: Path, entry: Any, tmp: Path, n_ch: int) -> str:
+    if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+        raise DataError(f"{task / 'dataset.json'}: 'training' entry {entry!r} needs 'image' and 'label'")
+    img = _case_file(task, entry["image"], "image")
+    lab = _case_file(task, entry["label"], "label")
+    case = _stem(img)
+    shape = _split_channels(img, tmp / "imagesTr", case, n_ch)
+    lab_shape = read_header(lab)[0][::-1]
+    if tuple(lab_shape) != tuple(shape):
+        raise DataError(f"{lab}: label shape {lab_shape} differs from its image {img} {shape}; re-extract them")
+    shutil.copyfile(lab, tmp / "labelsTr" / f"{case}.nii.gz")
+    return case
+
+
 def convert_msd(
     task: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, dataset_id: int | None = None
 ) -> dict[str, Any]:
@@ -112,35 +130,23 @@ def convert_msd(
     meta = read_msd_json(task)
     name = msd_dataset_name(task, dataset_id)
     n_ch = len(meta["_modality"])
-    tmp = fresh_dir(out, overwrite, inputs=[task])
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (tmp / sub).mkdir()
-    cases = []
-    for entry in meta["training"]:
-        img = _case_file(task, entry["image"], "image")
-        lab = _case_file(task, entry["label"], "label")
-        case = img.name[: -len(".nii.gz")] if img.name.endswith(".nii.gz") else img.stem
-        shape = _split_channels(img, tmp / "imagesTr", case, n_ch)
-        lab_shape = read_header(lab)[0][::-1]
-        if tuple(lab_shape) != tuple(shape):
-            raise DataError(f"{lab}: label shape {lab_shape} differs from its image {img} {shape}; re-extract them")
-        shutil.copyfile(lab, tmp / "labelsTr" / f"{case}.nii.gz")
-        cases.append(case)
-    tests = []
-    for entry in meta.get("test", []):
-        img = _case_file(task, entry if isinstance(entry, str) else entry["image"], "test image")
-        case = img.name[: -len(".nii.gz")] if img.name.endswith(".nii.gz") else img.stem
-        _split_channels(img, tmp / "imagesTs", case, n_ch)
-        tests.append(case)
-    v2 = {
-        "name": name,
-        "channel_names": {str(k): v for k, v in sorted(meta["_modality"].items())},
-        "labels": {v: k for k, v in sorted(meta["_labels"].items())},
-        "numTraining": len(cases),
-        "file_ending": ".nii.gz",
-        **{k: meta[k] for k in ("description", "reference", "licence", "release") if k in meta},
-        "converted_from": task.name,
-    }
-    (tmp / "dataset.json").write_text(json.dumps(v2, indent=2) + "\n")
-    publish_dir(tmp, out)
+    with staged_dir(out, overwrite, inputs=[task]) as tmp:
+        for sub in ("imagesTr", "labelsTr", "imagesTs"):
+            (tmp / sub).mkdir()
+        cases = [_convert_case(task, entry, tmp, n_ch) for entry in meta["training"]]
+        tests = []
+        for entry in meta.get("test", []):
+            img = _case_file(task, entry if isinstance(entry, str) else entry["image"], "test image")
+            tests.append(_stem(img))
+            _split_channels(img, tmp / "imagesTs", tests[-1], n_ch)
+        v2 = {
+            "name": name,
+            "channel_names": {str(k): v for k, v in sorted(meta["_modality"].items())},
+            "labels": {v: k for k, v in sorted(meta["_labels"].items())},
+            "numTraining": len(cases),
+            "file_ending": ".nii.gz",
+            **{k: meta[k] for k in ("description", "reference", "licence", "release") if k in meta},
+            "converted_from": task.name,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(v2, indent=2) + "\n")
     return {"source": str(task.resolve()), "name": name, "training": len(cases), "test": len(tests), "channels": n_ch}
