@@ -256,3 +256,35 @@ def test_evaluate_files_in_nrrd(tmp_path, capsys):
     assert main([*args, "--class-names", "atrium"]) == 0
     out = capsys.readouterr().out
     assert "| atrium | 1.0000" in out
+
+
+def test_predict_folder_of_dicom_series_folders(tmp_path, ckpt):
+    img, _ = _itk_image()
+    write_dicom_series(img, tmp_path / "study" / "t2_axial")
+    write_dicom_series(img, tmp_path / "study" / "adc", uid="1.2.826.0.1.3680043.2.1125.1.44")
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "study"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["adc.nii.gz", "t2_axial.nii.gz"]
+    _assert_same_geometry(_geometry(out / "adc.nii.gz"), _geometry(tmp_path / "study" / "adc"))
+
+
+def test_predict_multichannel_case_in_nrrd(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path / "mc.pt", in_channels=2, names=("T2", "ADC"), normalization="zscore,minmax")
+    scans = tmp_path / "scans"
+    for c in range(2):
+        img, _ = _itk_image(np.float32, seed=c)
+        scans.mkdir(exist_ok=True)
+        sitk.WriteImage(img, str(scans / f"pat_{c:04d}.nrrd"))
+    files = [str(scans / "pat_0001.nrrd"), str(scans / "pat_0000.nrrd")]
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", *files, "--out", str(out), "--format", "input"]) == 0
+    assert [p.name for p in out.iterdir()] == ["pat.nrrd"]
+    _assert_same_geometry(_geometry(out / "pat.nrrd"), _geometry(scans / "pat_0000.nrrd"))
+    # the same case through the library: channel 0 z-scored, channel 1 min-max (the checkpoint's schemes)
+    vol = read_scan(sorted(scans.iterdir()), ["zscore", "minmax"])
+    assert vol.case_id == "pat" and vol.image.shape == (2, 5, 10, 12)
+    assert abs(float(vol.image[0].mean())) < 1e-4 and vol.image[1].min() == 0 and vol.image[1].max() == 1
+    bad = sitk.Image([12, 10, 6], sitk.sitkFloat32)  # one slice more: not on the grid of channel 0
+    sitk.WriteImage(bad, str(scans / "pat_0001.nrrd"))
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(scans), "--out", str(tmp_path / "p2")]) == 2
+    assert "pat_0001.nrrd: grid" in " ".join(capsys.readouterr().err.split())

@@ -15,7 +15,7 @@ from arco._checks import ConfigError, DataError
 from arco.cli import main
 from arco.data import DataConfig, build_data
 from arco.data.cases import collect_cases
-from arco.data.phantom_mp import MP_CHANNELS, generate_phantom_mp, phantom_mp_subject
+from arco.data.phantom_mp import MP_CHANNELS, phantom_mp_subject
 from arco.data.transforms import color_jitter, weak_2d, weak_3d
 from arco.data.volume import channel_scheme, resolve_normalization
 from arco.evaluation import predict_volume
