@@ -134,7 +134,7 @@ def test_convert_never_overwrites(tmp_path, capsys):
     assert main(args) == 2
     assert "not empty" in " ".join(capsys.readouterr().err.split()) and (out / "keep.txt").read_text() == "mine"
     assert main([*args, "--overwrite"]) == 0
-    assert "data.dataset=acdc" in capsys.readouterr().out and not (out / "keep.txt").exists()
+    assert "arco train --config acdc --set data.root=" in capsys.readouterr().out and not (out / "keep.txt").exists()
     assert main(["data", "convert", "acdc", str(raw), "--out", str(raw / "training")]) == 2
     assert "overlaps the input" in " ".join(capsys.readouterr().err.split())
     assert (raw / "training" / "patient001" / "Info.cfg").is_file()

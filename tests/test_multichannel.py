@@ -13,7 +13,7 @@ import torch
 
 from arco._checks import ConfigError, DataError
 from arco.cli import main
-from arco.data import DataConfig, build_data
+from arco.data import DataConfig, build_data, inspect_dataset
 from arco.data.cases import collect_cases
 from arco.data.phantom_mp import MP_CHANNELS, phantom_mp_subject
 from arco.data.transforms import color_jitter, weak_2d, weak_3d
@@ -213,6 +213,8 @@ def test_generate_phantom_mp_and_on_demand_dataset(tmp_path, capsys):
     assert d.channel_names == MP_CHANNELS and d.channel_normalization == ("zscore",) * 3
     assert d.labeled[0]["image"].shape == (3, 64, 64) and d.class_names == ("background", "PZ", "TZ", "lesion")
     assert build_data(DataConfig(dataset="nnunet", root=str(tmp_path / "mp"), labeled="1")).in_channels == 3
+    info = inspect_dataset(tmp_path / "mp")
+    assert info["layout"] == "phantom_mp" and info["spatial_dims"] == 2 and info["channels"] == list(MP_CHANNELS)
 
 
 # ---------------------------------------------------------------------------------- predict: cases

@@ -142,10 +142,10 @@ def _convert(args: argparse.Namespace) -> int:
         parts = f"{info['training']} training, {info['test']} test cases"
     split = f"; split {info['split']}" if "split" in info else ""
     extra = f"; {info['extra']} further cases in extra.list" if info.get("extra") else ""
-    loader = {"acdc": "acdc", "la": "la", "msd": "nnunet"}[args.source]
+    preset = {"acdc": "acdc", "la": "la", "msd": "nnunet"}[args.source]  # presets of the same dataset names
     print(
         f"wrote {what} to {args.out}: {parts}{split}{extra} [{time.perf_counter() - t0:.1f} s]; train with "
-        f"--set data.dataset={loader} --set data.root={args.out}"
+        f"`arco train --config {preset} --set data.root={args.out}`"
     )
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ __all__ = ["detect_layout", "inspect_dataset"]
 
 def detect_layout(root: str | Path) -> str:
     """Return the dataset name whose on-disk layout ``root`` has: ``acdc`` (SSL4MIS), ``la`` (UA-MT),
-    ``nnunet``.
+    ``nnunet`` (``phantom_mp`` for the built-in MP-MRI phantom).
 
     Raises:
         DataError: missing folder or unknown layout.
@@ -30,7 +31,11 @@ def detect_layout(root: str | Path) -> str:
     if (root / "train_slices.list").is_file() or (root / "data" / "slices").is_dir():
         return "acdc"
     if (root / "dataset.json").is_file() or (root / "imagesTr").is_dir():
-        return "nnunet"
+        try:  # the built-in MP-MRI phantom is an nnU-Net folder read as 2D slices
+            name = json.loads((root / "dataset.json").read_text()).get("name")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        return "phantom_mp" if name == "phantom_mp" else "nnunet"
     if (root / "train.list").is_file():
         return "la"
     raise DataError(
