@@ -139,7 +139,10 @@ def ssl4mis_rows(slice_ids: Sequence[str], count: int, acdc: bool) -> int:
                 return i
             seen.append(p)
     if len(seen) < count:
-        raise DataError(f"data.labeled={count} but train_slices.list has only {len(seen)} patients")
+        raise DataError(
+            f"data.labeled={count} but train_slices.list has only {len(seen)} patients. "
+            f"Possible: {possible_labeled(len(seen))}"
+        )
     return len(slice_ids)
 
 

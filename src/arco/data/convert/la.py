@@ -113,7 +113,8 @@ def convert_la(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool =
     with staged_dir(out, overwrite, inputs=[raw]) as tmp:
         for case, folder in cases.items():
             image, label, spacing_xyz = _read_pair(folder)
-            image = ((image - image.mean()) / image.std()).astype(np.float32)  # before the crop, as UA-MT
+            image = image.astype(np.float64)  # UA-MT z-scores the raw array in float64, before the crop
+            image = ((image - image.mean()) / image.std()).astype(np.float32)
             sx, sy = uamt_crop(label, np.random.default_rng([seed, zlib.crc32(case.encode())]))
             write_h5(tmp / SUBDIR / case / "mri_norm2.h5", image=image[sx, sy], label=label[sx, sy])
             info[case] = {
