@@ -133,7 +133,7 @@ def _break(folder, name, arr=None, affine=AFFINE):
         (lambda p, g: _break(p, "b.nii.gz", affine=AFFINE * 1.01), r"gt/b.nii.gz.*affine"),
         (lambda p, g: (g / "c.nii.gz").unlink(), r"missing in --gt: c.nii.gz"),
         (lambda p, g: (p / "a.nii.gz").unlink(), r"missing in --pred: a.nii.gz"),
-        (lambda p, g: (p / "notes.txt").write_text("x"), r"not NIfTI.*notes.txt"),
+        (lambda p, g: (p / "notes.txt").write_text("x"), r"not images.*notes.txt"),
         (
             lambda p, g: _break(p, "a.nii.gz", np.full((20, 18, 8), 7, np.uint8)),
             r"a.nii.gz: labels 7..7 outside 0..2",

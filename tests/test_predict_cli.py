@@ -134,7 +134,7 @@ def _corrupt_nifti(d):
 @pytest.mark.parametrize(
     "make_input, match",
     [
-        (_text_file, "not a NIfTI file"),
+        (_text_file, "scan.txt is not a supported image"),
         (lambda d: d / "missing.nii.gz", "does not exist"),
         (_corrupt_nifti, "bad.nii.gz: cannot read"),
     ],

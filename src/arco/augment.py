@@ -91,10 +91,11 @@ def color_jitter(
     p: float = 0.8,
 ) -> torch.Tensor:
     """Per-item random brightness (additive, x range), contrast (about the mean) and gamma, each item with
-    probability ``p``. Works for any intensity range: gamma is applied on the item's [min, max] rescaled to
-    [0, 1]."""
+    probability ``p``. Works for any intensity range: gamma is applied on each channel's [min, max] rescaled to
+    [0, 1] (channels such as T2 and ADC have their own ranges); the random factors are shared by the channels
+    of an item."""
     b, nd = image.shape[0], image.dim() - 1
-    dims = tuple(range(1, image.dim()))
+    dims = tuple(range(2, image.dim()))
     r = uniform(4 * b, generator, image.device).view(4, b, *([1] * nd)).to(image.dtype)
     on = r[3] < p
     lo, hi = image.amin(dim=dims, keepdim=True), image.amax(dim=dims, keepdim=True)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from arco._checks import CheckpointError, ConfigError
+from arco._checks import ArcoError, CheckpointError, ConfigError
 from arco.config import RunConfig, StageConfig, to_dict
 
 __all__ = ["train", "stage_init", "build_stage_method"]
@@ -50,6 +50,23 @@ def build_stage_method(cfg: RunConfig, stage: StageConfig, data: Any) -> Any:
     seed_everything(cfg.engine.seed)
     model = dataclasses.replace(cfg.model, in_channels=int(getattr(data, "in_channels", cfg.model.in_channels)))
     return build_method(stage.method, stage.params, data.num_classes, data.spatial_dims, model)
+
+
+def _check_unlabeled(cfg: RunConfig, selected: list[str], data: Any) -> None:
+    """Fail before any training when a semi-supervised stage has no unlabeled images to learn from."""
+    from arco.methods import get_method
+
+    unlabeled = getattr(data, "unlabeled", None)
+    if unlabeled is not None and len(unlabeled) > 0:
+        return
+    for stage in cfg.stages:
+        if stage.name in selected and get_method(stage.method).needs_unlabeled:
+            raise ArcoError(
+                f"stage {stage.name!r} (method {stage.method!r}) needs unlabeled images, but the unlabeled set is "
+                f"empty: every training case of {cfg.data.dataset!r} is labeled (data.labeled={cfg.data.labeled!r}). "
+                "Train the supervised method (arco train --method supervised), lower data.labeled, or add "
+                "unlabeled cases"
+            )
 
 
 def _finished(stage_dir: Path) -> dict[str, Any] | None:
@@ -95,6 +112,7 @@ def train(
         from arco.data import build_data
 
         data = build_data(cfg.data)
+    _check_unlabeled(cfg, selected, data)
     out = Path(out)
     resolved = to_dict(cfg)
     results: dict[str, Any] = {}

@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(message: str, code: int = 2) -> int:
     text = " ".join(str(message).split())
-    print(textwrap.fill(f"arco: error: {text}", width=110), file=sys.stderr)
+    print(
+        textwrap.fill(f"arco: error: {text}", width=110, break_on_hyphens=False, break_long_words=False),
+        file=sys.stderr,
+    )
     return code
 
 

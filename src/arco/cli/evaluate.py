@@ -4,8 +4,11 @@ Two modes:
 
 - ``arco evaluate --checkpoint RUN_OR_PT --out DIR [--split test|val] [--data-root DIR] [--compat reference]``
   rebuilds the dataset from the checkpoint's config and evaluates the predictor on whole volumes.
-- ``arco evaluate --pred DIR --gt DIR --out DIR [--num-classes C]`` scores NIfTI label files matched by file
-  name; shapes and affines must agree (1e-4), and the GT header spacing adds millimetre distances.
+- ``arco evaluate --pred DIR --gt DIR --out DIR [--labels dataset.json | --class-names RV,Myo,LV]
+  [--num-classes C]`` scores label files (NIfTI, NRRD, MHA) matched by case name (the file name without its
+  extension); shapes and affines must agree (1e-4), and the GT spacing adds millimetre distances. Class
+  names come from an nnU-Net v2 or MSD ``dataset.json`` (``--labels``) or from ``--class-names`` (foreground
+  names, or all names starting with the background); they also fix the number of classes.
 
 Both write ``per_case.csv``, ``summary.json``, ``summary.md`` and overlay PNGs into ``--out`` and print the
 summary.
@@ -19,7 +22,6 @@ from typing import Any
 
 __all__ = ["add_parser", "run"]
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _AFFINE_ATOL = 1e-4
 
 # The helpers below are shared with `arco predict`.
@@ -74,35 +76,6 @@ def predictor_fn(model: Any) -> Any:
     return lambda x: model(x).logits
 
 
-def is_nifti(path: Path) -> bool:
-    return path.name.endswith(NIFTI_SUFFIXES)
-
-
-def nifti_stem(path: Path) -> str:
-    return path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.name[: -len(".nii")]
-
-
-def list_nifti(folder: Path, what: str) -> list[Path]:
-    """NIfTI files of ``folder`` (sorted); any other visible file is an error naming it."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist")
-    files, others = [], []
-    for f in sorted(folder.iterdir()):
-        if f.name.startswith(".") or f.is_dir():
-            continue
-        (files if is_nifti(f) else others).append(f)
-    if others:
-        raise ValueError(
-            f"{what} folder {folder} holds files that are not NIfTI (.nii/.nii.gz): "
-            + ", ".join(str(o) for o in others[:5])
-            + ("..." if len(others) > 5 else "")
-            + "; move them away"
-        )
-    if not files:
-        raise ValueError(f"{what} folder {folder} holds no NIfTI files (.nii/.nii.gz)")
-    return files
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -112,12 +85,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     src = p.add_argument_group("what to evaluate (one of)")
     src.add_argument("--checkpoint", help="run folder (uses checkpoints/best.pt) or .pt file")
-    src.add_argument("--pred", help="folder of predicted label NIfTI files")
-    src.add_argument("--gt", help="folder of ground-truth label NIfTI files (same file names as --pred)")
+    src.add_argument("--pred", help="folder of predicted label files (NIfTI, NRRD or MHA)")
+    src.add_argument("--gt", help="folder of ground-truth label files (same case names as --pred)")
     p.add_argument("--out", required=True, help="output folder for per_case.csv, summary.* and overlays")
     p.add_argument("--split", choices=("test", "val"), default="test", help="--checkpoint: split to evaluate")
     p.add_argument("--data-root", help="--checkpoint: dataset folder, if it moved since training")
     p.add_argument("--num-classes", type=int, help="classes incl. background (checked against the checkpoint)")
+    p.add_argument("--labels", metavar="DATASET_JSON", help="--pred/--gt: class names from a dataset.json")
+    p.add_argument("--class-names", metavar="A,B,...", help="--pred/--gt: class names, e.g. RV,Myo,LV")
     p.add_argument(
         "--compat",
         choices=("default", "reference"),
@@ -172,6 +147,12 @@ def _run_checkpoint(args: argparse.Namespace, out: Path) -> Any:
             f"checkpoint {meta['path']} predicts {data_meta['num_classes']} classes but dataset "
             f"{cfg.get('dataset')!r} under {cfg.get('root')!r} has {data.num_classes}; check --data-root"
         )
+    if int(data.in_channels) != int(data_meta.get("in_channels") or 1):
+        raise CheckpointError(
+            f"checkpoint {meta['path']} takes {data_meta.get('in_channels') or 1} input channel(s) but dataset "
+            f"{cfg.get('dataset')!r} under {cfg.get('root')!r} has {data.in_channels} {list(data.channel_names)}; "
+            "check --data-root"
+        )
     volumes = list(getattr(data, args.split))
     if not volumes:
         raise ValueError(f"the {args.split} split of {cfg.get('dataset')!r} is empty; nothing to evaluate")
@@ -195,31 +176,41 @@ def _run_checkpoint(args: argparse.Namespace, out: Path) -> Any:
 
 
 def match_label_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
-    """Pair NIfTI files by name and check their geometry from the headers (shape, affine within 1e-4)."""
-    import nibabel as nib
+    """Pair label files by case name and check their geometry from the headers (shape, affine within 1e-4)."""
     import numpy as np
 
     from arco._checks import DataError
+    from arco.data.cases import list_images
+    from arco.data.formats import image_stem, read_header
 
-    preds = {f.name: f for f in list_nifti(pred_dir, "--pred")}
-    gts = {f.name: f for f in list_nifti(gt_dir, "--gt")}
+    def by_case(folder: Path, what: str) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for f in list_images(folder, what):
+            if f.is_dir():
+                raise ValueError(f"{what} folder {folder}: {f} is a DICOM series; label files must be NIfTI/NRRD/MHA")
+            if image_stem(f) in files:
+                raise DataError(f"{what} folder {folder}: {files[image_stem(f)].name} and {f.name} name one case")
+            files[image_stem(f)] = f
+        return files
+
+    preds, gts = by_case(pred_dir, "--pred"), by_case(gt_dir, "--gt")
     only_p, only_g = sorted(set(preds) - set(gts)), sorted(set(gts) - set(preds))
     if only_p or only_g:
         raise DataError(
-            f"--pred {pred_dir} and --gt {gt_dir} must hold the same file names; "
-            + (f"missing in --gt: {', '.join(only_p[:5])}. " if only_p else "")
-            + (f"missing in --pred: {', '.join(only_g[:5])}." if only_g else "")
+            f"--pred {pred_dir} and --gt {gt_dir} must hold the same cases; "
+            + (f"missing in --gt: {', '.join(preds[c].name for c in only_p[:5])}. " if only_p else "")
+            + (f"missing in --pred: {', '.join(gts[c].name for c in only_g[:5])}." if only_g else "")
         )
     pairs = []
-    for name in sorted(gts):
-        p_img, g_img = nib.load(str(preds[name])), nib.load(str(gts[name]))
-        if tuple(p_img.shape) != tuple(g_img.shape) or not np.allclose(p_img.affine, g_img.affine, atol=_AFFINE_ATOL):
+    for case in sorted(gts):
+        (p_shape, p_aff), (g_shape, g_aff) = read_header(preds[case]), read_header(gts[case])
+        if p_shape != g_shape or not np.allclose(p_aff, g_aff, atol=_AFFINE_ATOL):
             raise DataError(
-                f"geometry differs between {preds[name]} (shape {tuple(p_img.shape)}) and {gts[name]} "
-                f"(shape {tuple(g_img.shape)}): shape and affine must agree within {_AFFINE_ATOL}; "
+                f"geometry differs between {preds[case]} (shape {p_shape[::-1]}) and {gts[case]} "
+                f"(shape {g_shape[::-1]}): shape and affine must agree within {_AFFINE_ATOL}; "
                 "resample the prediction onto the label grid"
             )
-        pairs.append((nifti_stem(gts[name]), preds[name], gts[name]))
+        pairs.append((case, preds[case], gts[case]))
     return pairs
 
 
@@ -227,22 +218,66 @@ def _read_label(path: Path) -> Any:
     import numpy as np
 
     from arco._checks import DataError
-    from arco.data.io import read_nifti
+    from arco.data.io import read_image
 
-    arr, _, spacing = read_nifti(path)
+    arr, _, spacing = read_image(path)
     arr = np.asarray(arr)
     if not np.issubdtype(arr.dtype, np.integer):
-        if not np.array_equal(arr, np.round(arr)):
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
             raise DataError(f"{path}: label file holds non-integer values; expected class indices")
     return arr.astype(np.int64), spacing
+
+
+def class_names_from(labels: str | None, class_names: str | None) -> list[str] | None:
+    """Class names (background first) from ``--labels dataset.json`` or ``--class-names``; None if neither."""
+    import json
+
+    from arco._checks import DataError
+
+    if labels and class_names:
+        raise ValueError("give --labels or --class-names, not both")
+    if class_names:
+        names = [n.strip() for n in class_names.split(",")]
+        if not all(names):
+            raise ValueError(f"--class-names {class_names!r} has an empty name; give e.g. RV,Myo,LV")
+        return names if names[0].lower() in ("background", "bg") else ["background", *names]
+    if not labels:
+        return None
+    path = Path(labels)
+    if not path.is_file():
+        raise FileNotFoundError(f"--labels {path} does not exist; give a dataset.json with a 'labels' mapping")
+    try:
+        mapping = json.loads(path.read_text()).get("labels")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise DataError(f"--labels {path}: not a JSON object with 'labels' ({exc})") from exc
+    if not isinstance(mapping, dict) or not mapping:
+        raise DataError(f"--labels {path}: no 'labels' mapping (nnU-Net v2 {{name: value}} or MSD {{value: name}})")
+    try:  # nnU-Net v2 {"background": 0, ...} or MSD {"0": "background", ...}
+        by_value = (
+            {int(v): str(k) for k, v in mapping.items()}
+            if all(isinstance(v, int) for v in mapping.values())
+            else {int(k): str(v) for k, v in mapping.items()}
+        )
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"--labels {path}: 'labels' must map names to integers (region labels unsupported)") from exc
+    if sorted(by_value) != list(range(len(by_value))):
+        raise DataError(f"--labels {path}: label values {sorted(by_value)} must be 0..C-1 without gaps")
+    return [by_value[i] for i in range(len(by_value))]
 
 
 def _run_files(args: argparse.Namespace, out: Path) -> Any:
     from arco._checks import DataError
     from arco.evaluation import evaluate_arrays
 
+    names = class_names_from(args.labels, args.class_names)
     pairs = match_label_files(Path(args.pred), Path(args.gt))
     num_classes = args.num_classes
+    if names is not None:
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(
+                f"--num-classes {num_classes} but the class names give {len(names)} classes {names}; drop one"
+            )
+        num_classes = len(names)
     if num_classes is None:  # first pass over the files: the largest label seen
         num_classes = max(2, *(int(_read_label(f)[0].max()) + 1 for _, p, g in pairs for f in (p, g)))
 
@@ -251,9 +286,10 @@ def _run_files(args: argparse.Namespace, out: Path) -> Any:
             (pred, _), (gt, spacing) = _read_label(p), _read_label(g)
             for arr, f in ((pred, p), (gt, g)):
                 if arr.min() < 0 or arr.max() >= num_classes:
-                    raise DataError(
-                        f"{f}: labels {arr.min()}..{arr.max()} outside 0..{num_classes - 1} (--num-classes)"
-                    )
+                    source = "--labels/--class-names" if names is not None else "--num-classes"
+                    raise DataError(f"{f}: labels {arr.min()}..{arr.max()} outside 0..{num_classes - 1} ({source})")
             yield case_id, pred, gt, spacing
 
-    return evaluate_arrays(cases(), num_classes=num_classes, compat=args.compat, out_dir=out, overlays=args.overlays)
+    return evaluate_arrays(
+        cases(), num_classes=num_classes, class_names=names, compat=args.compat, out_dir=out, overlays=args.overlays
+    )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from arco._checks import ConfigError, DataError
+from arco._checks import ConfigError, DataError, choice
 from arco.data.config import DataConfig
 from arco.data.datasets import PatchDataset, SliceDataset
 from arco.data.volume import NORMALIZATIONS, Volume
@@ -17,6 +18,7 @@ from arco.registry import Registry
 __all__ = ["SegmentationData", "DATASETS", "build_data", "assemble"]
 
 DATASETS: Registry[SegmentationData] = Registry("dataset")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,12 +28,16 @@ class SegmentationData:
     Attributes:
         name: registry name; spatial_dims: 2 or 3; num_classes: including background; class_names: one per
             class.
-        patch_size: network input size ((H, W) or (D, H, W)); normalization: the intensity normalisation
-            applied.
-        labeled: Dataset of ``{"image": (1, *patch) float32, "label": (*patch) int64}``.
-        unlabeled: Dataset of ``{"image": (1, *patch) float32}`` (may be empty when everything is labeled).
+        patch_size: network input size ((H, W) or (D, H, W)).
+        normalization: the intensity normalisation applied (one scheme, or a comma list with one per channel).
+        labeled: Dataset of ``{"image": (C, *patch) float32, "label": (*patch) int64}``.
+        unlabeled: Dataset of ``{"image": (C, *patch) float32}`` (may be empty when everything is labeled).
         val, test: whole cases (`Volume`, label present) for model selection and the final report.
         split: JSON-serialisable case ids per part and the rule used (written to every run folder).
+        in_channels: image channels C (the network's ``in_channels``).
+        channel_names: one name per channel (``dataset.json`` ``channel_names``; ``("image",)`` for
+            single-channel layouts without names).
+        channel_normalization: the scheme applied to each channel.
     """
 
     name: str
@@ -45,6 +51,9 @@ class SegmentationData:
     val: list[Volume]
     test: list[Volume]
     split: dict[str, Any] = field(default_factory=dict)
+    in_channels: int = 1
+    channel_names: tuple[str, ...] = ("image",)
+    channel_normalization: tuple[str, ...] = ()
 
 
 def build_data(cfg: DataConfig) -> SegmentationData:
@@ -56,10 +65,9 @@ def build_data(cfg: DataConfig) -> SegmentationData:
     """
     if not isinstance(cfg, DataConfig):
         raise TypeError(f"build_data() expects a DataConfig, got {type(cfg).__name__}")
-    if cfg.normalization not in ("", *NORMALIZATIONS):
-        from arco._checks import choice
-
-        choice("data.normalization", cfg.normalization, NORMALIZATIONS)
+    for part in str(cfg.normalization).split(","):
+        if part.strip() not in ("", *NORMALIZATIONS):
+            choice("data.normalization", part.strip(), NORMALIZATIONS)
     if cfg.spatial_dims not in (0, 2, 3):
         raise ConfigError(f"data.spatial_dims must be 0 (dataset default), 2 or 3, got {cfg.spatial_dims}")
     if cfg.num_classes < 0:
@@ -112,8 +120,15 @@ def assemble(
     test: list[Volume],
     split: dict[str, Any],
     repeats: int = 1,
+    channel_names: tuple[str, ...] = ("image",),
+    channel_normalization: tuple[str, ...] = (),
 ) -> SegmentationData:
-    """Wrap arrays into the torch datasets; checks that the labeled set is not empty."""
+    """Wrap arrays into the torch datasets; checks that the labeled set is not empty.
+
+    ``normalization`` is one scheme for every channel (``channel_normalization`` empty) or the comma-joined
+    ``channel_normalization``; training items are ``(H, W)`` / ``(D, H, W)`` arrays, with a leading channel
+    axis when ``len(channel_names) > 1``.
+    """
     images, labels, ids = labeled
     if not images:
         raise DataError(
@@ -135,6 +150,14 @@ def assemble(
     }
     split.update(num_labeled_items=len(images), num_unlabeled_items=len(unlabeled[0]))
     split.update(val=[v.case_id for v in val], test=[v.case_id for v in test])
+    if not unlabeled[0] and str(cfg.labeled).strip().lower() != "all":
+        logger.warning(
+            "dataset '%s': every training case is labeled (data.labeled=%r), so no unlabeled case is left; only "
+            "the supervised method can train (arco train --method supervised), or add unlabeled cases",
+            name,
+            cfg.labeled,
+        )
+    schemes = tuple(channel_normalization) or (normalization,) * len(channel_names)
     return SegmentationData(
         name,
         spatial_dims,
@@ -147,4 +170,7 @@ def assemble(
         list(val),
         list(test),
         split,
+        in_channels=len(channel_names),
+        channel_names=tuple(channel_names),
+        channel_normalization=schemes,
     )

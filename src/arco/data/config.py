@@ -12,25 +12,21 @@ class DataConfig:
     """Dataset selection, label split and per-sample augmentation.
 
     Args:
-        dataset: registry name: ``phantom2d``, ``phantom3d``, ``acdc``, ``la``, ``nnunet``, ``lits``,
-            ``mmwhs``,
-            ``mni152`` (``arco.data.DATASETS.names()``).
+        dataset: registry name: ``phantom2d``, ``phantom3d``, ``phantom_mp``, ``acdc``, ``la``, ``nnunet``,
+            ``lits``, ``mmwhs``, ``mni152`` (``arco.data.DATASETS.names()``).
         root: dataset folder (not needed for ``mni152``). Phantoms are generated there when absent and
             ``generate``.
-        labeled: labeled part of the training cases: a count (``"3"``), a fraction (``"0.1"``), ``"all"``, or
-            a
+        labeled: labeled part of the training cases: a count (``"3"``), a fraction (``"0.1"``), ``"all"``, or a
             comma-separated list of case/patient ids. Always by patient, never by slice.
         split_rule: ``"patients"`` (all slices of the first N training patients) or ``"ssl4mis"`` (ACDC
-            convention:
-            the first rows of ``train_slices.list``; 1 -> 23, 3 -> 68, 7 -> 136 slices on ACDC).
+            convention: the first rows of ``train_slices.list``; 1 -> 23, 3 -> 68, 7 -> 136 slices on ACDC).
         patch_size: network input size; 2D ``(H, W)``, 3D ``(D, H, W)`` (same axis order as `Volume`: D =
-            slices).
-            Empty = the dataset default (phantom2d 128x128, acdc/lits/mmwhs 256x256, la 80x112x112 (the
-            reference
-            112x112x80 in (D, H, W) order), phantom3d 32x48x48, mni152 128x128).
-        normalization: ``minmax``, ``zscore``, ``ct`` (window ``ct_window`` HU to [0, 1]), ``none``; ``""`` =
-            the
-            dataset default (``none`` for the h5 layouts, already normalised on disk).
+            slices). Empty = the dataset default (phantom2d 128x128, acdc/lits/mmwhs 256x256, la 80x112x112 (the
+            reference 112x112x80 in (D, H, W) order), phantom3d 32x48x48, phantom_mp 64x64, mni152 128x128).
+        normalization: ``minmax``, ``zscore``, ``ct`` (window ``ct_window`` HU to [0, 1]), ``none`` for every
+            channel, or a comma list with one per channel (``"ct,zscore"``); ``""`` = the dataset default
+            (``none`` for the h5 layouts, already normalised on disk; for nnU-Net folders each channel's scheme
+            from its ``channel_names`` entry as nnU-Net picks it: ``CT`` -> ``ct``, other names -> ``zscore``).
         augment: weak augmentation of training samples (2D: rotation, zoom-crop, horizontal flip; 3D: random
             crop,
             rot90, flip). 3D patches are randomly cropped even when False.

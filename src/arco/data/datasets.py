@@ -16,8 +16,8 @@ __all__ = ["SliceDataset", "PatchDataset"]
 class SliceDataset(Dataset):
     """2D training slices resized to ``patch_size`` (and weakly augmented when ``augment``).
 
-    Items: ``{"image": float32 (1, H, W), "label": int64 (H, W)}`` (no ``"label"`` when ``labels`` is None).
-    ``ids[i]`` names the slice (``<case>_slice_<k>``).
+    Items: ``{"image": float32 (C, H, W), "label": int64 (H, W)}`` (no ``"label"`` when ``labels`` is None);
+    ``images[i]`` is ``(H, W)`` (C = 1) or ``(C, H, W)``. ``ids[i]`` names the slice (``<case>_slice_<k>``).
     """
 
     def __init__(
@@ -48,8 +48,8 @@ class SliceDataset(Dataset):
 
 
 class PatchDataset(Dataset):
-    """3D training volumes ``(D, H, W)``; each item is a random ``patch_size`` crop (rot90/flip when
-    ``augment``).
+    """3D training volumes ``(D, H, W)`` or ``(C, D, H, W)``; each item is a random ``patch_size`` crop
+    ``(C, *patch)`` (rot90/flip when ``augment``, the same for every channel).
 
     ``repeats`` makes one epoch visit every volume several times (3D datasets have few cases).
     """

@@ -14,6 +14,7 @@ import numpy as np
 from arco._checks import DataError
 from arco.data.build import build_data
 from arco.data.config import DataConfig
+from arco.data.formats import write_image
 from arco.data.volume import Volume
 
 __all__ = ["export_nifti", "write_nifti"]
@@ -23,31 +24,20 @@ def write_nifti(
     array_zyx: np.ndarray, affine: np.ndarray, out_path: str | os.PathLike, overwrite: bool = False
 ) -> Path:
     """Write an array ``(Z, Y, X)`` as NIfTI (nibabel order X, Y, Z) atomically; refuses to overwrite."""
-    import nibabel as nib
-
-    out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass --overwrite to replace it")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp.nii.gz")
-    try:
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(np.asarray(array_zyx).T), affine), str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out_path
+    return write_image(array_zyx, affine, out_path, overwrite=overwrite)
 
 
 def _affine(volume: Volume) -> np.ndarray:
     if volume.affine is not None:
         return np.asarray(volume.affine, dtype=np.float64)
-    spacing = volume.spacing or (1.0,) * volume.image.ndim
+    spacing = volume.spacing or (1.0,) * 3
     return np.diag([*map(float, spacing[::-1]), 1.0])  # array axes are (Z, Y, X); NIfTI axes are (X, Y, Z)
 
 
 def export_nifti(cfg: DataConfig, split: str, out: str | os.PathLike, overwrite: bool = False) -> list[str]:
-    """Write ``out/images/<case>.nii.gz`` (the normalised image the network sees) and ``out/labels/<case>.nii.gz``.
+    """Write ``out/images/<case>.nii.gz`` (the normalised image the network sees) and
+    ``out/labels/<case>.nii.gz``. Multi-channel cases are written one file per channel with nnU-Net naming
+    (``images/<case>_0000.nii.gz``, ``_0001``, ...), the form `arco predict` groups into one case.
 
     Returns the exported case ids. Raises ``DataError`` for an unknown split or a split without cases.
     """
@@ -58,13 +48,21 @@ def export_nifti(cfg: DataConfig, split: str, out: str | os.PathLike, overwrite:
     if not volumes:
         raise DataError(f"{cfg.root}: the {split} split of {cfg.dataset} has no cases to export")
     out = Path(out)
-    targets = [(out / "images" / f"{v.case_id}.nii.gz", out / "labels" / f"{v.case_id}.nii.gz") for v in volumes]
-    existing = [str(p) for pair in targets for p in pair if p.exists()]
+
+    def image_paths(v: Volume) -> list[Path]:
+        if v.in_channels == 1:
+            return [out / "images" / f"{v.case_id}.nii.gz"]
+        return [out / "images" / f"{v.case_id}_{c:04d}.nii.gz" for c in range(v.in_channels)]
+
+    targets = [(image_paths(v), out / "labels" / f"{v.case_id}.nii.gz") for v in volumes]
+    existing = [str(p) for imgs, lab in targets for p in (*imgs, lab) if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace them")
-    for v, (img_path, lab_path) in zip(volumes, targets):
+    for v, (img_paths, lab_path) in zip(volumes, targets):
         affine = _affine(v)
-        write_nifti(v.image.astype(np.float32), affine, img_path, overwrite=True)
+        channels = [v.image] if v.in_channels == 1 else list(v.image)
+        for ch, path in zip(channels, img_paths):
+            write_image(ch.astype(np.float32), affine, path, overwrite=True)
         if v.label is not None:
-            write_nifti(v.label.astype(np.uint8), affine, lab_path, overwrite=True)
+            write_image(v.label.astype(np.uint8), affine, lab_path, overwrite=True)
     return [v.case_id for v in volumes]

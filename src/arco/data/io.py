@@ -1,4 +1,5 @@
-"""Reading and writing scans: NIfTI (``(Z, Y, X)`` = transposed nibabel array), h5 pairs, list files.
+"""Reading and writing scans: images of any supported format (`arco.data.formats`; arrays ``(Z, Y, X)`` =
+the transposed nibabel array), h5 pairs, list files.
 
 Every reader validates what it returns and raises `DataError` naming the file, the problem and the fix.
 """
@@ -6,15 +7,27 @@ Every reader validates what it returns and raises `DataError` naming the file, t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from arco._checks import DataError
+from arco.data.formats import (
+    NIFTI_SUFFIXES,
+    image_stem,
+    image_suffix,
+    read_header,
+    read_image,
+    read_nifti,
+    split_channel,
+    write_image,
+)
 from arco.data.volume import Volume, normalize
 
 __all__ = [
     "read_scan",
+    "read_image",
     "read_nifti",
     "write_label_like",
     "read_h5",
@@ -23,8 +36,6 @@ __all__ = [
     "check_image",
     "check_label",
 ]
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def check_image(image: np.ndarray, source: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
@@ -77,50 +88,60 @@ def _nib():
     return nib
 
 
-def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Read a NIfTI file; return ``(array (Z, Y, X), affine, spacing per array axis)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    nib = _nib()
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for corrupt files; re-raised as DataError
-        raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export the file") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    zooms = tuple(round(float(z), 6) for z in img.header.get_zooms()[: data.ndim])  # float32 header noise
-    return data.T, np.asarray(img.affine, dtype=np.float64), zooms[::-1]
+def _one_channel(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    data, affine, spacing = read_image(path)
+    if data.ndim == 2 and ndim == 3:
+        data, spacing = data[None], (1.0, *spacing)
+    return check_image(data, path, ndim), affine, spacing
 
 
 def read_scan(
-    path: str | os.PathLike,
-    normalization: str = "none",
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    normalization: str | Sequence[str] = "none",
     ndim: int = 3,
     ct_window: tuple[float, float] = (-200.0, 250.0),
 ) -> Volume:
-    """Read a NIfTI scan as a `Volume` with image ``(Z, Y, X)`` normalised by ``normalization``.
+    """Read a scan as a `Volume` with image ``(Z, Y, X)`` (or ``(C, Z, Y, X)``) normalised per channel.
 
     Args:
-        path: ``.nii`` / ``.nii.gz`` file.
-        normalization: ``minmax``, ``zscore``, ``ct`` or ``none`` (see `arco.data.volume.normalize`).
+        path: a NIfTI/NRRD/MetaImage file or a DICOM series folder; or a list of such, one per channel (all on
+            the same grid), giving a ``(C, Z, Y, X)`` image when there are several.
+        normalization: ``minmax``, ``zscore``, ``ct`` or ``none`` (see `arco.data.volume.normalize`) for every
+            channel, or one per channel.
         ndim: required dimensionality (3; a 2D file gets a leading axis of size 1 when ``ndim=3``).
         ct_window: HU window for ``ct``.
 
     Raises:
-        DataError: missing, unreadable or corrupt file, wrong dimensionality, NaN/inf intensities.
+        DataError: missing, unreadable or corrupt file, wrong dimensionality, NaN/inf intensities, channels
+            on different grids.
     """
-    path = Path(path)
-    if not str(path).endswith(NIFTI_SUFFIXES):
-        raise DataError(f"{path}: expected a NIfTI file (.nii or .nii.gz)")
-    data, affine, spacing = read_nifti(path)
-    if data.ndim == 2 and ndim == 3:
-        data, spacing = data[None], (1.0, *spacing)
-    image = check_image(data, path, ndim)
-    image = normalize(image, normalization, ct_window)
-    name = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
-    return Volume(name, image, None, spacing, affine, str(path))
+    paths = [Path(p) for p in ([path] if isinstance(path, (str, os.PathLike)) else path)]
+    if not paths:
+        raise ValueError("read_scan(): no file given")
+    schemes = [normalization] * len(paths) if isinstance(normalization, str) else list(normalization)
+    if len(schemes) != len(paths):
+        raise ValueError(f"read_scan(): {len(schemes)} normalisation schemes for {len(paths)} channel files")
+    for p in paths:
+        if not image_suffix(p) and not p.is_dir():
+            raise DataError(
+                f"{p}: expected a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd) file or a DICOM "
+                "series folder"
+            )
+    image, affine, spacing = _one_channel(paths[0], ndim)
+    channels = [normalize(image, schemes[0], ct_window)]
+    for p, scheme in zip(paths[1:], schemes[1:]):
+        other, other_affine, _ = _one_channel(p, ndim)
+        if other.shape != image.shape or not np.allclose(other_affine, affine, atol=1e-3, rtol=1e-4):
+            raise DataError(
+                f"{p}: channel grid (shape {other.shape}) differs from {paths[0]} (shape {image.shape}) or its "
+                "affine does not match; all channels of a case must be co-registered on one grid (resample them)"
+            )
+        channels.append(normalize(other, scheme, ct_window))
+    name = image_stem(paths[0])
+    if len(paths) > 1 and split_channel(name):
+        name = split_channel(name)[0]
+    out = channels[0] if len(channels) == 1 else np.stack(channels)
+    return Volume(name, out, None, spacing, affine, str(paths[0]))
 
 
 def write_label_like(
@@ -129,36 +150,35 @@ def write_label_like(
     out_path: str | os.PathLike,
     overwrite: bool = False,
 ) -> Path:
-    """Write a label map ``(Z, Y, X)`` as NIfTI in the geometry (shape, affine, spacing) of
-    ``reference_path``.
+    """Write a label map ``(Z, Y, X)`` in the geometry (shape, affine, spacing) of ``reference_path``.
 
-    The file is written atomically (a temporary ``.nii.gz`` in the same folder, then renamed); dtype is uint8
-    when
+    A NIfTI reference written as NIfTI keeps its header (nibabel); any other pair (NRRD, MHA, DICOM folder
+    references, or ``.nrrd``/``.mha`` outputs) goes through the reference's affine (`formats.write_image`).
+    The file is written atomically (a temporary file in the same folder, then renamed); dtype is uint8 when
     the labels fit, int16 otherwise.
 
     Raises:
         DataError: unreadable reference or a shape that does not match it.
         FileExistsError: ``out_path`` exists and ``overwrite`` is False.
     """
-    nib = _nib()
     reference_path, out_path = Path(reference_path), Path(out_path)
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    try:
-        ref = nib.load(str(reference_path))
-    except Exception as exc:  # noqa: BLE001 - see read_nifti
-        raise DataError(f"{reference_path}: cannot read the reference NIfTI ({exc})") from exc
-    ref_shape = tuple(ref.shape[:3]) if len(ref.shape) == 4 and ref.shape[3] == 1 else tuple(ref.shape)
+    ref_shape, ref_affine = read_header(reference_path)
     label = np.asarray(label_zyx)
-    if tuple(label.T.shape) != ref_shape:
+    if tuple(label.shape) != tuple(ref_shape):
         raise DataError(
             f"{out_path}: label shape {label.shape} (Z, Y, X) does not match the reference {reference_path} "
-            f"of shape {ref_shape[::-1]} (Z, Y, X)"
+            f"of shape {tuple(ref_shape)} (Z, Y, X)"
         )
     dtype = np.uint8 if label.size == 0 or (label.min() >= 0 and label.max() < 256) else np.int16
+    if image_suffix(reference_path) not in NIFTI_SUFFIXES or image_suffix(out_path) not in NIFTI_SUFFIXES:
+        return write_image(label.astype(dtype), ref_affine, out_path, overwrite=True)
+    nib = _nib()
+    ref = nib.load(str(reference_path))
     header = ref.header.copy()
     header.set_data_dtype(dtype)
-    header.set_data_shape(ref_shape)
+    header.set_data_shape(tuple(ref_shape)[::-1])
     header["scl_slope"], header["scl_inter"] = 1.0, 0.0
     out = nib.Nifti1Image(np.ascontiguousarray(label.T.astype(dtype)), ref.affine, header)
     suffix = ".nii.gz" if out_path.name.endswith(".nii.gz") else ".nii"

@@ -20,7 +20,7 @@ count.
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,17 @@ from scipy.ndimage import gaussian_filter
 
 from arco._checks import ConfigError, DataError
 from arco.data.io import write_h5
+from arco.data.outdir import fresh_dir as _fresh_dir
+from arco.data.outdir import publish_dir as _publish
 
-__all__ = ["phantom2d_subject", "phantom3d_subject", "generate_phantom2d", "generate_phantom3d", "ensure_phantom"]
+__all__ = [
+    "phantom2d_subject",
+    "phantom3d_subject",
+    "generate_phantom2d",
+    "generate_phantom3d",
+    "ensure_phantom",
+    "PHANTOMS",
+]
 
 PHANTOM2D_CLASSES = ("background", "RV", "Myo", "LV")
 PHANTOM3D_CLASSES = ("background", "LA")
@@ -204,22 +213,6 @@ def phantom3d_subject(seed: int, index: int, size: int = 64) -> tuple[np.ndarray
     return img.astype(np.float32), label.astype(np.uint8)
 
 
-def _fresh_dir(out: Path, overwrite: bool) -> Path:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def _parts(n: int, fractions=(0.7, 0.1, 0.2)) -> tuple[int, int, int]:
     n_val = max(1, int(round(fractions[1] * n))) if n >= 3 else 0
     n_test = max(1, int(round(fractions[2] * n))) if n >= 3 else 0
@@ -307,16 +300,21 @@ def generate_phantom3d(
     }
 
 
+#: kind -> (marker file, generator, default size, ``arco data phantom --kind`` value); other phantom modules
+#: (``phantom_mp``) add their entry when imported.
+PHANTOMS: dict[str, tuple[str, Callable[..., dict], int, str]] = {
+    "phantom2d": ("train_slices.list", generate_phantom2d, 128, "2d"),
+    "phantom3d": ("train.list", generate_phantom3d, 64, "3d"),
+}
+
+
 def ensure_phantom(root: str, kind: str, generate: bool, subjects: int, seed: int, size: int) -> Path:
-    """Return ``root`` holding a ``kind`` phantom ("phantom2d" / "phantom3d"), generating it there when absent.
+    """Return ``root`` holding a ``kind`` phantom (a `PHANTOMS` key), generating it there when absent.
 
     Raises:
         ConfigError: no root given. DataError: absent and ``generate`` is False, or ``root`` holds other files.
     """
-    marker, gen, default_size, flag = {
-        "phantom2d": ("train_slices.list", generate_phantom2d, 128, "2d"),
-        "phantom3d": ("train.list", generate_phantom3d, 64, "3d"),
-    }[kind]
+    marker, gen, default_size, flag = PHANTOMS[kind]
     if not root:
         raise ConfigError(f"data.root must name the {kind} folder (generated there when absent)")
     path = Path(root)

@@ -18,6 +18,7 @@ __all__ = [
     "select_labeled",
     "ssl4mis_rows",
     "holdout",
+    "possible_labeled",
 ]
 
 SPLIT_RULES = ("patients", "ssl4mis")
@@ -64,23 +65,49 @@ def parse_labeled(labeled: str | int | float) -> tuple[str, object]:
     return "count", int(value)
 
 
-def select_labeled(patients: Sequence[str], labeled: str | int | float, where: str = "") -> list[str]:
+def possible_labeled(n: int) -> str:
+    """What ``data.labeled`` can be with ``n`` training cases, and what each choice allows."""
+    if n <= 1:
+        return (
+            f"data.labeled={n} labels every training case, so no unlabeled case is left: train the supervised "
+            "method (arco train --method supervised), or add unlabeled cases for semi-supervised training"
+        )
+    return (
+        f"data.labeled=1..{n - 1} keeps unlabeled cases for semi-supervised training; data.labeled={n} "
+        "(or 'all') labels every training case (supervised method only)"
+    )
+
+
+def select_labeled(
+    patients: Sequence[str], labeled: str | int | float, where: str = "", held_out: str = ""
+) -> list[str]:
     """Return the labeled patients among ``patients`` (kept in their given order; counts take the first N).
+
+    Args:
+        patients: training patients (val/test already removed).
+        labeled: ``data.labeled`` (count, fraction, ``all`` or ids).
+        where: the file or folder they come from (named in errors).
+        held_out: what was removed before (e.g. "1 case held out for validation and 1 for test"), for errors.
 
     Raises:
         ConfigError: bad ``labeled`` string.
-        DataError: more labeled patients requested than exist, unknown ids, or an empty result.
+        DataError: more labeled patients requested than exist (saying which counts are possible), unknown
+            ids, or an empty result.
     """
     kind, value = parse_labeled(labeled)
     n = len(patients)
     src = f" in {where}" if where else ""
+    src += f" ({held_out})" if held_out else ""
     if n == 0:
-        raise DataError(f"no training cases{src}; check the list files / folder")
+        raise DataError(f"no training cases{src}; check the list files / folder, or add cases")
     if kind == "all":
         return list(patients)
     if kind == "count":
         if value > n:
-            raise DataError(f"data.labeled={value} but only {n} training patients exist{src}; ask for at most {n}")
+            raise DataError(
+                f"data.labeled={value} but only {n} training {'patients exist' if n > 1 else 'patient exists'}{src}. "
+                f"Possible: {possible_labeled(n)}"
+            )
         return list(patients[:value])
     if kind == "fraction":
         return list(patients[: max(1, int(math.floor(value * n + 0.5)))])
@@ -112,7 +139,10 @@ def ssl4mis_rows(slice_ids: Sequence[str], count: int, acdc: bool) -> int:
                 return i
             seen.append(p)
     if len(seen) < count:
-        raise DataError(f"data.labeled={count} but train_slices.list has only {len(seen)} patients")
+        raise DataError(
+            f"data.labeled={count} but train_slices.list has only {len(seen)} patients. "
+            f"Possible: {possible_labeled(len(seen))}"
+        )
     return len(slice_ids)
 
 

@@ -151,6 +151,8 @@ class _Trainer:
             "patch_size": [int(s) for s in d.patch_size],
             "normalization": str(getattr(d, "normalization", "")),
             "in_channels": int(getattr(d, "in_channels", 1)),
+            "channel_names": list(getattr(d, "channel_names", ()) or ()),
+            "channel_normalization": list(getattr(d, "channel_normalization", ()) or ()),
         }
 
     def _state(self, iteration: int) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Whole-volume inference: 2D slice by slice with resizing, 3D by sliding window.
 
-``predict_fn`` is any callable mapping a float tensor ``(B, 1, *patch)`` to logits ``(B, C, *patch)`` (or to
-an
-object with a ``.logits`` attribute, such as ``arco.models`` outputs); this module never imports the models.
+``predict_fn`` is any callable mapping a float tensor ``(B, C_in, *patch)`` to logits ``(B, C, *patch)`` (or
+to an object with a ``.logits`` attribute, such as ``arco.models`` outputs); this module never imports the
+models. Images are ``(D, H, W)`` (one channel) or ``(C_in, D, H, W)`` (several, channel first).
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def _predict_2d(predict_fn: PredictFn, image: Any, patch_size: Sequence[int], ba
     import torch
     import torch.nn.functional as F
 
-    depth, h, w = image.shape
+    _, depth, h, w = image.shape  # (C_in, D, H, W)
     patch = tuple(int(s) for s in patch_size)
     chunks = []
     for start in range(0, depth, batch_size):
-        x = image[start : start + batch_size, None]  # (b, 1, H, W)
+        x = image[:, start : start + batch_size].transpose(0, 1)  # (b, C_in, H, W)
         if (h, w) != patch:
             x = F.interpolate(x, size=patch, mode="bilinear", align_corners=False)
         logits = _logits(predict_fn, x)
@@ -73,7 +73,7 @@ def _predict_3d(
     from monai.inferers import sliding_window_inference
 
     probs = sliding_window_inference(
-        image[None, None],
+        image[None],  # (1, C_in, D, H, W)
         roi_size=tuple(int(s) for s in patch_size),
         sw_batch_size=batch_size,
         predictor=lambda x: _logits(predict_fn, x).float(),
@@ -111,9 +111,9 @@ def predict_volume(
       (the reference protocol is :data:`REFERENCE_STRIDE_3D` with ``blend="constant"``).
 
     Args:
-        predict_fn: ``(B, 1, *patch) float32 tensor on device -> (B, C, *patch) logits`` (or an object with
-            ``.logits``); it should already be on ``device`` and in eval mode.
-        image: ``(D, H, W)`` float array, normalised as for training.
+        predict_fn: ``(B, C_in, *patch) float32 tensor on device -> (B, C, *patch) logits`` (or an object
+            with ``.logits``); it should already be on ``device`` and in eval mode.
+        image: ``(D, H, W)`` float array (``C_in = 1``) or ``(C_in, D, H, W)``, normalised as for training.
         spatial_dims: 2 or 3.
         patch_size: network input size in array order: ``(H, W)`` for 2D, ``(D, H, W)`` for 3D.
         batch_size: slices (2D) or windows (3D) per forward pass.
@@ -135,8 +135,12 @@ def predict_volume(
         raise ValueError(f"predict_volume(): spatial_dims must be 2 or 3, got {spatial_dims!r}")
     choice("blend", blend, ("gaussian", "constant"), where="predict_volume()")
     image = np.asarray(image)
-    if image.ndim != 3 or 0 in image.shape:
-        raise ValueError(f"predict_volume(): image must be a non-empty (D, H, W) array, got shape {image.shape}")
+    if image.ndim not in (3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"predict_volume(): image must be a non-empty (D, H, W) or (C, D, H, W) array, got shape {image.shape}"
+        )
+    spatial = tuple(image.shape[-3:])
+    image = image[None] if image.ndim == 3 else image
     patch_size = tuple(int(s) for s in patch_size)
     if len(patch_size) != spatial_dims or min(patch_size) < 1:
         raise ValueError(
@@ -152,10 +156,10 @@ def predict_volume(
             probs = _predict_2d(predict_fn, x, patch_size, int(batch_size))
         else:
             probs = _predict_3d(predict_fn, x, patch_size, int(batch_size), overlap, blend)
-        if tuple(probs.shape[1:]) != image.shape:
+        if tuple(probs.shape[1:]) != spatial:
             raise ValueError(
                 f"predict_volume(): predictor output must keep the input size; got probabilities of shape "
-                f"{tuple(probs.shape)} for an image of shape {image.shape}"
+                f"{tuple(probs.shape)} for an image of spatial shape {spatial}"
             )
         labels = probs.argmax(dim=0).to("cpu", torch.int64).numpy()
         if return_probs:

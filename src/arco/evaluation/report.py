@@ -129,6 +129,8 @@ def _score_case(case_id, pred, gt, image, spacing, num_classes, names, compat, r
         c = int(r.pop("class"))
         rows.append({"case": case_id, "class": names[c - 1], "class_index": c, **r})
     k = pick_slice(gt)
+    if image is not None and np.ndim(image) == np.ndim(gt) + 1:
+        image = np.asarray(image)[0]  # several channels: the overlay shows the first (e.g. T2)
     sl = (lambda a: None if a is None else np.asarray(a)[k]) if np.ndim(gt) == 3 else (lambda a: a)
     mean_dice = float(np.mean([r["dice"] for r in per_class]))
     return _Case(case_id, mean_dice, sl(gt), sl(pred), sl(image), k)
@@ -282,9 +284,9 @@ def evaluate(
     """Predict every volume with :func:`arco.evaluation.predict_volume` and score it against its label.
 
     Args:
-        predict_fn: ``(B, 1, *patch) -> (B, C, *patch)`` logits (see ``predict_volume``).
-        volumes: objects with ``case_id``, ``image (D, H, W)``, ``label (D, H, W)`` and ``spacing`` (or None)
-            attributes, e.g. ``arco.data.Volume``.
+        predict_fn: ``(B, C_in, *patch) -> (B, C, *patch)`` logits (see ``predict_volume``).
+        volumes: objects with ``case_id``, ``image (D, H, W)`` or ``(C_in, D, H, W)``, ``label (D, H, W)`` and
+            ``spacing`` (or None) attributes, e.g. ``arco.data.Volume``.
         num_classes, class_names, compat, out_dir, overlays: as in :func:`evaluate_arrays`.
         spatial_dims, patch_size, batch_size, device, stride, overlap, blend: as in ``predict_volume``.
         progress: optional wrapper around the iterable of volumes (the CLI passes ``tqdm``).
