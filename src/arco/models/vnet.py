@@ -40,8 +40,8 @@ def _up(in_channels: int, out_channels: int, up_mode: str = "transpose") -> nn.S
             nn.BatchNorm3d(out_channels),
             nn.ReLU(inplace=True),
         )
-    # MC-Net's 3D "Upsampling" block: interpolate, then a 3x3x3 convolution.
-    align = {"align_corners": False} if up_mode == "trilinear" else {}
+    # MC-Net's 3D "Upsampling" block: interpolate (trilinear with align_corners=True), then a 3x3x3 convolution.
+    align = {"align_corners": True} if up_mode == "trilinear" else {}
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode=up_mode, **align),
         nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
