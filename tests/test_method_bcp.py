@@ -143,6 +143,11 @@ def test_selftrain_starts_with_the_teacher_equal_to_the_student():
     assert all(torch.equal(t[k], s[k]) for k in t)
 
 
+def test_defaults_are_bcp():
+    assert bcp.BCPPretrainConfig() == bcp.BCPPretrainConfig(mask_ratio=2 / 3)
+    assert bcp.BCPConfig() == bcp.BCPConfig(mask_ratio=2 / 3, u_weight=0.5, ema=0.99, largest_component=True)
+
+
 def test_recipe_and_its_iteration_shares():
     from arco.config import load_config
 

@@ -30,6 +30,12 @@ def test_objective_is_sup_plus_ramped_normalised_entropy(include_labeled, spatia
     assert float(out.loss.detach()) == pytest.approx(float(sup + 0.1 * sigmoid_ramp(step, 100) * ent), rel=1e-5)
 
 
+def test_defaults_are_ssl4mis():
+    from arco.methods.entropy_min import EntropyMinConfig
+
+    assert EntropyMinConfig() == EntropyMinConfig(consistency=0.1, rampup=1.0, sup_weight=0.5, include_labeled=True)
+
+
 def test_entropy_is_zero_for_certain_and_one_for_uniform_predictions():
     from arco.methods.entropy_min import normalized_entropy
 

@@ -56,6 +56,12 @@ def test_gamma_sampler_mean_and_variance():
     assert float(x.mean()) == pytest.approx(shape, abs=5 * math.sqrt(shape / n))
 
 
+def test_defaults_are_ssl4mis():
+    from arco.methods.ict import ICTConfig
+
+    assert ICTConfig() == ICTConfig(alpha=0.2, ema=0.99, consistency=0.1, rampup=1.0, sup_weight=0.5)
+
+
 def test_one_unlabeled_image_is_a_named_error():
     m, _, _ = stubbed("ict")
     with pytest.raises(ValueError, match="batch_unlabeled >= 2"):

@@ -80,6 +80,14 @@ def test_stage_start_copies_the_student_into_the_teacher():
     assert all(torch.equal(t[k], s[k]) for k in t)
 
 
+def test_defaults_are_ssl4mis():
+    from arco.methods.mean_teacher import MeanTeacherConfig
+
+    assert MeanTeacherConfig() == MeanTeacherConfig(
+        ema=0.99, consistency=0.1, rampup=1.0, noise_std=0.1, noise_clip=0.2, sup_weight=0.5
+    )
+
+
 def test_bad_config_values_are_named():
     from arco.methods.mean_teacher import MeanTeacherConfig
 

@@ -65,6 +65,15 @@ def test_uncertainty_is_one_batched_mc_dropout_pass_with_eval_batch_norm():
     assert torch.allclose(unc, expected, atol=1e-6)
 
 
+def test_defaults_are_ua_mt():
+    from arco.methods.ua_mt import UAMTConfig
+
+    assert UAMTConfig() == UAMTConfig(
+        ema=0.99, consistency=0.1, rampup=1.0, noise_std=0.1, noise_clip=0.2, sup_weight=0.5, passes=8,
+        threshold_start=0.75, threshold_end=1.0, threshold_rampup=1.0,
+    )  # fmt: skip
+
+
 def test_bad_config_values_are_named():
     from arco.methods.ua_mt import UAMTConfig
 

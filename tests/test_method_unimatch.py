@@ -46,6 +46,14 @@ def test_objective_with_known_boxes_and_feature_perturbation(monkeypatch):
     assert float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_defaults_are_unimatch_medical():
+    assert unimatch.UniMatchConfig() == unimatch.UniMatchConfig(
+        conf_thresh=0.95, weight_s=0.25, weight_fp=0.5, sup_weight=0.5, fp_dropout=0.5, cutmix_p=0.5,
+        cutmix_area=(0.02, 0.4), cutmix_ratio=(0.3, 1 / 0.3), jitter_p=0.8, brightness=0.5, contrast=0.5,
+        blur_p=0.5, blur_sigma=(0.1, 2.0),
+    )  # fmt: skip
+
+
 def test_masked_dice_ignores_unkept_pixels_and_is_zero_when_nothing_is_kept():
     g = torch.Generator().manual_seed(0)
     logits, target = torch.randn(2, 3, 6, 6, generator=g), torch.randint(0, 3, (2, 6, 6), generator=g)
