@@ -140,11 +140,18 @@ ENGINE = [
 ]
 
 
-def cli_smoke(tmp_path: Path, method: str, spatial_dims: int, stage: str | None = None, iterations: int = 3):
-    """``arco train --method METHOD`` for a few iterations on the tiny phantom, then ``arco evaluate`` on its last
-    stage; returns (the stage's log rows, the evaluation summary)."""
+def cli_smoke(
+    tmp_path: Path,
+    method: str,
+    spatial_dims: int,
+    stage: str | None = None,
+    iterations: int = 3,
+    extra: list[str] | tuple[str, ...] = (),
+):
+    """``arco train --method METHOD`` for a few iterations on the tiny phantom (``extra`` more ``--set`` values),
+    then ``arco evaluate`` on its last stage; returns (the stage's log rows, the evaluation summary)."""
     config, tiny = ("phantom2d", TINY_2D) if spatial_dims == 2 else ("phantom3d", TINY_3D)
-    sets = [*tiny, *ENGINE, f"data.root={tmp_path / 'data'}"]
+    sets = [*tiny, *ENGINE, f"data.root={tmp_path / 'data'}", *extra]
     run = tmp_path / "run"
     args = ["train", "--config", config, "--method", method, "--iterations", str(iterations), "--out", str(run)]
     assert main([*args, *[a for kv in sets for a in ("--set", kv)]]) == 0
