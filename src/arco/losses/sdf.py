@@ -12,10 +12,9 @@ a background position to the nearest foreground position. The Euclidean distance
 host sync: on an accelerator it runs on the device (squared distances are separable, Saito & Toriwaki 1994: a 1D
 pass along the last axis, nearest feature on each line by running max/min of indices, then for each other axis
 the min-plus product ``D(x) = min_k f(k) + (x - k)^2`` evaluated densely in chunks of bounded memory); a CPU tensor
-already lives on the host, so there one vectorised ``scipy.ndimage.distance_transform_edt`` call does it (the
-batch axis gets a sampling step longer than any in-image distance, so images never see each other), 20-40x
-faster than the dense min-plus on a CPU. Both give identical results. The inner boundary (foreground positions
-with a face-neighbour in the background) is exactly where ``d_in^2 == 1``.
+already lives on the host, so there ``scipy.ndimage.distance_transform_edt`` does it image by image (as DTC),
+several times faster than the dense min-plus on a CPU. Both give identical results. The inner boundary
+(foreground positions with a face-neighbour in the background) is exactly where ``d_in^2 == 1``.
 
 Degenerate masks: an absent class gives 0 everywhere (as DTC's code); a class covering the whole image gives -1
 everywhere (DTC's code divides 0 by 0 there).
@@ -61,11 +60,11 @@ def _scipy_squared_edt(features: torch.Tensor, sentinel: float) -> torch.Tensor:
     from scipy import ndimage
 
     feats = features.numpy()
-    step = 2.0 * sentinel  # longer than any distance inside an image
-    dist = ndimage.distance_transform_edt(~feats, sampling=(step,) + (1.0,) * (feats.ndim - 1))
-    d2 = np.rint(np.square(dist))  # squared distances are integers; drop the float rounding of sqrt
-    d2[d2 >= sentinel] = sentinel
-    return torch.from_numpy(d2.astype(np.float32))
+    d2 = np.full(feats.shape, sentinel, dtype=np.float32)
+    for i, f in enumerate(feats):  # one C call per image: 4x faster than one anisotropic call on the stack
+        if f.any():
+            d2[i] = np.rint(np.square(ndimage.distance_transform_edt(~f)))  # integers: drop sqrt's rounding
+    return torch.from_numpy(d2)
 
 
 def squared_distance_transform(features: torch.Tensor, backend: str = "auto") -> torch.Tensor:
