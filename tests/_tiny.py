@@ -98,6 +98,11 @@ SMALL: dict[str, dict[str, Any]] = {
         "nn_k": 2,
         "confidence": 0.5,
     },
+    "dan": {"ndf": 8},
+    "sassnet": {"ndf": 8},
+    "gcl-global": {"head_grid": 1, "hidden_dim": 32, "embed_dim": 16},
+    "gcl-local": {"embed_dim": 16},
+    "action-finetune": {"num_queries": 32, "num_negatives": 32},
 }
 
 

@@ -98,7 +98,9 @@ def _check_contract(d: SegmentationData, dims: int, patch):
     assert item["label"].shape == tuple(patch) and str(item["label"].dtype) == "torch.int64"
     assert int(item["label"].max()) < d.num_classes
     if len(d.unlabeled):
-        assert set(d.unlabeled[0]) == {"image"} and d.unlabeled[0]["image"].shape == (1, *patch)
+        assert set(d.unlabeled[0]) <= {"image", "position"} and d.unlabeled[0]["image"].shape == (1, *patch)
+        if dims == 2:  # 2D slices named <case>_slice_<k> carry their place in the volume (GCL's partitions)
+            assert 0.0 <= float(d.unlabeled[0]["position"]) < 1.0 and 0.0 <= float(item["position"]) < 1.0
     for v in d.val + d.test:
         assert isinstance(v, Volume) and v.image.dtype == np.float32 and v.label.dtype == np.int64
         assert v.image.shape == v.label.shape and v.image.ndim == 3

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from arco._checks import ConfigError, DataError, choice
 from arco.data.config import DataConfig
-from arco.data.datasets import PatchDataset, SliceDataset
+from arco.data.datasets import PatchDataset, SliceDataset, slice_positions
 from arco.data.volume import NORMALIZATIONS, Volume
 from arco.registry import Registry
 
@@ -136,8 +136,10 @@ def assemble(
             f"(data.labeled={cfg.labeled!r}, rule {cfg.split_rule!r}); label at least one case"
         )
     if spatial_dims == 2:
-        lab = SliceDataset(images, labels, ids, patch_size, cfg.augment, cfg.rotation, cfg.max_zoom)
-        unl = SliceDataset(unlabeled[0], None, unlabeled[1], patch_size, cfg.augment, cfg.rotation, cfg.max_zoom)
+        pos = slice_positions([*ids, *unlabeled[1]])  # both parts: a row split may cut a volume
+        pos_l, pos_u = (None, None) if pos is None else (pos[: len(ids)], pos[len(ids) :])
+        lab = SliceDataset(images, labels, ids, patch_size, cfg.augment, cfg.rotation, cfg.max_zoom, pos_l)
+        unl = SliceDataset(unlabeled[0], None, unlabeled[1], patch_size, cfg.augment, cfg.rotation, cfg.max_zoom, pos_u)
     else:
         lab = PatchDataset(images, labels, ids, patch_size, cfg.augment, repeats)
         unl = PatchDataset(unlabeled[0], None, unlabeled[1], patch_size, cfg.augment, repeats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,14 +11,31 @@ from torch.utils.data import Dataset
 
 from arco.data.transforms import weak_2d, weak_3d
 
-__all__ = ["SliceDataset", "PatchDataset"]
+__all__ = ["SliceDataset", "PatchDataset", "slice_positions"]
+
+_SLICE_ID = re.compile(r"^(?P<case>.+)_slice_(?P<k>\d+)$")
+
+
+def slice_positions(ids: Sequence[str]) -> list[float] | None:
+    """Where each slice lies in its volume, ``k / n`` for id ``<case>_slice_<k>`` with ``n`` the number of slices
+    of that case among ``ids`` (pass every part of a split together: SSL4MIS' row split may cut a volume).
+    ``None`` when an id does not follow that pattern (slices of unknown position)."""
+    parsed = [_SLICE_ID.match(str(i)) for i in ids]
+    if not parsed or any(m is None for m in parsed):
+        return None
+    count: dict[str, int] = {}
+    for m in parsed:
+        count[m["case"]] = max(count.get(m["case"], 0), int(m["k"]) + 1)
+    return [int(m["k"]) / count[m["case"]] for m in parsed]
 
 
 class SliceDataset(Dataset):
     """2D training slices resized to ``patch_size`` (and weakly augmented when ``augment``).
 
-    Items: ``{"image": float32 (C, H, W), "label": int64 (H, W)}`` (no ``"label"`` when ``labels`` is None);
-    ``images[i]`` is ``(H, W)`` (C = 1) or ``(C, H, W)``. ``ids[i]`` names the slice (``<case>_slice_<k>``).
+    Items: ``{"image": float32 (C, H, W), "label": int64 (H, W)}`` (no ``"label"`` when ``labels`` is None), plus
+    ``"position"`` (float32 scalar, the slice's place in its volume, see :func:`slice_positions`) when
+    ``positions`` are given; ``images[i]`` is ``(H, W)`` (C = 1) or ``(C, H, W)``. ``ids[i]`` names the slice
+    (``<case>_slice_<k>``).
     """
 
     def __init__(
@@ -29,8 +47,10 @@ class SliceDataset(Dataset):
         augment: bool = True,
         rotation: float = 20.0,
         max_zoom: float = 1.2,
+        positions: Sequence[float] | None = None,
     ) -> None:
         self.images, self.labels, self.ids = list(images), None if labels is None else list(labels), list(ids)
+        self.positions = None if positions is None else [float(p) for p in positions]
         self.patch_size, self.augment, self.rotation, self.max_zoom = (
             tuple(patch_size),
             augment,
@@ -44,7 +64,10 @@ class SliceDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         lab = None if self.labels is None else self.labels[i]
         img, lab_t = weak_2d(self.images[i], lab, self.patch_size, self.augment, self.rotation, self.max_zoom)
-        return {"image": img} if lab_t is None else {"image": img, "label": lab_t}
+        item = {"image": img} if lab_t is None else {"image": img, "label": lab_t}
+        if self.positions is not None:
+            item["position"] = torch.tensor(self.positions[i], dtype=torch.float32)
+        return item
 
 
 class PatchDataset(Dataset):

@@ -1,8 +1,10 @@
 """The optimisers of a stage, built from a method's parameter groups.
 
 Most methods have one SGD group. Methods with an adversary (DAN, SASSNet) add groups with ``"optimizer": "adam"``
-and their own base ``"lr"``; one optimiser is built per kind. The learning-rate schedule scales every group's base
-learning rate by the same factor.
+and their own base ``"lr"`` (and any other per-group option of the optimiser, e.g. Adam's ``"betas"``); one
+optimiser is built per kind. The learning-rate schedule scales every group's base learning rate by the same
+factor, except groups marked ``"scheduled": False``, which keep their base rate (the discriminators of SSL4MIS /
+SASSNet train at a constant 1e-4).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Optimizers:
             kind = choice("param group optimizer", g.pop("optimizer", "sgd"), OPTIMIZERS)
             g.setdefault("lr", lr)
             g["base_lr"] = g["lr"]
+            g["scheduled"] = bool(g.get("scheduled", True))
             by_kind.setdefault(kind, []).append(g)
         if not any(p.requires_grad for gs in by_kind.values() for g in gs for p in g["params"]):
             raise ValueError("the method has no trainable parameters")
@@ -52,8 +55,10 @@ class Optimizers:
     def set_lr_factor(self, factor: float) -> None:
         for opt in self.optimizers:
             for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * factor
-        self.lr = self.optimizers[0].param_groups[0]["lr"]
+                g["lr"] = g["base_lr"] * (factor if g["scheduled"] else 1.0)
+        # The logged lr is the segmentation network's (SGD) one, not a discriminator's.
+        main = self.optimizers[self.kinds.index("sgd")] if "sgd" in self.kinds else self.optimizers[0]
+        self.lr = main.param_groups[0]["lr"]
 
     def zero_grad(self) -> None:
         for opt in self.optimizers:

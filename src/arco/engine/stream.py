@@ -123,5 +123,5 @@ class BatchStream:
     def __iter__(self) -> Iterator[Batch]:
         unl = iter(self._unlabeled) if self._unlabeled is not None else None
         for lab in self._labeled:
-            image_u = next(unl)["image"] if unl is not None else None
-            yield Batch(lab["image"], lab["label"].long(), image_u)
+            u = next(unl) if unl is not None else {}
+            yield Batch(lab["image"], lab["label"].long(), u.get("image"), lab.get("position"), u.get("position"))

@@ -73,18 +73,27 @@ class Batch:
     """One training batch.
 
     ``image_l (B_l, C_in, *S)`` float and ``label_l (B_l, *S)`` int64 are the labeled part; ``image_u (B_u, C_in,
-    *S)`` the weakly augmented unlabeled images (``None`` for methods that need none).
+    *S)`` the weakly augmented unlabeled images (``None`` for methods that need none). ``position_l (B_l,)`` /
+    ``position_u (B_u,)`` float: where a 2D slice lies in its volume (slice index / slice count, in [0, 1)), when
+    the dataset knows (GCL's partitions); ``None`` otherwise.
     """
 
     image_l: torch.Tensor
     label_l: torch.Tensor
     image_u: torch.Tensor | None = None
+    position_l: torch.Tensor | None = None
+    position_u: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
         return Batch(
             self.image_l.to(device, non_blocking=True),
             self.label_l.to(device, non_blocking=True),
-            None if self.image_u is None else self.image_u.to(device, non_blocking=True),
+            move(self.image_u),
+            move(self.position_l),
+            move(self.position_u),
         )
 
 
