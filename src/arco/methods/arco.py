@@ -12,10 +12,12 @@ stage 1's weights. The recipes ``arco`` (SG, the paper's best), ``arco-sag`` and
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from arco._checks import choice
 from arco.augment import color_jitter, cutmix, gaussian_blur
@@ -30,7 +32,7 @@ from arco.losses.unsupervised import UNSUP_WEIGHTINGS
 from arco.methods._common import rampup_weight
 from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput
 from arco.methods.registry import RecipeStage, register_method, register_recipe
-from arco.models import PredictionHead, ProjectionHead, RepresentationHead
+from arco.models import PredictionHead, ProjectionHead, RepresentationHead, SegOutput, frozen_bn_stats
 from arco.sampling import STRATEGIES
 
 __all__ = ["ArcoPretrainConfig", "ArcoFinetuneConfig", "ArcoPretrainMethod", "ArcoFinetuneMethod"]
@@ -49,6 +51,9 @@ class ArcoPretrainConfig:
         sup_weight: weight of ``L_sup = CE + Dice`` (reference code: 1, a plain sum).
         rampup: fraction of the stage over which ``lambda_inst`` ramps up from 0 with the sigmoid schedule of
             Laine & Aila (0 = constant weight, as the paper and the reference code).
+        strong_bn: how the strongly augmented unlabeled batch meets BatchNorm: ``joint`` (one forward together
+            with the labeled batch), ``separate`` (its own forward, as the reference code does) or ``clean`` (its own
+            forward that does not update the running statistics used at evaluation). See docs/diagnosis.md.
     """
 
     queue_size: int = 36
@@ -59,14 +64,20 @@ class ArcoPretrainConfig:
     lambda_inst: float = 1.0
     sup_weight: float = 1.0
     rampup: float = 0.0
+    strong_bn: str = "joint"
 
     def __post_init__(self) -> None:
         _check_common("pretrain", self.ema, self.sup_weight, self.rampup)
+        choice("pretrain.strong_bn", self.strong_bn, STRONG_BN)
         if self.queue_size < 1 or self.local_grid < 1 or self.tau_s <= 0 or self.tau_t <= 0 or self.lambda_inst < 0:
             raise ValueError(
                 "pretrain: queue_size and local_grid must be >= 1, tau_s/tau_t > 0 and lambda_inst >= 0; got "
                 f"{self.queue_size}, {self.local_grid}, {self.tau_s}, {self.tau_t}, {self.lambda_inst}"
             )
+
+
+#: How a strongly augmented batch passes the student's BatchNorm layers (see ``_student_forward``).
+STRONG_BN = ("joint", "separate", "clean")
 
 
 def _check_common(stage: str, ema: float, sup_weight: float, rampup: float) -> None:
@@ -100,6 +111,7 @@ class ArcoFinetuneConfig:
         sup_weight: weight of ``L_sup = CE + Dice`` (reference code: 1).
         rampup: fraction of the stage over which lambda_contrast, lambda_unsup and lambda_nn ramp up from 0
             (sigmoid, Laine & Aila); 0 = constant weights, as the paper and the reference code.
+        strong_bn: ``joint``, ``separate`` or ``clean``, as in stage 1.
     """
 
     sampler: str = "sg"
@@ -120,10 +132,12 @@ class ArcoFinetuneConfig:
     unsup_weighting: str = "mask"
     sup_weight: float = 1.0
     rampup: float = 0.0
+    strong_bn: str = "joint"
 
     def __post_init__(self) -> None:
         # Fail when the config is read, not at the first training step.
         choice("finetune.sampler", self.sampler, STRATEGIES)
+        choice("finetune.strong_bn", self.strong_bn, STRONG_BN)
         choice("finetune.unsup_weighting", self.unsup_weighting, UNSUP_WEIGHTINGS)
         _check_common("finetune", self.ema, self.sup_weight, self.rampup)
         if min(self.lambda_contrast, self.lambda_unsup, self.lambda_nn) < 0 or not 0 <= self.cutmix_p <= 1:
@@ -149,6 +163,24 @@ _SHARED = ("student", "teacher", "projector", "predictor", "teacher_projector")
 _PAPER = (
     "You et al., Rethinking Semi-Supervised Medical Image Segmentation: A Variance-Reduction Perspective, NeurIPS 2023"
 )
+
+
+def _student_forward(student: nn.Module, x_l: torch.Tensor, x_s: torch.Tensor, mode: str) -> SegOutput:
+    """The student on the labeled batch ``x_l`` and the strong unlabeled batch ``x_s``, outputs concatenated.
+
+    ``joint``: one forward of both (batch statistics shared). ``separate``: two forwards (the reference code).
+    ``clean``: two forwards, the strong one not updating BatchNorm's running statistics.
+    """
+    if mode == "joint":
+        return student(torch.cat([x_l, x_s]))
+    out_l = student(x_l)
+    with frozen_bn_stats(student) if mode == "clean" else contextlib.nullcontext():
+        out_s = student(x_s)
+    return SegOutput(
+        torch.cat([out_l.logits, out_s.logits]),
+        [torch.cat([a, b]) for a, b in zip(out_l.features, out_s.features)],
+        torch.cat([out_l.bottleneck, out_s.bottleneck]),
+    )
 
 
 class _ArcoBase(MethodBase):
@@ -207,7 +239,7 @@ class ArcoPretrainMethod(_ArcoBase):
         bl, bu = batch.image_l.shape[0], batch.image_u.shape[0]
         g = self.generator
         x1, x2 = _strong(batch.image_u, g), _strong(batch.image_u, g)
-        out = self.student(torch.cat([batch.image_l, x1]))
+        out = _student_forward(self.student, batch.image_l, x1, self.cfg.strong_bn)
         loss_sup = self.sup(out.logits[:bl], batch.label_l)
         s_global = self.predictor_head(self.projector(_pool(out.bottleneck[bl:])))
         s_local = self.local_predictor(self.local_projector(self._windows(out.features[-1][bl:])))
@@ -287,7 +319,7 @@ class ArcoFinetuneMethod(_ArcoBase):
             image_s = _strong(image_s, g, cfg.photometric)
             x = torch.cat([batch.image_l, image_s])
             t_all = self.teacher(x)
-        out = self.student(x)
+        out = _student_forward(self.student, batch.image_l, image_s, cfg.strong_bn)
         logits_l, logits_u = out.logits[:bl], out.logits[bl:]
         loss_sup = self.sup(logits_l, batch.label_l)
         loss_unsup = unsup_loss(logits_u, pseudo_s, conf_s, threshold=cfg.confidence, weighting=cfg.unsup_weighting)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from arco.models.ema import ema_update, make_teacher
 from arco.models.heads import PredictionHead, ProjectionHead, RepresentationHead, gather_interpolated
+from arco.models.norm import frozen_bn_stats
 from arco.models.unet import SegOutput, UNet
 from arco.models.vnet import VNet
 from arco.registry import Registry
@@ -27,6 +28,7 @@ __all__ = [
     "gather_interpolated",
     "ema_update",
     "make_teacher",
+    "frozen_bn_stats",
 ]
 
 MODELS: Registry = Registry("model")
