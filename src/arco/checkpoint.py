@@ -95,12 +95,15 @@ def _unreadable(p: Path, exc: Exception) -> CheckpointError:
 
 def _check_content(p: Path, state: Any) -> None:
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {p} is a torch file holding a {type(state).__name__}, not an arco "
-                              f"checkpoint. Fix: {_FIX}.")  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {p} is a torch file holding a {type(state).__name__}, not an arco checkpoint. Fix: {_FIX}."
+        )
     if "format" not in state:
         tensors = [k for k, v in state.items() if hasattr(v, "shape")]
-        what = (f"a plain state_dict ({len(tensors)} tensors, e.g. {tensors[0]!r})" if tensors and
-                len(tensors) == len(state) else f"a dict with keys {sorted(map(str, state))[:6]}")  # fmt: skip
+        what = f"a dict with keys {sorted(map(str, state))[:6]}"
+        if tensors and len(tensors) == len(state):
+            n = len(tensors)
+            what = f"a plain state_dict ({n} tensor{'s' * (n != 1)}, e.g. {tensors[0]!r})"
         raise CheckpointError(
             f"checkpoint {p} is a torch file holding {what}, not an arco checkpoint (which also records the "
             f"architecture, the data and the config). Fix: {_FIX}."
