@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,3 +148,61 @@ def run_method(
 def read_log(path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+#: `arco train` settings for a tiny, deterministic phantom2d run on one CPU thread (subprocess and CLI tests).
+TRAIN_CLI_BASE = (
+    "data.subjects=6",
+    "data.image_size=32",
+    "data.patch_size=[32, 32]",
+    "data.labeled=2",
+    "model.dim=8",
+    "model.hidden_dim=8",
+    "schedule.batch_labeled=2",
+    "schedule.batch_unlabeled=2",
+    "engine.device=cpu",
+    "engine.threads=1",
+    "engine.deterministic=true",
+    "engine.log_every=1",
+    "engine.val_every=2",
+    "engine.progress=false",
+)
+
+
+def train_argv(data, out, sets=(), extra=()) -> list[str]:
+    """``arco train`` arguments (after the program name) for :data:`TRAIN_CLI_BASE` plus ``sets`` into ``out``."""
+    sets = [*TRAIN_CLI_BASE, *sets, f"data.root={data}"]
+    return ["train", "--config", "phantom2d", *[a for kv in sets for a in ("--set", kv)], "--out", str(out), *extra]
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, val in enumerate(obj) for k, v in _flat(val, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): obj}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
+
+
+def assert_same_run(ref: Path, got: Path, stage: str) -> int:
+    """Every entry of last.pt and best.pt, the log and the summary agree; returns the number of tensors compared."""
+    n = 0
+    for name in ("last.pt", "best.pt"):
+        a = _flat(torch.load(ref / stage / "checkpoints" / name, weights_only=True))
+        b = _flat(torch.load(got / stage / "checkpoints" / name, weights_only=True))
+        assert a.keys() == b.keys(), (stage, name, sorted(a.keys() ^ b.keys())[:5])
+        diff = [k for k in a if not _same(a[k], b[k])]
+        assert not diff, (stage, name, diff[:5])
+        n += sum(isinstance(v, torch.Tensor) for v in a.values())
+    assert read_log(ref / stage / "log.csv") == read_log(got / stage / "log.csv"), stage
+    s_ref, s_got = (json.loads((r / stage / "summary.json").read_text()) for r in (ref, got))
+    for s in (s_ref, s_got):
+        s.pop("wall_seconds"), s.pop("checkpoints")
+    assert s_ref == s_got, stage
+    assert not list((got / stage).rglob("*.arco-tmp")), "the resumed run removes stray temporaries"
+    return n

@@ -1,55 +1,223 @@
-"""Atomic file writes: outputs and checkpoints appear complete or not at all (stdlib + torch only)."""
+"""Durable file writes: an output appears complete or not at all, even if the process is killed or the disk fills up.
+
+A write goes to a temporary ``.NAME.*.arco-tmp`` file in the target's folder, is fsync'ed, renamed over the target
+(``os.replace``, atomic on POSIX) and the folder is fsync'ed so that the rename survives a power loss. A process killed
+at any moment leaves the old file or the new one, never a truncated one; at worst a stray temporary remains, which
+:func:`remove_stale_temporaries` deletes (call it only while holding the folder's lock). An ``OSError`` while writing
+(disk full, permission denied, read-only file system) becomes a :class:`WriteError` naming the path, the reason and
+the fix; the previous file is left untouched. Stdlib + torch only.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_torch_save"]
+from arco._checks import ArcoError
+
+__all__ = [
+    "WriteError",
+    "append_text",
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "remove_stale_temporaries",
+    "write_error",
+    "writing",
+]
+
+logger = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".arco-tmp"
+_CHUNK = 1 << 20
+#: errnos that mean "this output cannot be written here" (rather than a bug in the caller).
+WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO, errno.ENOTDIR}
+)
+_FIXES = {
+    errno.ENOSPC: "free space on that disk",
+    errno.EDQUOT: "free space or ask for a larger disk quota",
+    errno.EACCES: "make the folder writable for this user",
+    errno.EPERM: "make the folder writable for this user",
+    errno.EROFS: "the file system is mounted read-only",
+    errno.EFBIG: "the file is larger than this process may write (see `ulimit -f`)",
+    errno.EIO: "the disk reported an I/O error; check it",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+class WriteError(ArcoError):
+    """An output could not be written (disk full, no permission, read-only file system); the old file is intact.
+
+    Attributes:
+        path: the file that was being written.
+        errno: the operating system's error number.
+    """
+
+    def __init__(self, message: str, path: Path, errno_: int | None) -> None:
+        super().__init__(message)
+        self.path, self.errno = path, errno_
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
+    """A :class:`WriteError` for ``exc`` raised while writing ``path``: the path, the reason, the fix."""
+    path = Path(path)
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else "no errno"
+    fix = _FIXES.get(exc.errno, "check the disk and the folder's permissions")
+    return WriteError(
+        f"cannot write {path}: {reason} ({code}). Nothing was replaced: the previous {path.name}, if any, is "
+        f"intact. Fix: {fix}, or write to another folder (--out).",
+        path,
+        exc.errno,
+    )
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` raised in the block into a :class:`WriteError` about ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+
+
+def _write_bytes(fd: int, data: bytes | memoryview, path: Path) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked). ``path`` names it for tests."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view[:_CHUNK])
+        view = view[n:]
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a folder so that a rename or creation in it is durable (file systems without support are skipped)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as exc:  # the folder became unwritable: the stray file is removed by the next run
+        logger.warning("could not remove the temporary file %s: %s", tmp, exc.strerror)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path in the same folder; on success rename it over ``path`` (atomic on POSIX).
+    """Yield a temporary path in the same folder; on success fsync it and rename it over ``path``.
 
-    Raises ``FileExistsError`` when ``overwrite`` is False and ``path`` exists. On error the temporary file is removed
-    and ``path`` is left untouched.
+    Raises ``FileExistsError`` when ``overwrite`` is False and ``path`` exists, and :class:`WriteError` when the
+    file cannot be written (the block's own ``OSError`` s with a write errno included). On any error the temporary
+    file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+    tmp = Path(name)
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the output the permissions a plain open() would (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise write_error(path, exc) from exc
+            raise
+        with writing(path):
+            _fsync_file(tmp)
+            # mkstemp creates 0600 files; give the output the permissions a plain open() would (umask applies).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        _discard(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` atomically and durably."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            _write_bytes(fd, data, path)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    """Write ``text`` (UTF-8) to ``path`` atomically and durably."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically (a crash mid-write never leaves a truncated checkpoint)."""
+    """``torch.save`` to ``path`` atomically: a kill or a full disk mid-write never leaves a truncated checkpoint.
+
+    The object is serialised in memory first, so a failing write surfaces as a plain ``OSError`` (a
+    :class:`WriteError`), not as an error from inside torch's zip writer.
+    """
     import torch
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
+
+
+def append_text(path: str | os.PathLike, text: str, sync: bool = False) -> None:
+    """Append ``text`` to ``path`` (created if absent); ``sync`` fsyncs it.
+
+    A failed write is cut back to the previous end of the file, so a full disk never leaves half a line; a kill
+    mid-write can, which readers of append-only files must tolerate (drop a last line without its newline).
+    """
+    path = Path(path)
+    with writing(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            end = os.fstat(fd).st_size
+            try:
+                _write_bytes(fd, text.encode("utf-8"), path)
+                if sync:
+                    os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``folder``; returns them. Call only while holding its lock."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        with writing(tmp):
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

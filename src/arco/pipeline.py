@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from arco._checks import ArcoError, CheckpointError, ConfigError
+from arco._lock import run_lock
 from arco.config import RunConfig, StageConfig, to_dict
 
 __all__ = ["train", "stage_init", "build_stage_method"]
@@ -69,13 +70,20 @@ def _check_unlabeled(cfg: RunConfig, selected: list[str], data: Any) -> None:
             )
 
 
-def _finished(stage_dir: Path) -> dict[str, Any] | None:
+def _finished(stage_dir: Path, stage: StageConfig) -> dict[str, Any] | None:
+    """The summary of ``stage`` when ``stage_dir`` holds it finished (``summary.json`` is its last write), else None.
+
+    A summary of another method or length (the config changed) or an unreadable one does not count: the stage then
+    resumes from its ``last.pt``, which checks that it belongs to this stage.
+    """
     path = stage_dir / "summary.json"
-    if path.is_file():
-        prior = json.loads(path.read_text())
-        if prior.get("finished"):
-            return prior
-    return None
+    try:
+        prior = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: cannot read %s (%s); resuming the stage instead of skipping it", stage.name, path, exc)
+        return None
+    same = prior.get("method") == stage.method and prior.get("iterations") == stage.schedule.iterations
+    return prior if prior.get("finished") and same else None
 
 
 def train(
@@ -92,14 +100,17 @@ def train(
         cfg: the run configuration.
         out: run folder.
         only: stage names to run (default: all, in order).
-        resume: continue every stage from its ``last.pt``; finished stages are skipped.
+        resume: continue every stage from its ``last.pt``; finished stages are skipped. A run killed at any moment
+            (SIGKILL included) resumes this way to the weights an uninterrupted run reaches (deterministic CPU).
         init_from: checkpoint that initialises the first stage run (overrides its ``init``).
         data: an already built :class:`arco.data.SegmentationData` (default: ``build_data(cfg.data)``).
 
     Returns:
         ``{stage name: summary}``.
+
+    Raises:
+        arco._lock.FolderLockedError: another process is training into ``out`` (the lock is held for the call).
     """
-    from arco.engine import StageSpec, fit
     from arco.methods import load_plugins
 
     load_plugins(cfg.plugins)  # idempotent; a config built in another process names its plug-ins here
@@ -108,17 +119,25 @@ def train(
     for name in selected:
         if name not in names:
             raise ConfigError(f"this run has no stage {name!r}; its stages: {', '.join(names)}")
-    if data is None:
-        from arco.data import build_data
-
-        data = build_data(cfg.data)
-    _check_unlabeled(cfg, selected, data)
     out = Path(out)
+    with run_lock(out, "run folder"):  # before building the data: a second process fails at once
+        if data is None:
+            from arco.data import build_data
+
+            data = build_data(cfg.data)
+        _check_unlabeled(cfg, selected, data)
+        return _train_stages(cfg, out, [s for s in cfg.stages if s.name in selected], resume, init_from, data)
+
+
+def _train_stages(cfg: RunConfig, out: Path, stages: list[StageConfig], resume: bool,
+                  init_from: str | os.PathLike | None, data: Any) -> dict[str, Any]:  # fmt: skip
+    from arco.engine import StageSpec, fit
+
     resolved = to_dict(cfg)
     results: dict[str, Any] = {}
-    for i, stage in enumerate(s for s in cfg.stages if s.name in selected):
+    for i, stage in enumerate(stages):
         stage_dir = out / stage.name
-        prior = _finished(stage_dir) if resume else None
+        prior = _finished(stage_dir, stage) if resume else None
         if prior is not None:
             logger.info("%s: already finished in %s; skipping", stage.name, stage_dir)
             results[stage.name] = prior

@@ -4,12 +4,15 @@ Per iteration: batch -> ``method.training_step`` (under autocast) -> backward (G
 ``method.after_optimizer_step``. Every ``log_every`` iterations the device-side sums of the logged scalars are read
 once (the only host sync); every ``val_every`` iterations the predictor is validated on the val split, ``best.pt`` is
 kept by validation Dice (never test), and ``last.pt`` holds everything needed to resume bit-identically.
+
+A SIGKILL at any moment resumes to the same weights: the write order that makes this exact is described in
+:mod:`arco.engine.state`; files are written atomically (:mod:`arco._io`) and the stage folder is locked
+(:mod:`arco._lock`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -23,12 +26,21 @@ import torch
 
 from arco._checks import ArcoError, CheckpointError
 from arco._device import resolve_device
-from arco._io import atomic_write_text
-from arco.checkpoint import load_checkpoint, save_checkpoint
+from arco._lock import run_lock
+from arco.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
 from arco.engine.config import EngineConfig, OptimConfig, ScheduleConfig, lr_factor
+from arco.engine.files import data_meta, finish_stage, prepare_folder, write_run_files
 from arco.engine.logger import RunLogger, log_columns
 from arco.engine.optim import Optimizers
-from arco.engine.state import all_finite, load_modules, module_states, rng_state, set_rng_state
+from arco.engine.state import (
+    all_finite,
+    best_from_last,
+    check_resumable,
+    load_modules,
+    module_states,
+    rng_state,
+    set_rng_state,
+)
 from arco.engine.stream import BatchStream
 from arco.methods.base import Method
 
@@ -111,50 +123,48 @@ class _Trainer:
     def restore(self, resume: bool) -> int:
         """Resume from ``last.pt`` (returns its iteration) or initialise from ``stage.init_from`` (returns 0)."""
         if resume and self.last_path.is_file():
-            state = load_checkpoint(self.last_path, map_location="cpu")
-            if state.get("stage") != self.stage.name or state.get("method") != self.method.name:
-                raise CheckpointError(
-                    f"{self.last_path} belongs to stage {state.get('stage')!r} / method {state.get('method')!r}, "
-                    f"not {self.stage.name!r} / {self.method.name!r}; use another --out or drop --resume"
-                )
-            load_modules(self.method, state["modules"], None, self.last_path)
-            self.method.setup(self.device, self.engine.seed, self.schedule.iterations)
-            self.method.load_state_dict(state["method_state"])
-            self.optimizers.load_state_dict(state["optimizers"])
-            self.scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            self.progress.best_dice, self.progress.best_iteration = state["best_dice"], state["best_iteration"]
-            logger.info("%s: resuming from %s at iteration %d", self.stage.name, self.last_path, state["iteration"])
-            return int(state["iteration"])
+            return self._resume(load_checkpoint(self.last_path, map_location="cpu"))
         if resume:
             logger.info("%s: no %s to resume from; starting fresh", self.stage.name, self.last_path)
         if self.stage.init_from is not None:
-            src = Path(self.stage.init_from)
-            state = load_checkpoint(src, map_location="cpu")
-            loaded = load_modules(self.method, state.get("modules", {}), tuple(self.method.init_modules), src)
-            if self.method.predict_module in self.method.init_modules and self.method.predict_module not in loaded:
-                raise CheckpointError(
-                    f"{src} holds no {self.method.predict_module!r} weights to initialise {self.stage.name} from"
-                )
-            self.method.setup(self.device, self.engine.seed, self.schedule.iterations)
-            logger.info("%s: initialised %s from %s", self.stage.name, ", ".join(loaded) or "nothing", src)
+            self._initialise(Path(self.stage.init_from))
         return 0
 
-    # --------------------------------------------------------------------------------------- checkpoints
-    def _data_meta(self) -> dict[str, Any]:
-        d = self.data
-        return {
-            "dataset": str(getattr(d, "name", "")),
-            "spatial_dims": int(d.spatial_dims),
-            "num_classes": int(d.num_classes),
-            "class_names": list(getattr(d, "class_names", []) or []),
-            "patch_size": [int(s) for s in d.patch_size],
-            "normalization": str(getattr(d, "normalization", "")),
-            "in_channels": int(getattr(d, "in_channels", 1)),
-            "channel_names": list(getattr(d, "channel_names", ()) or ()),
-            "channel_normalization": list(getattr(d, "channel_normalization", ()) or ()),
-        }
+    def _resume(self, state: dict[str, Any]) -> int:
+        check_resumable(state, self.last_path, self.stage.name, self.method.name)
+        load_modules(self.method, state["modules"], None, self.last_path, fix=(
+            "the run's config changed since it was written: resume with the config in "
+            f"{self.run_dir / 'config.yaml'}, or train into another --out"))  # fmt: skip
+        self.method.setup(self.device, self.engine.seed, self.schedule.iterations)
+        self.method.load_state_dict(state["method_state"])
+        self.optimizers.load_state_dict(state["optimizers"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        p = self.progress
+        p.best_dice, p.best_iteration = state["best_dice"], state["best_iteration"]
+        p.last_row = dict(state.get("last_row", {}))
+        if p.best_iteration == state["iteration"]:  # a kill between last.pt and best.pt leaves best.pt behind
+            save_checkpoint(best_from_last(state), self.best_path)
+        logger.info("%s: resuming from %s at iteration %d", self.stage.name, self.last_path, state["iteration"])
+        return int(state["iteration"])
 
+    def _initialise(self, src: Path) -> None:
+        state = load_checkpoint(src, map_location="cpu")
+        about = f"{src} is {describe_checkpoint(state)}"
+        wanted, predict = tuple(self.method.init_modules), self.method.predict_module
+        loaded = load_modules(self.method, state.get("modules", {}), wanted, src, fix=(
+            f"{about}, trained with other model settings; initialise {self.stage.name} from a checkpoint "
+            "with the same model.* settings and data dimensions"))  # fmt: skip
+        if predict in wanted and predict not in loaded:
+            raise CheckpointError(
+                f"{about}: it holds no {predict!r} weights to initialise {self.stage.name} "
+                f"(method {self.method.name!r}) from (it has {sorted(state.get('modules', {}))}); give a "
+                "checkpoint of the stage this one follows"
+            )
+        self.method.setup(self.device, self.engine.seed, self.schedule.iterations)
+        logger.info("%s: initialised %s from %s", self.stage.name, ", ".join(loaded) or "nothing", src)
+
+    # --------------------------------------------------------------------------------------- checkpoints
     def _state(self, iteration: int) -> dict[str, Any]:
         spec = self.method.predictor_spec
         weights = {k: v.detach().cpu() for k, v in self.method.predictor().state_dict().items()}
@@ -163,7 +173,7 @@ class _Trainer:
             "method": self.method.name,
             "iteration": iteration,
             "config": self.config,
-            "data": self._data_meta(),
+            "data": data_meta(self.data),
             "predictor": {"arch": spec["arch"], "kwargs": spec["kwargs"], "state_dict": weights},
             "modules": module_states(self.method),
         }
@@ -186,6 +196,7 @@ class _Trainer:
             rng=rng_state(),
             best_dice=p.best_dice,
             best_iteration=p.best_iteration,
+            last_row=dict(p.last_row),
         )
         save_checkpoint(state, self.last_path)
 
@@ -240,19 +251,22 @@ class _Trainer:
         if bar is not None:
             bar.update(it - bar.n)
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.startswith("loss")})
+        improved = False
         if validate and self.data.val:
             row["val_dice"] = self.validate()
-            if row["val_dice"] > p.best_dice:
+            improved = row["val_dice"] > p.best_dice
+            if improved:
                 p.best_dice, p.best_iteration = row["val_dice"], it
-                self.save_best(it, row["val_dice"])
             logger.info(
                 "%s: iteration %d val Dice %.4f (best %.4f @ %d)",
                 self.stage.name, it, row["val_dice"], p.best_dice, p.best_iteration,
             )  # fmt: skip
         p.last_row = row
-        log.write(row)
-        if validate:
+        log.write(row, sync=validate)
+        if validate:  # the write order the resume rule relies on (arco.engine.state)
             self.save_last(it)
+            if improved:
+                self.save_best(it, row["val_dice"])
 
     def validate(self) -> float:
         from arco.evaluation.report import evaluate_model
@@ -355,7 +369,8 @@ def fit(
         run_dir: output folder of this stage.
         config: resolved configuration, stored in ``config.yaml`` and in every checkpoint.
         resume: continue from ``run_dir/checkpoints/last.pt`` (bit-identical to an uninterrupted run in
-            deterministic CPU mode); without one the stage starts fresh.
+            deterministic CPU mode, even after a SIGKILL at any point: see :mod:`arco.engine.state`); without one the
+            stage starts fresh.
         eval_compat: empty-mask policy of the validation metrics.
 
     Returns:
@@ -363,46 +378,18 @@ def fit(
 
     Raises:
         ArcoError: the loss became NaN/inf (the last good checkpoint is kept), or bad data/checkpoint.
+        arco._lock.FolderLockedError: another process is training into ``run_dir`` (its lock is held for the call).
+        arco._io.WriteError: an output cannot be written (disk full, no permission); the previous file is intact.
     """
-    import yaml
-
     if method.needs_unlabeled and getattr(data, "unlabeled", None) is None:
         raise ArcoError(f"method {method.name!r} needs unlabeled images but the dataset provides none")
     run_dir = Path(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(method, data, stage, optim, engine, run_dir, config, eval_compat)
-    start = trainer.restore(resume)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    if getattr(data, "split", None) is not None:
-        atomic_write_text(run_dir / "split.json", json.dumps(data.split, indent=2, default=str))
-    t0 = time.perf_counter()
-    with _deterministic(engine.deterministic, trainer.device):
-        it = trainer.run(start)
-    finished = it >= stage.schedule.iterations
-    p = trainer.progress
-    if finished and not data.val:  # no validation split: the final weights are the selected ones
-        trainer.save_best(it, None)
-        p.best_iteration = it
-    summary = {
-        "stage": stage.name,
-        "method": method.name,
-        "iterations": stage.schedule.iterations,
-        "completed_iterations": it,
-        "finished": finished,
-        "best_val_dice": None if p.best_iteration < 0 or not data.val else p.best_dice,
-        "best_iteration": p.best_iteration,
-        "final_losses": {k: v for k, v in p.last_row.items() if k.startswith("loss")},
-        "wall_seconds": round(time.perf_counter() - t0, 2),
-        "device": str(trainer.device),
-        "precision": trainer.precision,
-        "checkpoints": {
-            "last": str(trainer.last_path),
-            "best": str(trainer.best_path) if trainer.best_path.is_file() else None,
-        },
-    }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    if finished:
-        from arco.evaluation.curves import plot_training_curves
-
-        plot_training_curves(run_dir / "log.csv", run_dir / "curves.png")
-    return summary
+    with run_lock(run_dir, "stage folder"):
+        prepare_folder(run_dir)
+        trainer = _Trainer(method, data, stage, optim, engine, run_dir, config, eval_compat)
+        start = trainer.restore(resume)
+        write_run_files(run_dir, config, data)
+        t0 = time.perf_counter()
+        with _deterministic(engine.deterministic, trainer.device):
+            it = trainer.run(start)
+        return finish_stage(trainer, it, time.perf_counter() - t0)

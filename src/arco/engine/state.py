@@ -1,4 +1,15 @@
-"""Run state for checkpoints: random-generator states and the weights of a method's modules."""
+"""Run state for checkpoints: random-generator states, the weights of a method's modules, and what ``last.pt`` and
+``best.pt`` must hold to resume.
+
+Kill-anywhere resume. Every file is written atomically (:mod:`arco._io`) and the stage folder is locked
+(:mod:`arco._lock`). At a validation the order is: the log row (fsync'ed), then ``last.pt`` (which records the best
+validation so far, ``best_dice`` / ``best_iteration``), then ``best.pt`` when this validation improved. ``last.pt`` is
+the truth: a kill before it is written resumes from the previous one and the log rows after it are dropped; a kill
+between ``last.pt`` and ``best.pt`` leaves ``best.pt`` one validation behind, and resuming from a ``last.pt`` whose own
+iteration is the best rewrites ``best.pt`` from it (same weights). ``summary.json`` is written last: with
+``finished: true`` it marks the stage done; a stage that reached its last iteration without it resumes from its final
+``last.pt``, trains no step, and writes it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +21,25 @@ import numpy as np
 import torch
 
 from arco._checks import CheckpointError
+from arco.checkpoint import describe_checkpoint
 from arco.methods.base import Method
 
-__all__ = ["rng_state", "set_rng_state", "module_states", "load_modules", "all_finite"]
+__all__ = [
+    "BEST_KEYS",
+    "RESUME_KEYS",
+    "all_finite",
+    "best_from_last",
+    "check_resumable",
+    "load_modules",
+    "module_states",
+    "rng_state",
+    "set_rng_state",
+]
+
+#: What ``best.pt`` holds besides ``val_dice``: the same entries as ``last.pt`` at that iteration.
+BEST_KEYS = ("stage", "method", "iteration", "config", "data", "predictor", "modules")
+#: What ``last.pt`` adds to resume a stage bit-identically.
+RESUME_KEYS = ("method_state", "optimizers", "scaler", "rng", "best_dice", "best_iteration")
 
 
 def rng_state() -> dict[str, Any]:
@@ -60,9 +87,33 @@ def module_states(method: Method) -> dict[str, Any]:
     return {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in method.modules().items()}
 
 
-def load_modules(method: Method, states: dict[str, Any], names: tuple[str, ...] | None, source: Path) -> list[str]:
+def best_from_last(last: dict[str, Any]) -> dict[str, Any]:
+    """``best.pt`` re-derived from a ``last.pt`` whose own validation was the best so far (same weights)."""
+    return {**{k: last[k] for k in BEST_KEYS}, "val_dice": last["best_dice"]}
+
+
+def check_resumable(state: dict[str, Any], path: Path, stage: str, method: str) -> None:
+    """Raise ``CheckpointError`` unless ``state`` is a ``last.pt`` of this stage and method."""
+    if state.get("stage") != stage or state.get("method") != method:
+        raise CheckpointError(
+            f"{path} belongs to stage {state.get('stage')!r} / method {state.get('method')!r}, not {stage!r} / "
+            f"{method!r}: it is {describe_checkpoint(state)} and this folder holds another training. Use another "
+            "--out, or drop --resume to start this stage over (its checkpoints are then overwritten)."
+        )
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is {describe_checkpoint(state)} without the run state needed to resume ({', '.join(missing)}): "
+            "it is a best.pt-style checkpoint, not a last.pt. Restore the stage's own last.pt, or drop --resume "
+            "(and start from it with --init instead)."
+        )
+
+
+def load_modules(method: Method, states: dict[str, Any], names: tuple[str, ...] | None, source: Path,
+                 fix: str = "the checkpoint was written with another model/config") -> list[str]:  # fmt: skip
     """Load module weights from ``states``; ``names=None`` loads every module and requires all (resume), otherwise
-    the given names that ``states`` holds (initialisation from a previous stage). Returns the loaded names."""
+    the given names that ``states`` holds (initialisation from a previous stage). Returns the loaded names.
+    ``fix`` ends the message when weights do not fit."""
     modules = method.modules()
     wanted = list(modules) if names is None else [n for n in names if n in modules]
     loaded = []
@@ -75,8 +126,7 @@ def load_modules(method: Method, states: dict[str, Any], names: tuple[str, ...] 
             modules[name].load_state_dict(states[name], strict=True)
         except RuntimeError as exc:
             raise CheckpointError(
-                f"{source}: weights of module {name!r} do not fit ({str(exc).splitlines()[0]}); "
-                "the checkpoint was written with another model/config"
+                f"{source}: weights of module {name!r} do not fit ({str(exc).splitlines()[0]}); {fix}"
             ) from exc
         loaded.append(name)
     return loaded
