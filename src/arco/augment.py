@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cutmix", "box_mask", "color_jitter", "gaussian_blur", "uniform"]
+__all__ = ["cutmix", "box_mask", "color_jitter", "brightness_contrast", "gaussian_blur", "uniform"]
 
 
 def uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -105,6 +105,27 @@ def color_jitter(
     mean = x.mean(dim=dims, keepdim=True)
     x = (x - mean) * (1 + contrast * (2 * r[1] - 1)) + mean + brightness * (2 * r[2] - 1)
     return torch.where(on, x * span + lo, image)
+
+
+def brightness_contrast(
+    image: torch.Tensor, generator: torch.Generator | None = None, strength: float = 0.25, p: float = 0.5
+) -> torch.Tensor:
+    """torchvision ``ColorJitter(brightness=s, contrast=s)`` on grey-level images, per item with probability ``p``.
+
+    Each channel is rescaled to [0, 1] by its own min/max (the range a PIL image has), multiplied by a brightness
+    factor ``U(1-s, 1+s)``, blended with its mean by a contrast factor ``U(1-s, 1+s)``, clipped to [0, 1] as PIL
+    does, and mapped back to its range. This is the strong view of the ARCO / ReCo reference code (s = 0.25 in
+    fine-tuning, 0.2 in pre-training; saturation and hue do nothing to grey images).
+    """
+    b, nd = image.shape[0], image.dim() - 1
+    dims = tuple(range(2, image.dim()))
+    r = uniform(3 * b, generator, image.device).view(3, b, *([1] * nd)).to(image.dtype)
+    lo, hi = image.amin(dim=dims, keepdim=True), image.amax(dim=dims, keepdim=True)
+    span = (hi - lo).clamp_min(1e-6)
+    x = ((image - lo) / span * (1 + strength * (2 * r[0] - 1))).clamp(0, 1)
+    mean = x.mean(dim=dims, keepdim=True)
+    x = ((x - mean) * (1 + strength * (2 * r[1] - 1)) + mean).clamp(0, 1)
+    return torch.where(r[2] < p, x * span + lo, image)
 
 
 def gaussian_blur(

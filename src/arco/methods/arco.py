@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arco._checks import choice
-from arco.augment import color_jitter, cutmix, gaussian_blur
+from arco.augment import brightness_contrast, color_jitter, cutmix, gaussian_blur
 from arco.losses import (
     NearestNeighbourLoss,
     PixelContrastiveLoss,
@@ -54,6 +54,9 @@ class ArcoPretrainConfig:
         strong_bn: how the strongly augmented unlabeled batch meets BatchNorm: ``joint`` (one forward together
             with the labeled batch), ``separate`` (its own forward, as the reference code does) or ``clean`` (its own
             forward that does not update the running statistics used at evaluation). See docs/diagnosis.md.
+        strong_view: the two views' photometric augmentation, one of :data:`STRONG_VIEWS` (reference code: jitter
+            strength 0.2 and blur, each with p 0.5).
+        jitter: brightness/contrast strength of the ``reference`` view (0.2 in the reference pre-training).
     """
 
     queue_size: int = 36
@@ -65,10 +68,13 @@ class ArcoPretrainConfig:
     sup_weight: float = 1.0
     rampup: float = 0.0
     strong_bn: str = "joint"
+    strong_view: str = "reference"
+    jitter: float = 0.2
 
     def __post_init__(self) -> None:
         _check_common("pretrain", self.ema, self.sup_weight, self.rampup)
         choice("pretrain.strong_bn", self.strong_bn, STRONG_BN)
+        choice("pretrain.strong_view", self.strong_view, STRONG_VIEWS)
         if self.queue_size < 1 or self.local_grid < 1 or self.tau_s <= 0 or self.tau_t <= 0 or self.lambda_inst < 0:
             raise ValueError(
                 "pretrain: queue_size and local_grid must be >= 1, tau_s/tau_t > 0 and lambda_inst >= 0; got "
@@ -104,8 +110,10 @@ class ArcoFinetuneConfig:
         bank_size: per-class memory bank of teacher keys (device ring buffer).
         nn_bank / nn_k: bank of K = 36 pooled teacher embeddings and k = 5 neighbours for L_nn.
         ema: teacher momentum (0.99).
-        cutmix_p: probability that an unlabeled image gets a CutMix box in the strong view.
-        photometric: colour jitter and Gaussian blur in the strong view (reference code: yes).
+        cutmix_p: probability that an unlabeled image gets a CutMix box in the strong view (reference: 1).
+        cutmix_area: range of the pasted box's area as a fraction of the image (reference: exactly 1/2).
+        strong_view: photometric part of the strong view, one of :data:`STRONG_VIEWS`.
+        jitter: brightness/contrast strength of the ``reference`` view (0.25 in the reference fine-tuning).
         unsup_weighting: ``mask`` (SPEC §5: CE on confident pixels only) or ``ratio`` (the reference code: CE on
             every pixel, weighted per image by its fraction of confident pixels); see :func:`arco.losses.unsup_loss`.
         sup_weight: weight of ``L_sup = CE + Dice`` (reference code: 1).
@@ -128,7 +136,9 @@ class ArcoFinetuneConfig:
     nn_k: int = 5
     ema: float = 0.99
     cutmix_p: float = 1.0
-    photometric: bool = True
+    cutmix_area: tuple[float, float] = (0.5, 0.5)
+    strong_view: str = "reference"
+    jitter: float = 0.25
     unsup_weighting: str = "mask"
     sup_weight: float = 1.0
     rampup: float = 0.0
@@ -138,6 +148,12 @@ class ArcoFinetuneConfig:
         # Fail when the config is read, not at the first training step.
         choice("finetune.sampler", self.sampler, STRATEGIES)
         choice("finetune.strong_bn", self.strong_bn, STRONG_BN)
+        choice("finetune.strong_view", self.strong_view, STRONG_VIEWS)
+        if not 0 < self.cutmix_area[0] <= self.cutmix_area[1] <= 1 or not 0 <= self.jitter < 1:
+            raise ValueError(
+                f"finetune: cutmix_area must be (low, high) with 0 < low <= high <= 1 and jitter in [0, 1); got "
+                f"{list(self.cutmix_area)}, {self.jitter}"
+            )
         choice("finetune.unsup_weighting", self.unsup_weighting, UNSUP_WEIGHTINGS)
         _check_common("finetune", self.ema, self.sup_weight, self.rampup)
         if min(self.lambda_contrast, self.lambda_unsup, self.lambda_nn) < 0 or not 0 <= self.cutmix_p <= 1:
@@ -153,10 +169,22 @@ def _pool(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).mean(dim=2)
 
 
-def _strong(x: torch.Tensor, generator: torch.Generator, photometric: bool = True) -> torch.Tensor:
-    if not photometric:
+#: The strongly augmented view's photometric part (CutMix is separate): ``reference`` = the ARCO / ReCo code's
+#: (brightness/contrast factors in 1 ± strength with p 0.5, Gaussian blur sigma U(0.15, 1.15) px at 256 px with p 0.5,
+#: scaled to the patch size), ``heavy`` = gamma + additive jitter (p 0.8) and blur sigma U(0.1, 2) px at any size
+#: (arco 0.1's strong view), ``none``.
+STRONG_VIEWS = ("reference", "heavy", "none")
+_REFERENCE_SIZE = 256  # the reference code's ACDC slices: blur radii are in pixels of a 256 x 256 image
+
+
+def _strong(x: torch.Tensor, generator: torch.Generator, view: str, strength: float) -> torch.Tensor:
+    if view == "none":
         return x
-    return gaussian_blur(color_jitter(x, generator=generator), generator=generator)
+    if view == "heavy":
+        return gaussian_blur(color_jitter(x, generator=generator), generator=generator)
+    scale = min(x.shape[2:]) / _REFERENCE_SIZE
+    x = brightness_contrast(x, generator, strength=strength, p=0.5)
+    return gaussian_blur(x, generator, sigma=(0.15 * scale, 1.15 * scale), p=0.5)
 
 
 _SHARED = ("student", "teacher", "projector", "predictor", "teacher_projector")
@@ -238,7 +266,9 @@ class ArcoPretrainMethod(_ArcoBase):
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         bl, bu = batch.image_l.shape[0], batch.image_u.shape[0]
         g = self.generator
-        x1, x2 = _strong(batch.image_u, g), _strong(batch.image_u, g)
+        cfg = self.cfg
+        x1 = _strong(batch.image_u, g, cfg.strong_view, cfg.jitter)
+        x2 = _strong(batch.image_u, g, cfg.strong_view, cfg.jitter)
         out = _student_forward(self.student, batch.image_l, x1, self.cfg.strong_bn)
         loss_sup = self.sup(out.logits[:bl], batch.label_l)
         s_global = self.predictor_head(self.projector(_pool(out.bottleneck[bl:])))
@@ -315,8 +345,10 @@ class ArcoFinetuneMethod(_ArcoBase):
             prob = torch.softmax(t_weak.logits.float(), dim=1)
             confidence, pseudo = prob.max(dim=1)
             t_embed = self.teacher_projector(_pool(t_weak.bottleneck))
-            image_s, pseudo_s, conf_s = cutmix(batch.image_u, pseudo, confidence, generator=g, p=cfg.cutmix_p)
-            image_s = _strong(image_s, g, cfg.photometric)
+            image_s, pseudo_s, conf_s = cutmix(
+                batch.image_u, pseudo, confidence, generator=g, p=cfg.cutmix_p, area=cfg.cutmix_area
+            )
+            image_s = _strong(image_s, g, cfg.strong_view, cfg.jitter)
             x = torch.cat([batch.image_l, image_s])
             t_all = self.teacher(x)
         out = _student_forward(self.student, batch.image_l, image_s, cfg.strong_bn)
