@@ -1,10 +1,12 @@
-"""`arco data`: generate the built-in phantoms and inspect dataset folders."""
+"""`arco data`: generate the built-in phantoms, inspect and export dataset folders, preprocess nnU-Net folders."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+
+from arco.cli.data_preprocess import add_subparser as add_preprocess_parser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--out", required=True, help="output folder")
     ex.add_argument("--overwrite", action="store_true", help="replace existing files")
     ex.set_defaults(func=_export)
+    add_preprocess_parser(verbs)
 
 
 def _phantom(args: argparse.Namespace) -> int:

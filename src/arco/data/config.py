@@ -14,7 +14,8 @@ class DataConfig:
     Args:
         dataset: registry name: ``phantom2d``, ``phantom3d``, ``acdc``, ``la``, ``nnunet``, ``lits``,
             ``mmwhs``,
-            ``mni152`` (``arco.data.DATASETS.names()``).
+            ``mni152``, ``preprocessed`` (a folder written by ``arco data preprocess``)
+            (``arco.data.DATASETS.names()``).
         root: dataset folder (not needed for ``mni152``). Phantoms are generated there when absent and
             ``generate``.
         labeled: labeled part of the training cases: a count (``"3"``), a fraction (``"0.1"``), ``"all"``, or
@@ -48,6 +49,8 @@ class DataConfig:
         rotation: maximal rotation in degrees for 2D weak augmentation.
         max_zoom: maximal zoom factor of the 2D random crop (1.0 = no zoom).
         ct_window: HU window for ``normalization="ct"``.
+        oversample_foreground: ``preprocessed`` dataset: fraction of labeled training items centred on a stored
+            foreground voxel (nnU-Net's 0.33); the other items are uniform random patches / slices.
     """
 
     dataset: str = "phantom2d"
@@ -69,3 +72,4 @@ class DataConfig:
     rotation: float = 20.0
     max_zoom: float = 1.2
     ct_window: tuple[float, float] = (-200.0, 250.0)
+    oversample_foreground: float = 0.33
