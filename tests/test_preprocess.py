@@ -474,6 +474,11 @@ def test_cli_preprocess_then_rerun(tmp_path, capsys):
     assert "3 done, 0 unchanged" in capsys.readouterr().out
     assert main(["data", "preprocess", str(raw), "--out", str(out), "--dataset", "lits", "--no-resample"]) == 0
     assert "0 done, 3 unchanged" in capsys.readouterr().out
+    assert read_index(out)["cases"]["case_000"]["fingerprint"]["image"]["mode"] == "fast"
+    full = ["data", "preprocess", str(raw), "--out", str(out), "--dataset", "lits", "--no-resample", "--full-hash"]
+    assert main(full) == 0  # switching to full hashes re-fingerprints, it does not redo the cases
+    assert "0 done, 3 unchanged" in capsys.readouterr().out
+    assert read_index(out)["cases"]["case_000"]["fingerprint"]["image"]["mode"] == "full"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(build_data(_cfg(out, labeled="1")).labeled) == 1

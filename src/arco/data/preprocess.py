@@ -27,7 +27,7 @@ import numpy as np
 
 from arco._checks import DataError, choice
 from arco._io import atomic_write_text
-from arco.data.fingerprint import HASH_MODES, matches
+from arco.data.fingerprint import HASH_MODES, file_fingerprint, matches
 from arco.data.nnunet import nnunet_cases, read_dataset_json
 from arco.data.preprocess_case import VERSION, PreprocessSettings, process_case
 from arco.data.resample import check_spacing
@@ -165,8 +165,9 @@ def _check_out(src: Path, out: Path, overwrite: bool) -> None:
             )
 
 
-def _current_entry(out: Path, case: str, img: Path, lab: Path, key: str) -> dict | None:
-    """The stored entry of ``case`` when it is complete, made with settings ``key`` and its source unchanged."""
+def _current_entry(out: Path, case: str, img: Path, lab: Path, key: str, hash_mode: str) -> dict | None:
+    """The stored entry of ``case`` when it is complete, made with settings ``key`` and its source unchanged (its
+    fingerprints are redone in ``hash_mode`` when they were taken in the other mode)."""
     path = out / "cases" / f"{case}.json"
     try:
         entry = json.loads(path.read_text())
@@ -182,6 +183,9 @@ def _current_entry(out: Path, case: str, img: Path, lab: Path, key: str) -> dict
     if not all((out / "cases" / entry[k]).is_file() for k in ("image", "label", "locations")):
         return None
     entry["source"] = {"image": str(img), "label": str(lab)}
+    if fp["image"].get("mode") != hash_mode or fp["label"].get("mode") != hash_mode:
+        entry["fingerprint"] = {"image": file_fingerprint(img, hash_mode), "label": file_fingerprint(lab, hash_mode)}
+        atomic_write_text(path, json.dumps(entry, indent=1))
     return entry
 
 
@@ -260,7 +264,7 @@ def preprocess_dataset(
     (out / "cases").mkdir(parents=True, exist_ok=True)
     entries, tasks = {}, []
     for case, (img, lab, part) in sorted(cases.items()):
-        entry = None if overwrite else _current_entry(out, case, img, lab, key)
+        entry = None if overwrite else _current_entry(out, case, img, lab, key, hash_mode)
         if entry is not None and entry.get("part") == part:
             entries[case] = entry
             continue

@@ -131,7 +131,7 @@ def _volume(root: Path, e: dict[str, Any]) -> LazyVolume:
     )
 
 
-def _check_config(cfg: DataConfig, index: dict[str, Any], n_cases: int) -> str:
+def _check_config(cfg: DataConfig, index: dict[str, Any]) -> str:
     if check_rule(cfg.split_rule) == "ssl4mis":
         raise ConfigError("data.split_rule='ssl4mis' applies to ACDC-layout datasets only; use 'patients'")
     norm = index["settings"]["normalization"]
@@ -158,7 +158,7 @@ def load_preprocessed(cfg: DataConfig) -> SegmentationData:
     index = read_index(root)
     check_source(index, root)
     entries = index["cases"]
-    norm = _check_config(cfg, index, len(entries))
+    norm = _check_config(cfg, index)
     class_names = tuple(index["class_names"])
     check_classes(name, class_names, cfg)
     flat = all(e["shape"][1] == 1 for e in entries.values())
