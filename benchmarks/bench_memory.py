@@ -13,13 +13,14 @@ Steps, each phase in its own process tree (so the figures do not mix):
 2. ``arco data preprocess WORK/raw --out WORK/pp --dataset lits`` (median spacing, CT window, body crop), then the
    same command again (an unchanged source: fingerprints only);
 3. ``arco train --stage supervised`` from ``WORK/pp`` (2D, LiTS preset 256x256, ``--iters`` iterations, batch
-   ``--batch``, validation on the val cases at the end) once per ``--workers`` value;
+   ``--batch``): the loop alone once per ``--workers`` value, and once with validation on the val cases at the end
+   (``--val``);
 4. the baseline measured in the same run: the in-memory ``lits`` loader (`arco.data.build_data`) on the raw
    folder. When the whole dataset would not fit comfortably in RAM it loads two subsets and extrapolates
    linearly to all cases (labelled "extrapolated").
 
 Memory figures: ``peak RSS`` = the largest single process (``getrusage`` via ``os.wait4``, exact), and ``peak sum``
-= the sum of RSS (and of PSS, which counts shared pages once) over the process tree, sampled from /proc at 20 Hz
+= the sum of RSS (and of PSS, which counts shared pages once) over the process tree, sampled from /proc at 5 Hz
 (Linux; the DataLoader workers are children of the training process).
 """
 
@@ -148,7 +149,7 @@ def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
                 pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
                 peak.update(rss_sum=max(peak["rss_sum"], rss), pss_sum=max(peak["pss_sum"], pss))
                 peak["procs"] = max(peak["procs"], len(pids))
-                done.wait(0.05)
+                done.wait(0.2)
 
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
@@ -218,6 +219,31 @@ def baseline(args: argparse.Namespace, raw: Path, work: Path, info: dict) -> lis
     return rows
 
 
+def _train(args: argparse.Namespace, pp: Path, work: Path, workers: int, val: bool, env: dict) -> dict:
+    """One `arco train --stage supervised` from the preprocessed folder; ``val``: validate the val cases at the end
+    (otherwise data.val_fraction=0: the training loop alone)."""
+    sets = {
+        "data.dataset": "preprocessed",
+        "data.root": str(pp),
+        "data.labeled": "all",
+        "data.val_fraction": 0.1 if val else 0.0,
+        "supervised.iterations": args.iters,
+        "supervised.batch": args.batch,
+        "engine.num_workers": workers,
+        "engine.device": "cpu",
+        "engine.threads": args.threads,
+        "engine.val_every": 0,
+        "engine.progress": "false",
+        "engine.log_every": max(args.iters // 4, 1),
+    }
+    name = f"run_w{workers}{'_val' if val else ''}"
+    cmd = [sys.executable, "-m", "arco", "train", "--config", "nnunet", "--stage", "supervised"]
+    cmd += ["--out", str(work / name), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    m = measure(cmd, work / f"{name}.log", env)
+    what = f"train from preprocessed, {workers} worker(s), {args.iters} it" + (" + validation" if val else "")
+    return {"phase": what, "kind": "measured", **m}
+
+
 def run(args: argparse.Namespace) -> dict:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -227,40 +253,16 @@ def run(args: argparse.Namespace) -> dict:
     arco = [sys.executable, "-m", "arco"]
     prep = [*arco, "data", "preprocess", str(raw), "--out", str(pp), "--dataset", "lits", "--dtype", args.dtype]
     prep += ["--jobs", str(args.jobs)]
-    rows = [
-        {
-            "phase": f"preprocess ({args.jobs} job(s))",
-            "kind": "measured",
-            **measure([*prep, "--overwrite"], work / "preprocess.log", env),
-        }
-    ]
-    rows.append(
-        {
-            "phase": "preprocess again (source unchanged)",
-            "kind": "measured",
-            **measure(prep, work / "preprocess_again.log", env),
-        }
-    )
-    for w in args.workers:
-        sets = {
-            "data.dataset": "preprocessed",
-            "data.root": str(pp),
-            "data.labeled": "all",
-            "supervised.iterations": args.iters,
-            "supervised.batch": args.batch,
-            "engine.num_workers": w,
-            "engine.device": "cpu",
-            "engine.threads": args.threads,
-            "engine.val_every": 0,
-            "engine.progress": "false",
-            "engine.log_every": max(args.iters // 4, 1),
-        }
-        cmd = [*arco, "train", "--config", "nnunet", "--stage", "supervised", "--out", str(work / f"run_w{w}")]
-        cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-        m = measure(cmd, work / f"train_w{w}.log", env)
-        rows.append(
-            {"phase": f"train from preprocessed, {w} worker(s), {args.iters} it + val", "kind": "measured", **m}
-        )
+    rows = []
+    if not (args.reuse and (pp / "preprocessed.json").is_file()):
+        m = measure([*prep, "--overwrite"], work / "preprocess.log", env)
+        rows.append({"phase": f"preprocess ({args.jobs} job(s))", "kind": "measured", **m})
+    m = measure(prep, work / "preprocess_again.log", env)
+    rows.append({"phase": "preprocess again (source unchanged)", "kind": "measured", **m})
+    runs = [(w, False) for w in args.workers] if args.val in ("none", "both") else []
+    runs += [(args.workers[0], True)] if args.val in ("end", "both") else []
+    for w, val in runs:
+        rows.append(_train(args, pp, work, w, val, env))
     rows += baseline(args, raw, work, info)
     index = json.loads((pp / "preprocessed.json").read_text())
     crop_voxels = sum(int(np.prod(e["shape"])) for e in index["cases"].values())
@@ -318,6 +320,14 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     p.add_argument("--subset", type=int, default=4, help="baseline subset size when extrapolating")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--val",
+        default="both",
+        choices=("none", "end", "both"),
+        help="train without validation (the loop alone, one run per --workers), with validation on the val cases "
+        "at the end (one run, first --workers value), or both (default)",
+    )
+    p.add_argument("--reuse", action="store_true", help="reuse WORK/pp when present (skip the first preprocess)")
     p.add_argument("--keep", action="store_true", help="keep the preprocessed folder and the runs")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args()

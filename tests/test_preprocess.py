@@ -482,3 +482,17 @@ def test_cli_preprocess_then_rerun(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(build_data(_cfg(out, labeled="1")).labeled) == 1
+
+
+def test_evaluation_keeps_no_whole_prediction_per_case():
+    import weakref
+
+    from arco.evaluation.report import _score_case
+
+    gt = np.zeros((6, 8, 8), np.int64)
+    gt[2:4, 2:6, 2:6] = 1
+    pred = gt.copy()
+    ref = weakref.ref(pred)
+    case = _score_case("c", pred, gt, None, None, 2, ["fg"], "default", [])
+    del pred
+    assert ref() is None and case.pred.shape == (8, 8)  # the overlay slice is a copy, not a view of the volume
