@@ -117,6 +117,7 @@ def test_registry_names():
         "lits",
         "mmwhs",
         "mni152",
+        "preprocessed",
     }
     with pytest.raises(ValueError, match="did you mean 'acdc'"):
         build_data(DataConfig(dataset="acdx", root="x"))
