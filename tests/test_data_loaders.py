@@ -120,6 +120,7 @@ def test_registry_names():
         "mmwhs",
         "mni152",
         "phantom_mp",
+        "preprocessed",
     }
     with pytest.raises(ValueError, match="did you mean 'acdc'"):
         build_data(DataConfig(dataset="acdx", root="x"))

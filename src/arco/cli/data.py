@@ -1,10 +1,12 @@
-"""`arco data`: generate the built-in phantoms, convert official downloads, inspect and export datasets."""
+"""`arco data`: generate the built-in phantoms, convert official downloads, inspect, export and preprocess datasets."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+
+from arco.cli.data_preprocess import add_subparser as add_preprocess_parser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--overwrite", action="store_true", help="replace existing files")
     ex.set_defaults(func=_export)
     _add_convert(verbs)
+    add_preprocess_parser(verbs)
 
 
 def _add_convert(verbs: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ per-sample and batched strong augmentation), `phantom`, `phantom_mp`.
 
 from __future__ import annotations
 
-from arco.data import acdc, la, mni152, nnunet  # noqa: F401  (register the datasets)
+from arco.data import acdc, la, mni152, nnunet, preprocessed  # noqa: F401  (register the datasets)
 from arco.data.build import DATASETS, SegmentationData, build_data
 from arco.data.config import DataConfig
 from arco.data.phantom import generate_phantom2d, generate_phantom3d

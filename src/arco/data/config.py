@@ -13,7 +13,8 @@ class DataConfig:
 
     Args:
         dataset: registry name: ``phantom2d``, ``phantom3d``, ``phantom_mp``, ``acdc``, ``la``, ``nnunet``,
-            ``lits``, ``mmwhs``, ``mni152`` (``arco.data.DATASETS.names()``).
+            ``lits``, ``mmwhs``, ``mni152``, ``preprocessed`` (a folder written by ``arco data preprocess``)
+            (``arco.data.DATASETS.names()``).
         root: dataset folder (not needed for ``mni152``). Phantoms are generated there when absent and
             ``generate``.
         labeled: labeled part of the training cases: a count (``"3"``), a fraction (``"0.1"``), ``"all"``, or a
@@ -44,6 +45,8 @@ class DataConfig:
         rotation: maximal rotation in degrees for 2D weak augmentation.
         max_zoom: maximal zoom factor of the 2D random crop (1.0 = no zoom).
         ct_window: HU window for ``normalization="ct"``.
+        oversample_foreground: ``preprocessed`` dataset: fraction of labeled training items centred on a stored
+            foreground voxel (nnU-Net's 0.33); the other items are uniform random patches / slices.
     """
 
     dataset: str = "phantom2d"
@@ -65,6 +68,7 @@ class DataConfig:
     rotation: float = 20.0
     max_zoom: float = 1.2
     ct_window: tuple[float, float] = (-200.0, 250.0)
+    oversample_foreground: float = 0.33
 
     def __post_init__(self) -> None:
         """Reject bad values when the config is read, not at the first use (names the key and the fix)."""
@@ -77,8 +81,10 @@ class DataConfig:
         except DataError as exc:
             raise ConfigError(str(exc)) from exc
         check_rule(self.split_rule)
-        if self.normalization:
-            choice("data.normalization", self.normalization, NORMALIZATIONS)
+        for scheme in filter(None, (x.strip() for x in self.normalization.split(","))):
+            choice("data.normalization", scheme, NORMALIZATIONS)
+        if not 0 <= self.oversample_foreground <= 1:
+            raise ConfigError(f"data.oversample_foreground must be in [0, 1], got {self.oversample_foreground}")
         if self.spatial_dims not in (0, 2, 3):
             raise ConfigError(f"data.spatial_dims must be 0 (the dataset's own), 2 or 3, got {self.spatial_dims}")
         if self.patch_size and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):

@@ -43,22 +43,32 @@ def _logits(predict_fn: PredictFn, x: Any) -> Any:
     return out.logits if hasattr(out, "logits") else out
 
 
-def _predict_2d(predict_fn: PredictFn, image: Any, patch_size: Sequence[int], batch_size: int) -> Any:
+def _predict_2d(
+    predict_fn: PredictFn, image: np.ndarray, patch_size: Sequence[int], batch_size: int, device: str, keep_probs: bool
+) -> tuple[Any, Any]:
+    """Labels ``(D, H, W)`` and, when ``keep_probs``, probabilities ``(C, D, H, W)`` of a ``(C_in, D, H, W)`` image.
+    The image is read and moved to ``device`` one batch of slices at a time, so a memory-mapped case is never copied
+    whole."""
     import torch
     import torch.nn.functional as F
 
-    _, depth, h, w = image.shape  # (C_in, D, H, W)
+    _, depth, h, w = image.shape
     patch = tuple(int(s) for s in patch_size)
-    chunks = []
+    labels, chunks = [], []
     for start in range(0, depth, batch_size):
-        x = image[:, start : start + batch_size].transpose(0, 1)  # (b, C_in, H, W)
+        block = np.array(image[:, start : start + batch_size], dtype=np.float32)  # a copy: memmaps are read-only
+        x = torch.as_tensor(block, device=device).transpose(0, 1)  # (b, C_in, H, W)
         if (h, w) != patch:
             x = F.interpolate(x, size=patch, mode="bilinear", align_corners=False)
         logits = _logits(predict_fn, x)
         if logits.shape[-2:] != (h, w):
             logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
-        chunks.append(torch.softmax(logits.float(), dim=1))
-    return torch.cat(chunks, dim=0).transpose(0, 1)  # (C, D, H, W)
+        probs = torch.softmax(logits.float(), dim=1)
+        labels.append(probs.argmax(dim=1).to("cpu", torch.int64))
+        if keep_probs:
+            chunks.append(probs)
+    probs = torch.cat(chunks, dim=0).transpose(0, 1) if keep_probs else None
+    return torch.cat(labels, dim=0), probs
 
 
 def _predict_3d(
@@ -134,7 +144,7 @@ def predict_volume(
     if spatial_dims not in (2, 3):
         raise ValueError(f"predict_volume(): spatial_dims must be 2 or 3, got {spatial_dims!r}")
     choice("blend", blend, ("gaussian", "constant"), where="predict_volume()")
-    image = np.asarray(image)
+    image = np.asarray(image)  # a view for np.memmap (a lazily read case): nothing is read here
     if image.ndim not in (3, 4) or 0 in image.shape:
         raise ValueError(
             f"predict_volume(): image must be a non-empty (D, H, W) or (C, D, H, W) array, got shape {image.shape}"
@@ -151,17 +161,20 @@ def predict_volume(
     if stride is not None:
         overlap = overlap_from_stride(patch_size, stride)
     with torch.inference_mode():
-        x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)
+        labels = None
         if spatial_dims == 2:
-            probs = _predict_2d(predict_fn, x, patch_size, int(batch_size))
+            labels, probs = _predict_2d(predict_fn, image, patch_size, int(batch_size), device, return_probs)
         else:
+            x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)
             probs = _predict_3d(predict_fn, x, patch_size, int(batch_size), overlap, blend)
-        if tuple(probs.shape[1:]) != spatial:
+        out_shape = tuple(labels.shape) if probs is None else tuple(probs.shape[1:])
+        if out_shape != spatial:
             raise ValueError(
-                f"predict_volume(): predictor output must keep the input size; got probabilities of shape "
-                f"{tuple(probs.shape)} for an image of spatial shape {spatial}"
+                f"predict_volume(): predictor output must keep the input size; got an output of spatial shape "
+                f"{out_shape} for an image of spatial shape {spatial}"
             )
-        labels = probs.argmax(dim=0).to("cpu", torch.int64).numpy()
+        if labels is None:
+            labels = probs.argmax(dim=0).to("cpu", torch.int64)
         if return_probs:
-            return labels, probs.to("cpu", torch.float32).numpy()
-    return labels
+            return labels.numpy(), probs.to("cpu", torch.float32).numpy()
+    return labels.numpy()

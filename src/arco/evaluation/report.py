@@ -131,7 +131,9 @@ def _score_case(case_id, pred, gt, image, spacing, num_classes, names, compat, r
     k = pick_slice(gt)
     if image is not None and np.ndim(image) == np.ndim(gt) + 1:
         image = np.asarray(image)[0]  # several channels: the overlay shows the first (e.g. T2)
-    sl = (lambda a: None if a is None else np.asarray(a)[k]) if np.ndim(gt) == 3 else (lambda a: a)
+    # A copy, not a view: a view of slice k would keep the whole prediction (and a memory-mapped case) alive
+    # until the report is written, i.e. one volume per case.
+    sl = (lambda a: None if a is None else np.array(np.asarray(a)[k])) if np.ndim(gt) == 3 else (lambda a: a)
     mean_dice = float(np.mean([r["dice"] for r in per_class]))
     return _Case(case_id, mean_dice, sl(gt), sl(pred), sl(image), k)
 
