@@ -4,7 +4,8 @@ a trained ARCO stage-2 run (paper Thm 3.2: SG's estimate never has a higher vari
 ``measure`` takes the run's own data and weights, builds real training batches (the teacher's pseudo-labels and
 the strong view exactly as the stage-2 step builds them, computed once per batch), and then, at those fixed weights,
 features and batch, draws the queries of L_contrast again and again with different generator seeds, once per
-sampler. The negative keys are drawn with one fixed generator, so the sampler is the only source of randomness. For
+sampler. The negative keys are drawn with one fixed generator from the draws put in a canonical order, so the
+sampler's choice of pixels is the only source of randomness. For
 each sampler it reports the variance of the loss value and the total variance (trace of the covariance) of its
 gradient with respect to the representation head (``wrt="rep-head"``: features detached) or to every student
 parameter (``wrt="student"``), averaged over batches, with their ratios to NS.
@@ -150,6 +151,10 @@ def _one_sampler(run: LoadedRun, inp: dict[str, Any], strategy: str, draws: int,
         gen = torch.Generator(device=m.device).manual_seed(seed * 1_000_003 + r)
         neg = torch.Generator(device=m.device).manual_seed(_NEGATIVE_SEED)
         index, ok = _draw(inp["label"], inp["valid"], c, q, strategy, cfg.grid, gen)
+        # Canonical order (the loss does not depend on it, but the fixed negative draws index the pool by position):
+        # the same drawn set then always meets the same negatives.
+        index = torch.where(ok, index, index.new_full((), inp["label"].numel())).sort(dim=1).values
+        index = torch.where(ok, index, 0)
         flat = index.reshape(-1)
         query = F.normalize(m.rep_head.forward_at(inp["s"], flat, inp["spatial"]).float(), dim=-1).view(c, q, -1)
         with torch.no_grad():
@@ -164,7 +169,12 @@ def _one_sampler(run: LoadedRun, inp: dict[str, Any], strategy: str, draws: int,
     mean = g_sum / draws
     grad_var = float(((g_sq - draws * mean * mean) / (draws - 1)).clamp_min(0).sum())
     t = torch.tensor(losses, dtype=torch.float64)
-    return {"loss_mean": float(t.mean()), "loss_var": float(t.var()), "grad_var": grad_var, "grad_norm": float(mean.norm())}
+    return {
+        "loss_mean": float(t.mean()),
+        "loss_var": float(t.var()),
+        "grad_var": grad_var,
+        "grad_norm": float(mean.norm()),
+    }
 
 
 def measure(
@@ -189,14 +199,18 @@ def measure(
     m = run.method
     params = [p for p in (m.rep_head if wrt == "rep-head" else m.student).parameters() if p.requires_grad]
     acc: dict[str, dict[str, float]] = {s: {} for s in samplers}
-    for b, batch in enumerate(_batches(run, batches, seed)):
-        inp = _inputs(run, batch, seed * 7919 + b, with_grad=wrt == "student")
-        for s in samplers:
-            res = _one_sampler(run, inp, s, draws, params, seed * 10_007 + b)
-            for k, v in res.items():
-                acc[s][k] = acc[s].get(k, 0.0) + v / batches
-            if progress is not None:
-                progress(draws)
+    devices = [m.device] if m.device.type == "cuda" else []
+    # Dropout in the forward passes: seeded, without touching the caller's random state.
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for b, batch in enumerate(_batches(run, batches, seed)):
+            inp = _inputs(run, batch, seed * 7919 + b, with_grad=wrt == "student")
+            for s in samplers:
+                res = _one_sampler(run, inp, s, draws, params, seed * 10_007 + b)
+                for k, v in res.items():
+                    acc[s][k] = acc[s].get(k, 0.0) + v / batches
+                if progress is not None:
+                    progress(draws)
     rows = []
     ref = acc.get("ns")
     for s in samplers:
@@ -214,9 +228,8 @@ def measure(
 
 def format_table(rows: Sequence[dict[str, Any]], wrt: str = "rep-head") -> str:
     """Plain-text table: variance of the loss and of its gradient, and their ratio to NS."""
-    lines = [
-        f"{'sampler':<8} {'mean L':>9} {'Var L':>10} {'/NS':>6} {'Var grad':>10} {'/NS':>6} {'|E grad|':>9} {'sd/|E g|':>8}"
-    ]
+    head = f"{'sampler':<8} {'mean L':>9} {'Var L':>10} {'/NS':>6} {'Var grad':>10} {'/NS':>6}"
+    lines = [f"{head} {'|E grad|':>9} {'sd/|E g|':>8}"]
     for r in rows:
         lines.append(
             f"{r['sampler']:<8} {r['loss_mean']:9.4f} {r['loss_var']:10.3e} {r['loss_var_ratio']:6.3f} "
@@ -224,14 +237,15 @@ def format_table(rows: Sequence[dict[str, Any]], wrt: str = "rep-head") -> str:
         )
     r0 = rows[0]
     lines.append(
-        f"{r0['draws']} sampler draws on each of {r0['batches']} training batches at fixed weights; Var grad = trace of "
-        f"the covariance of dL_contrast/d({wrt}); negatives drawn with one fixed generator (only the sampler varies)."
+        f"{r0['draws']} sampler draws on each of {r0['batches']} training batches at fixed weights; Var grad = trace "
+        f"of the covariance of dL_contrast/d({wrt}); negatives drawn with one fixed generator (only the sampler "
+        "varies)."
     )
     return "\n".join(lines)
 
 
 def write_outputs(rows: Sequence[dict[str, Any]], out: str | os.PathLike, title: str = "") -> tuple[Path, Path]:
-    """``contrast_variance.csv`` and ``contrast_variance.png`` (variance of the loss and of its gradient per sampler)."""
+    """``contrast_variance.csv`` and ``contrast_variance.png`` (variance of the loss and its gradient per sampler)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,7 +269,9 @@ def write_outputs(rows: Sequence[dict[str, Any]], out: str | os.PathLike, title:
                         va="bottom", fontsize=8)  # fmt: skip
         ax.set(yscale="log", ylabel=label)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"Sampler variance at fixed weights{': ' + title if title else ''} (ratio to NS above bars)", fontsize=9)
+    fig.suptitle(
+        f"Sampler variance at fixed weights{': ' + title if title else ''} (ratio to NS above bars)", fontsize=9
+    )
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -43,7 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r = p.add_argument_group("a trained run (--checkpoint)")
     r.add_argument("--checkpoint", help="ARCO stage-2 run folder or checkpoint: measure L_contrast's sampler variance")
-    r.add_argument("--samplers", nargs="+", default=["ns", "sg", "sag", "sg-ref", "sag-ref"], help="samplers to compare")
+    r.add_argument(
+        "--samplers", nargs="+", default=["ns", "sg", "sag", "sg-ref", "sag-ref"], help="samplers to compare"
+    )
     r.add_argument("--draws", type=int, default=64, help="sampler draws per batch and sampler (default: 64)")
     r.add_argument("--batches", type=int, default=4, help="training batches averaged over (default: 4)")
     r.add_argument("--wrt", choices=("rep-head", "student"), default="rep-head", help="gradient of L_contrast w.r.t.")

@@ -33,6 +33,7 @@ class RunResult:
         self.iterations = 0
         self.train_seconds = 0.0
         self.curves: list[dict[str, Any]] = []
+        self.stage_ends: list[int] = []
 
     @property
     def arm(self) -> str:
@@ -87,6 +88,7 @@ def collect_run(run: RunSpec, axes: Sequence[str]) -> RunResult:
     for folder in stage_dirs:
         s = json.loads((folder / "summary.json").read_text())
         res.iterations += int(s.get("iterations", 0))
+        res.stage_ends.append(res.iterations)
         res.train_seconds += float(s.get("wall_seconds", 0.0))
     last = json.loads((stage_dirs[-1] / "summary.json").read_text())
     res.val_dice = last.get("best_val_dice")

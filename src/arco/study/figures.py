@@ -58,15 +58,18 @@ def _labeled_value(spec: StudySpec, axis: str, value: str) -> float:
 def _dice_per_arm(spec: StudySpec, results: list[RunResult], path: Path) -> None:
     plt = _plt()
     arms = [a.name for a in spec.arms()]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(arms) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(arms) + 2), 3.8))
     for i, arm in enumerate(arms):
         vals = [r.mean["dice"] for r in results if r.arm == arm]
         if not vals:
             continue
         ax.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, s=18, color="C0", alpha=0.8)
         ax.errorbar(i + 0.3, np.mean(vals), yerr=np.std(vals, ddof=1) if len(vals) > 1 else 0, fmt="s", color="k", ms=4)
-    ax.set_xticks(range(len(arms)), arms, rotation=45 if len(arms) > 4 else 0, ha="right" if len(arms) > 4 else "center")
-    ax.set(ylabel="test mean Dice", title=f"{spec.name}: a point per seed, square = mean ± std")
+    ax.set_xticks(
+        range(len(arms)), arms, rotation=45 if len(arms) > 4 else 0, ha="right" if len(arms) > 4 else "center"
+    )
+    ax.set(ylabel="test mean Dice")
+    ax.set_title(f"{spec.name}: a point per seed, square = mean ± std", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     _save(fig, path)
 
@@ -88,7 +91,9 @@ def _series(runs: list[RunResult], column: str) -> tuple[np.ndarray, np.ndarray,
 def _curves(spec: StudySpec, results: list[RunResult], path: Path) -> bool:
     """Rows: the logged columns; columns: settings of the other axes; a line per value of the first axis."""
     plt = _plt()
-    columns = [(c, label) for c, label in CURVE_COLUMNS if any(row.get(c) is not None for r in results for row in r.curves)]
+    columns = [
+        (c, label) for c, label in CURVE_COLUMNS if any(row.get(c) is not None for r in results for row in r.curves)
+    ]
     if not columns:
         return False
     axes = list(spec.axes)
@@ -109,7 +114,10 @@ def _curves(spec: StudySpec, results: list[RunResult], path: Path) -> bool:
                 name = arm.values.get(first, arm.name) if first else arm.name
                 ax.plot(x, m, color=f"C{k}", label=f"{name} (n={n})")
                 ax.fill_between(x, m - sd, m + sd, color=f"C{k}", alpha=0.2)
-            ax.set(xlabel="iteration (whole run)", ylabel=label)
+            ends = sorted({e for r in results if r.arm in {a.name for a in arms} for e in r.stage_ends[:-1]})
+            for e in ends:  # where a stage ends and the next begins
+                ax.axvline(e, color="0.6", linestyle=":", linewidth=1)
+            ax.set(xlabel="iteration (whole run; dotted: stage boundary)", ylabel=label)
             ax.set_title(", ".join(f"{a}={v}" for a, v in key) or spec.name, fontsize=9)
             ax.grid(True, alpha=0.3)
             if ax.has_data():

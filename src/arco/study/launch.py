@@ -105,7 +105,9 @@ def run_inline(jobs: dict[str, Job], resume: bool, threads: int, report: Reporte
                 run_job(job.spec(resume, threads))
                 outcomes[job.id] = Outcome("ok", str(job.log), time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001 - a failed run must not stop the others; it is reported
-                outcomes[job.id] = Outcome("failed", str(job.log), time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
+                outcomes[job.id] = Outcome(
+                    "failed", str(job.log), time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
+                )
             report(_line(job, outcomes[job.id]))
     return outcomes
 
@@ -176,7 +178,12 @@ class _Worker:
 
 
 def run_local(
-    jobs: dict[str, Job], workers: int, resume: bool, report: Reporter, gpus: Sequence[str] = (), logs: Path | None = None
+    jobs: dict[str, Job],
+    workers: int,
+    resume: bool,
+    report: Reporter,
+    gpus: Sequence[str] = (),
+    logs: Path | None = None,
 ) -> dict[str, Outcome]:
     """Run the jobs in up to ``workers`` worker processes, each job as soon as the jobs it needs are done."""
     import select
@@ -220,16 +227,22 @@ def run_local(
     return outcomes
 
 
-def run_slurm(jobs: dict[str, Job], opts: SlurmOptions, folder: Path, resume: bool, report: Reporter) -> dict[str, Outcome]:
+def run_slurm(
+    jobs: dict[str, Job], opts: SlurmOptions, folder: Path, resume: bool, report: Reporter
+) -> dict[str, Outcome]:
     """Submit the jobs through submitit, one job array per dependency wave, and wait for them."""
     try:
         import submitit
     except ImportError as exc:
-        raise ConfigError("--launcher slurm needs submitit: pip install 'arco[slurm]' (or pip install submitit)") from exc
+        raise ConfigError(
+            "--launcher slurm needs submitit: pip install 'arco[slurm]' (or pip install submitit)"
+        ) from exc
     from arco.study.worker import run_job
 
     if opts.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("--launcher slurm: sbatch is not on PATH; run the study on a Slurm login node or use --launcher local")
+        raise ConfigError(
+            "--launcher slurm: sbatch is not on PATH; run the study on a Slurm login node or use --launcher local"
+        )
     executor = submitit.AutoExecutor(folder=str(folder), cluster=opts.cluster)
     params: dict[str, Any] = {
         "timeout_min": int(opts.time_min),

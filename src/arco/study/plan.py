@@ -72,7 +72,11 @@ def fingerprints(cfg: RunConfig) -> list[str]:
         elif isinstance(source, str):
             p = Path(source)
             stat = p.stat() if p.is_file() else None
-            init = {"path": source, "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
+            init = {
+                "path": source,
+                "size": stat.st_size if stat else None,
+                "mtime_ns": stat.st_mtime_ns if stat else None,
+            }
         item = {
             **common,
             "stage": {
@@ -122,7 +126,9 @@ class Job:
             d["engine"]["progress"] = False
             return d
 
-        tasks = [{"kind": "stage", "stage": t.stage, "home": str(t.home), "config": config(t.config)} for t in self.tasks]
+        tasks = [
+            {"kind": "stage", "stage": t.stage, "home": str(t.home), "config": config(t.config)} for t in self.tasks
+        ]
         if self.run is not None:
             tasks.append(
                 {

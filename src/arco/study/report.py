@@ -48,7 +48,9 @@ def _compare(spec: StudySpec, by_arm: dict[str, list[RunResult]]) -> list[dict[s
         pairs = [(a[s][c], b[s][c]) for s in sorted(set(a) & set(b)) for c in sorted(set(a[s]) & set(b[s]))]
         d = paired_difference([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else {"n": 0}
         seeds = sorted(set(a) & set(b))
-        out.append({"arm": arm.name, "reference": ref, "n_pairs": d.pop("n"), "seeds": seeds, "n_runs": 2 * len(seeds), **d})
+        out.append(
+            {"arm": arm.name, "reference": ref, "n_pairs": d.pop("n"), "seeds": seeds, "n_runs": 2 * len(seeds), **d}
+        )
     return out
 
 
@@ -81,7 +83,9 @@ def _select(spec: StudySpec, arms: dict[str, dict[str, Any]]) -> list[dict[str, 
     return out
 
 
-def summarise(spec: StudySpec, results: list[RunResult], planned: int, failed: list[dict[str, str]], fast: bool) -> dict[str, Any]:
+def summarise(
+    spec: StudySpec, results: list[RunResult], planned: int, failed: list[dict[str, str]], fast: bool
+) -> dict[str, Any]:
     """Everything ``study.json`` holds."""
     by_arm: dict[str, list[RunResult]] = {}
     for r in results:
@@ -157,8 +161,12 @@ def _markdown(s: dict[str, Any], figures: list[str]) -> str:
         out += [s["description"], ""]
     out += [
         f"Base configuration `{s['base']}`, seeds {s['seeds']}, {runs['planned']} runs planned, {runs['finished']} "
-        f"finished and evaluated, {len(runs['failed'])} failed." + (" **Fast smoke run (--fast): every schedule "
-        "divided by 10; the numbers do not measure the methods.**" if s["fast"] else ""),
+        f"finished and evaluated, {len(runs['failed'])} failed."
+        + (
+            " **Fast smoke run (--fast): every schedule divided by 10; the numbers do not measure the methods.**"
+            if s["fast"]
+            else ""
+        ),
         "",
         s["selection_note"],
         "",
@@ -168,9 +176,16 @@ def _markdown(s: dict[str, Any], figures: list[str]) -> str:
         "",
     ]
     if s["selection"]:
-        out += ["## Chosen by validation", "", "Values of " + ", ".join(f"`{a}`" for a in s["selection"][0]["selected"])
-                + " picked per setting of the other axes by the best mean validation Dice over seeds; the test numbers "
-                "were not consulted.", "", "| fixed | selected | arm | val Dice | test Dice |", "|---|---|---|---|---|"]  # fmt: skip
+        axes = ", ".join(f"`{a}`" for a in s["selection"][0]["selected"])
+        out += [
+            "## Chosen by validation",
+            "",
+            f"Values of {axes} picked per setting of the other axes by the best mean validation Dice over seeds; the "
+            "test numbers were not consulted.",
+            "",
+            "| fixed | selected | arm | val Dice | test Dice |",
+            "|---|---|---|---|---|",
+        ]
         for e in s["selection"]:
             fixed = ", ".join(f"{k}={v}" for k, v in e["fixed"].items()) or "-"
             sel = ", ".join(f"{k}={v}" for k, v in e["selected"].items())

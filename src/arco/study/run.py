@@ -79,9 +79,13 @@ def _plan_json(plan: Plan, fast: bool) -> str:
     return json.dumps(
         {
             "fast": fast,
-            "runs": {r.key: {"folder": str(r.folder), "stages": dict(zip([s.name for s in r.config.stages],
-                     plan.run_fingerprints[r.key]))} for r in plan.runs},  # fmt: skip
-            "shared": {t.fingerprint: {"stage": t.stage, "folder": str(t.folder), "runs": t.runs} for t in plan.shared()},
+            "runs": {
+                r.key: {"folder": str(r.folder), "stages": dict(zip([s.name for s in r.config.stages], fps))}
+                for r, fps in ((r, plan.run_fingerprints[r.key]) for r in plan.runs)
+            },
+            "shared": {
+                t.fingerprint: {"stage": t.stage, "folder": str(t.folder), "runs": t.runs} for t in plan.shared()
+            },
             "jobs": {j.id: {"needs": sorted(j.needs), "log": str(j.log)} for j in plan.jobs.values()},
         },
         indent=1,
@@ -121,7 +125,9 @@ def _collect(spec: StudySpec, plan: Plan, outcomes: dict) -> tuple[list[RunResul
             results.append(collect_run(run, axes))
             continue
         o = outcomes.get(job.id)
-        failed.append({"run": run.key, "reason": o.reason if o else "not finished", "log": o.log if o else str(job.log)})
+        failed.append(
+            {"run": run.key, "reason": o.reason if o else "not finished", "log": o.log if o else str(job.log)}
+        )
     return results, failed
 
 
@@ -166,7 +172,9 @@ def run_study(
         spec, plan = plan_study(study, out, fast, overrides, seeds)
         _prepare_data(plan.runs)
         atomic_write_text(out / "plan.json", _plan_json(plan, fast))
-        todo = {k: dataclasses.replace(j, needs=set(j.needs)) for k, j in plan.jobs.items() if not (resume and job_done(j))}
+        todo = {
+            k: dataclasses.replace(j, needs=set(j.needs)) for k, j in plan.jobs.items() if not (resume and job_done(j))
+        }
         for j in todo.values():
             j.needs &= set(todo)
         report(

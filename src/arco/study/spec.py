@@ -19,8 +19,8 @@ A study file (built-in: ``arco study --list``)::
     select_by_val: [lambda]                         # optional: pick these axes' values by validation Dice
 
 Overrides under ``set`` (and ``--set``) that name a stage apply to the runs that have that stage; an arm's own
-overrides must fit its runs. An arm's ``drop_stages`` removes stages from its runs (a stage that started from a dropped stage starts from
-fresh weights): ``drop_stages: [pretrain]`` is ARCO without stage 1.
+overrides must fit its runs. An arm's ``drop_stages`` removes stages from its runs (a stage that started from a
+dropped stage starts from fresh weights): ``drop_stages: [pretrain]`` is ARCO without stage 1.
 """
 
 from __future__ import annotations
@@ -255,8 +255,8 @@ def _check_axes(spec: StudySpec, where: str) -> None:
             raise ConfigError(f"{where}: compare_to axis {axis!r} is not a grid axis ({', '.join(spec.axes)})")
         if value not in spec.axes[axis]:
             raise ConfigError(
-                f"{where}: compare_to {axis}={value!r} is not a value of that axis{did_you_mean(value, spec.axes[axis])}"
-                f"; values: {', '.join(spec.axes[axis])}"
+                f"{where}: compare_to {axis}={value!r} is not a value of that axis"
+                f"{did_you_mean(value, spec.axes[axis])}; values: {', '.join(spec.axes[axis])}"
             )
     for axis in spec.select_by_val:
         if axis not in spec.axes:
@@ -290,7 +290,9 @@ def check_methods(spec: StudySpec) -> None:
 def shorten(cfg: RunConfig, factor: int) -> RunConfig:
     """Every stage's iterations and the validation/log cadence divided by ``factor`` (``--fast``)."""
     stages = tuple(
-        dataclasses.replace(s, schedule=dataclasses.replace(s.schedule, iterations=max(1, s.schedule.iterations // factor)))
+        dataclasses.replace(
+            s, schedule=dataclasses.replace(s.schedule, iterations=max(1, s.schedule.iterations // factor))
+        )
         for s in cfg.stages
     )
     eng = cfg.engine

@@ -76,4 +76,9 @@ def paired_difference(
         random_state=random_state,
         vectorized=True,
     )
-    return {**out, "ci_low": float(res.confidence_interval.low), "ci_high": float(res.confidence_interval.high), "p_wilcoxon": p}
+    return {
+        **out,
+        "ci_low": float(res.confidence_interval.low),
+        "ci_high": float(res.confidence_interval.high),
+        "p_wilcoxon": p,
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,7 @@ def run_job(spec: dict[str, Any], log_to_file: bool = True) -> dict[str, Any]:
         logging.getLogger("arco").setLevel(logging.INFO)
     t0 = time.perf_counter()
     data_cache: dict[str, Any] = {}
+    logger.info("job %s: started (pid %d)", spec["id"], os.getpid())
     try:
         for task in spec["tasks"]:
             cfg = build_config(task["config"])
@@ -108,7 +110,6 @@ def run_job(spec: dict[str, Any], log_to_file: bool = True) -> dict[str, Any]:
 
 def _exit_with_parent() -> None:
     """Stop this worker when the process that started it goes away (the study was killed)."""
-    import os
     import threading
 
     parent = os.getppid()
@@ -125,8 +126,6 @@ def _exit_with_parent() -> None:
 def serve() -> int:
     """The local launcher's warm worker: read job-file paths from stdin, run each, answer one JSON line per job on
     stdout. Everything the job prints goes to stderr (the worker log) and to the job's own log."""
-    import os
-
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints must not corrupt the answers
     _exit_with_parent()
