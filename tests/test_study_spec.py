@@ -121,3 +121,16 @@ def test_fingerprints_share_stage1_between_stage2_arms(tmp_path):
     levels = waves(plan.jobs)
     assert [len(w) for w in levels] == [2, 4]
     assert all(j.needs for j in levels[1]) and not any(j.needs for j in levels[0])
+
+
+def test_cli_bad_study_exits_2_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_study(tmp_path / "s.yaml", tmp_path / "d", {"m": {"a": {"method": "mean-teacherr"}}})
+    proc = subprocess.run(
+        [sys.executable, "-m", "arco", "study", str(path), "--out", str(tmp_path / "o")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "not registered: mean-teacherr" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "o" / "runs").exists()  # nothing was planned

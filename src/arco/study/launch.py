@@ -28,7 +28,16 @@ from arco._checks import ConfigError
 from arco._io import atomic_write_text
 from arco.study.plan import Job, waves
 
-__all__ = ["Outcome", "SlurmOptions", "run_local", "run_inline", "run_slurm", "visible_gpus", "cpu_cores"]
+__all__ = [
+    "Outcome",
+    "SlurmOptions",
+    "check_slurm",
+    "cpu_cores",
+    "run_inline",
+    "run_local",
+    "run_slurm",
+    "visible_gpus",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +227,7 @@ def run_local(
                     job = w.job
                     outcomes[job.id] = w.finish()
                     report(_line(job, outcomes[job.id]))
-                    if w.proc.poll() is not None:  # died: replace it
+                    if w.proc.poll() is not None and waiting:  # died: replace it while there is work left
                         pool[pool.index(w)] = _Worker(w.index, w.gpu, threads, logs)
         clean = True
     finally:
@@ -227,22 +236,29 @@ def run_local(
     return outcomes
 
 
-def run_slurm(
-    jobs: dict[str, Job], opts: SlurmOptions, folder: Path, resume: bool, report: Reporter
-) -> dict[str, Outcome]:
-    """Submit the jobs through submitit, one job array per dependency wave, and wait for them."""
+def check_slurm(opts: SlurmOptions) -> None:
+    """Fail before anything is planned when the Slurm launcher cannot work here."""
     try:
-        import submitit
+        import submitit  # noqa: F401
     except ImportError as exc:
         raise ConfigError(
             "--launcher slurm needs submitit: pip install 'arco[slurm]' (or pip install submitit)"
         ) from exc
-    from arco.study.worker import run_job
-
     if opts.cluster == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError(
             "--launcher slurm: sbatch is not on PATH; run the study on a Slurm login node or use --launcher local"
         )
+
+
+def run_slurm(
+    jobs: dict[str, Job], opts: SlurmOptions, folder: Path, resume: bool, report: Reporter
+) -> dict[str, Outcome]:
+    """Submit the jobs through submitit, one job array per dependency wave, and wait for them."""
+    import submitit
+
+    from arco.study.worker import run_job
+
+    check_slurm(opts)
     executor = submitit.AutoExecutor(folder=str(folder), cluster=opts.cluster)
     params: dict[str, Any] = {
         "timeout_min": int(opts.time_min),

@@ -21,7 +21,7 @@ from arco._checks import ConfigError
 from arco._io import atomic_write_text
 from arco.study.collect import RunResult, collect_run, write_per_case, write_results
 from arco.study.figures import write_figures
-from arco.study.launch import SlurmOptions, run_inline, run_local, run_slurm, visible_gpus
+from arco.study.launch import SlurmOptions, check_slurm, run_inline, run_local, run_slurm, visible_gpus
 from arco.study.plan import Plan, job_done, make_plan
 from arco.study.report import summarise, write_report
 from arco.study.spec import RunSpec, StudySpec, check_methods, expand, load_study
@@ -163,6 +163,8 @@ def run_study(
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     if int(jobs) < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if launcher == "slurm":
+        check_slurm(slurm or SlurmOptions())
     report = report or logger.info
     out = Path(out).resolve()
     t0 = time.perf_counter()
