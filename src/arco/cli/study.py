@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", nargs="?", help="built-in study name (see --list) or a study YAML file")
     p.add_argument("--out", "-o", help="study folder (runs, logs, results)")
     p.add_argument("--list", action="store_true", help="print the built-in studies and exit")
-    p.add_argument("--jobs", "-j", type=int, default=1, help="runs trained at once (local launcher; default 1)")
+    p.add_argument("--jobs", "-j", type=int, default=1,
+                   help="jobs at once (local launcher; default 1); with CUDA at most one per visible GPU")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue a study: keep finished runs, resume the others")
     p.add_argument("--fast", action="store_true", help="divide every schedule by 10 (smoke run of the whole study)")
     p.add_argument("--launcher", choices=("local", "inline", "slurm"), default="local",

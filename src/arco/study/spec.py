@@ -364,6 +364,8 @@ def expand(spec: StudySpec, out: str | Path, fast: bool = False) -> list[RunSpec
             cfg = _drop(cfg, arm.drop_stages, where)
             if cfg.data.root:  # workers and Slurm jobs may start elsewhere
                 cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))
+            plugins = tuple(str((base_dir / p).resolve()) if (base_dir / p).is_file() else p for p in cfg.plugins)
+            cfg = dataclasses.replace(cfg, plugins=plugins)
             if fast:
                 cfg = shorten(cfg, 10)
             runs.append(RunSpec(arm, seed, cfg, out / "runs" / arm.name / f"seed{seed}"))
