@@ -123,7 +123,7 @@ def test_refuses_existing_study_without_resume(tmp_path, phantom):
 
 
 def test_killed_worker_then_resume_finishes_without_retraining(tmp_path, phantom):
-    grid = {"sampler": {"a": ["finetune.sampler=ns"], "b": ["finetune.sampler=sg", "finetune.iterations=16"]}}
+    grid = {"sampler": {"a": ["finetune.sampler=ns"], "b": ["finetune.sampler=sg", "finetune.iterations=24"]}}
     path = write_study(tmp_path / "s.yaml", phantom, grid)
     out = tmp_path / "study"
     result = {}
@@ -146,7 +146,7 @@ def test_killed_worker_then_resume_finishes_without_retraining(tmp_path, phantom
     assert not summary["runs"]["failed"] and summary["runs"]["finished"] == 2
     assert all(p.stat().st_mtime_ns == t for p, t in a_done.items())  # finished runs untouched
     s = json.loads((out / "runs" / "b" / "seed0" / "finetune" / "summary.json").read_text())
-    assert s["finished"] and s["completed_iterations"] == 16
+    assert s["finished"] and s["completed_iterations"] == 24
     assert "finetune: resuming from" in (out / "logs" / "b-seed0.log").read_text()
 
 

@@ -1,8 +1,8 @@
 """Running a study's jobs: in worker processes on this machine, in this process, or as Slurm jobs (submitit).
 
-- ``local``: up to ``jobs`` worker processes at once, each started when the jobs it needs have finished. On CPU each
-  gets ``max(1, cores // jobs)`` torch threads; with CUDA devices each worker sees one GPU
-  (``CUDA_VISIBLE_DEVICES``) and at most one worker runs per GPU.
+- ``local``: up to ``jobs`` warm worker processes, each job started when the jobs it needs have finished. Each worker
+  gets ``max(1, cores // workers)`` torch threads; with CUDA devices each worker sees one GPU
+  (``CUDA_VISIBLE_DEVICES``), so at most one job runs per GPU.
 - ``inline``: every job in this process, one after another (debugging, tests).
 - ``slurm``: every job as a Slurm job through submitit, in waves of dependency level (a wave is one job array,
   ``array_parallelism`` of its jobs at once); the command waits for each wave and collects the results.
@@ -198,7 +198,7 @@ def run_local(
     import select
 
     slots: list[str | None] = list(gpus[:workers]) if gpus else [None] * workers
-    threads = 1 if gpus else max(1, cpu_cores() // len(slots))
+    threads = max(1, cpu_cores() // len(slots))
     logs = logs or next(iter(jobs.values())).log.parent
     waiting = dict(jobs)
     outcomes: dict[str, Outcome] = {}
