@@ -267,7 +267,7 @@ def write_outputs(rows: Sequence[dict[str, Any]], out: str | os.PathLike, title:
         for bar, r in zip(bars, rows):
             ax.annotate(f"{r[ratio]:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                         va="bottom", fontsize=8)  # fmt: skip
-        ax.set(yscale="log", ylabel=label)
+        ax.set(ylabel=label)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(
         f"Sampler variance at fixed weights{': ' + title if title else ''} (ratio to NS above bars)", fontsize=9

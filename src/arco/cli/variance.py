@@ -72,7 +72,8 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     print(f"{run.checkpoint} ({run.stage.method}, trained with sampler {run.method.cfg.sampler!r})")
     print(format_table(rows, args.wrt))
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = write_outputs(rows, args.out, title=Path(run.checkpoint).parent.parent.name)
+    title = "/".join(Path(run.checkpoint).parts[-5:-2])  # e.g. sg/seed0/finetune
+    csv_path, png_path = write_outputs(rows, args.out, title=title)
     print(f"wrote {csv_path} and {png_path}")
     return 0
 
