@@ -1,4 +1,5 @@
-"""``arco variance``: Monte-Carlo bias and variance of the NS, SG and SAG mean estimators (paper Thm 3.2)."""
+"""``arco variance``: Monte-Carlo bias and variance of the NS, SG and SAG mean estimators (paper Thm 3.2), or, with
+``--checkpoint RUN``, the variance of L_contrast and of its gradient over sampler draws on a trained ARCO run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ EPILOG = """examples:
   arco variance --image ct.nii.gz --label seg.nii.gz --class 1 --num 64 256 --grid 4 --trials 5000 --out v/
 
 The value averaged is the image intensity over the mask (whole image, or one class of --label); a 3D image
-uses 3D sampling. Writes variance.csv and variance.png to --out."""
+uses 3D sampling. Writes variance.csv and variance.png to --out.
+
+  arco variance --checkpoint runs/t3/runs/sg/seed0/finetune --out runs/var-run          # a trained stage-2 run
+  arco variance --checkpoint RUN --samplers ns sg sag --draws 128 --batches 8 --wrt student --out v/
+
+With --checkpoint the run's data and weights are rebuilt; on real training batches (pseudo-labels and strong
+views as in training, computed once) the queries of L_contrast are drawn --draws times per sampler at the same
+weights and batch; the table gives the variance of the loss and the total variance of its gradient (w.r.t. the
+representation head, or every student weight with --wrt student) and their ratio to NS. sg-ref/sag-ref are the
+reference code's list-position samplers, plugged into the same loss. Writes contrast_variance.csv/.png."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +41,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default: 0)")
     p.add_argument("--out", default="variance", help="output folder for variance.csv/.png (default: ./variance)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    r = p.add_argument_group("a trained run (--checkpoint)")
+    r.add_argument("--checkpoint", help="ARCO stage-2 run folder or checkpoint: measure L_contrast's sampler variance")
+    r.add_argument(
+        "--samplers", nargs="+", default=["ns", "sg", "sag", "sg-ref", "sag-ref"], help="samplers to compare"
+    )
+    r.add_argument("--draws", type=int, default=64, help="sampler draws per batch and sampler (default: 64)")
+    r.add_argument("--batches", type=int, default=4, help="training batches averaged over (default: 4)")
+    r.add_argument("--wrt", choices=("rep-head", "student"), default="rep-head", help="gradient of L_contrast w.r.t.")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    r.add_argument("--data-root", help="the run's dataset folder, if it moved since training")
     p.set_defaults(func=run)
+
+
+def _run_checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from arco.contrast_variance import format_table, load_run, measure, write_outputs
+
+    if args.image or args.label or args.klass is not None:
+        raise ValueError("--checkpoint measures on the run's own data; drop --image/--label/--class")
+    if args.draws < 2 or args.batches < 1:
+        raise ValueError(f"--draws must be >= 2 and --batches >= 1, got {args.draws} and {args.batches}")
+    run = load_run(args.checkpoint, device=args.device, data_root=args.data_root)
+    total = args.draws * args.batches * len(args.samplers)
+    with tqdm(total=total, desc="variance", unit="draw", disable=args.no_progress, leave=False) as bar:
+        rows = measure(run, args.samplers, args.draws, args.batches, args.seed, args.wrt, progress=bar.update)
+    print(f"{run.checkpoint} ({run.stage.method}, trained with sampler {run.method.cfg.sampler!r})")
+    print(format_table(rows, args.wrt))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    title = "/".join(Path(run.checkpoint).parts[-5:-2])  # e.g. sg/seed0/finetune
+    csv_path, png_path = write_outputs(rows, args.out, title=title)
+    print(f"wrote {csv_path} and {png_path}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     from arco.variance import format_table, load_study_input, run_study, write_outputs
 
+    if args.checkpoint:
+        return _run_checkpoint(args)
     for name in ("num", "grid"):
         bad = [v for v in getattr(args, name) if v < 1]
         if bad:

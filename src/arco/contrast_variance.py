@@ -1,0 +1,279 @@
+"""The variance claim where it matters: the spread of L_contrast and of its gradient over sampler draws, measured on
+a trained ARCO stage-2 run (paper Thm 3.2: SG's estimate never has a higher variance than NS's).
+
+``measure`` takes the run's own data and weights, builds real training batches (the teacher's pseudo-labels and
+the strong view exactly as the stage-2 step builds them, computed once per batch), and then, at those fixed weights,
+features and batch, draws the queries of L_contrast again and again with different generator seeds, once per
+sampler. The negative keys are drawn with one fixed generator from the draws put in a canonical order, so the
+sampler's choice of pixels is the only source of randomness. For
+each sampler it reports the variance of the loss value and the total variance (trace of the covariance) of its
+gradient with respect to the representation head (``wrt="rep-head"``: features detached) or to every student
+parameter (``wrt="student"``), averaged over batches, with their ratios to NS.
+
+``sg-ref``/``sag-ref`` (the reference code's list-position samplers) are plugged into the same loss through
+:func:`arco.sampling.sample`, one class at a time; they draw with replacement and always exactly ``num_queries``
+positions per present class (the paper's samplers: ``min(num_queries, |P_c|)`` without replacement).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from arco._checks import CheckpointError
+from arco._io import atomic_path, atomic_write_text
+
+__all__ = ["LoadedRun", "load_run", "measure", "format_table", "write_outputs", "SAMPLERS", "COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("ns", "sg", "sag", "sg-ref", "sag-ref")
+COLUMNS = (
+    "sampler", "draws", "batches", "loss_mean", "loss_var", "loss_var_ratio", "grad_var", "grad_var_ratio",
+    "grad_norm", "grad_rel_sd",
+)  # fmt: skip
+_NEGATIVE_SEED = 12345
+
+
+@dataclass
+class LoadedRun:
+    """A stage-2 run rebuilt from its checkpoint: config, stage, method (weights loaded) and data."""
+
+    cfg: Any
+    stage: Any
+    method: Any
+    data: Any
+    checkpoint: Path
+
+
+def load_run(checkpoint: str | os.PathLike, device: str = "cpu", data_root: str | None = None) -> LoadedRun:
+    """Rebuild the method and data of a trained stage with a pixel contrastive loss (ARCO's ``arco-finetune``).
+
+    Raises:
+        CheckpointError: not an arco checkpoint, or its method has no pixel contrastive loss.
+    """
+    import dataclasses
+
+    from arco._device import resolve_device
+    from arco.checkpoint import load_checkpoint, resolve_checkpoint
+    from arco.config import build_config
+    from arco.data import build_data
+    from arco.engine.state import load_modules
+    from arco.losses import PixelContrastiveLoss
+    from arco.pipeline import build_stage_method
+
+    path = resolve_checkpoint(checkpoint)
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict) or "modules" not in state or "stage" not in state:
+        raise CheckpointError(f"{path} holds no run config or module weights; give a run folder written by arco train")
+    cfg = build_config(state["config"])
+    if data_root:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_root)))
+    stage = cfg.stage(state["stage"])
+    data = build_data(cfg.data)
+    method = build_stage_method(cfg, stage, data)
+    if not isinstance(getattr(method, "contrast", None), PixelContrastiveLoss) or not hasattr(method, "rep_head"):
+        raise CheckpointError(
+            f"{path} is a {stage.method!r} stage, which has no pixel contrastive loss; give an ARCO stage-2 run "
+            "(the finetune stage of arco, arco-ns or arco-sag)"
+        )
+    method.setup(resolve_device(device), cfg.engine.seed)
+    load_modules(method, state["modules"], None, path)
+    method.train(True)
+    return LoadedRun(cfg, stage, method, data, path)
+
+
+def _batches(run: LoadedRun, count: int, seed: int) -> list[Any]:
+    from arco.engine import BatchStream
+
+    sched = run.stage.schedule
+    stream = BatchStream(run.data.labeled, run.data.unlabeled, sched.batch_labeled, sched.batch_unlabeled, seed, 0,
+                         count, 0)  # fmt: skip
+    return [b.to(run.method.device) for b in stream]
+
+
+def _inputs(run: LoadedRun, batch: Any, seed: int, with_grad: bool) -> dict[str, Any]:
+    """What one stage-2 step feeds L_contrast (as ``ArcoFinetuneMethod.training_step`` builds it), computed once."""
+    from arco.augment import color_jitter, cutmix, gaussian_blur
+
+    m, cfg = run.method, run.method.cfg
+    g = torch.Generator(device=m.device).manual_seed(seed)
+    with torch.no_grad():
+        prob = torch.softmax(m.teacher(batch.image_u).logits.float(), dim=1)
+        confidence, pseudo = prob.max(dim=1)
+        image_s, pseudo_s, conf_s = cutmix(batch.image_u, pseudo, confidence, generator=g, p=cfg.cutmix_p)
+        if cfg.photometric:
+            image_s = gaussian_blur(color_jitter(image_s, generator=g), generator=g)
+        x = torch.cat([batch.image_l, image_s])
+        t_feats = m.teacher(x).features
+    with torch.set_grad_enabled(with_grad):
+        s_feats = m.student(x).features
+    label = torch.cat([batch.label_l, pseudo_s])
+    valid = torch.cat([torch.ones_like(batch.label_l, dtype=torch.bool), conf_s >= cfg.confidence])
+    return {"label": label, "valid": valid, "s": s_feats, "t": t_feats, "spatial": tuple(x.shape[2:])}
+
+
+def _draw(label: torch.Tensor, valid: torch.Tensor, c: int, num: int, strategy: str, grid: int, gen) -> tuple:
+    """``(index (C, num), ok (C, num))`` for any strategy, the reference ones class by class."""
+    from arco import sampling
+
+    if strategy not in sampling.REF_STRATEGIES:
+        return sampling.sample_per_class(label, c, num, strategy, grid=grid, valid=valid, generator=gen)
+    index = torch.zeros(c, num, dtype=torch.long, device=label.device)
+    ok = torch.zeros(c, num, dtype=torch.bool, device=label.device)
+    for k in range(c):  # a diagnostic, not a training step: one reference draw per class
+        mask = (label == k) & valid
+        if bool(mask.any()):
+            idx = sampling.sample(mask, num, strategy, grid=grid, generator=gen)
+            index[k, : idx.numel()], ok[k, : idx.numel()] = idx, True
+    return index, ok
+
+
+def _one_sampler(run: LoadedRun, inp: dict[str, Any], strategy: str, draws: int, params: list, seed: int) -> dict:
+    """Loss values and gradient moments over ``draws`` sampler draws at fixed weights and batch."""
+    from arco.losses.contrastive import pixel_contrastive_loss
+
+    m, cfg = run.method, run.method.cfg
+    c, q = m.num_classes, cfg.num_queries
+    bank, bank_ok = m.contrast.bank[:, : cfg.bank_size], m.contrast.bank_valid[:, : cfg.bank_size]
+    losses, g_sum, g_sq = [], None, None
+    for r in range(draws):
+        gen = torch.Generator(device=m.device).manual_seed(seed * 1_000_003 + r)
+        neg = torch.Generator(device=m.device).manual_seed(_NEGATIVE_SEED)
+        index, ok = _draw(inp["label"], inp["valid"], c, q, strategy, cfg.grid, gen)
+        # Canonical order (the loss does not depend on it, but the fixed negative draws index the pool by position):
+        # the same drawn set then always meets the same negatives.
+        index = torch.where(ok, index, index.new_full((), inp["label"].numel())).sort(dim=1).values
+        index = torch.where(ok, index, 0)
+        flat = index.reshape(-1)
+        query = F.normalize(m.rep_head.forward_at(inp["s"], flat, inp["spatial"]).float(), dim=-1).view(c, q, -1)
+        with torch.no_grad():
+            key = F.normalize(m.teacher_rep_head.forward_at(inp["t"], flat, inp["spatial"]).float(), dim=-1)
+        loss = pixel_contrastive_loss(query, key.view(c, q, -1), ok, bank, bank_ok, cfg.num_negatives, cfg.tau, neg)
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        g = torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten() for gr, p in zip(grads, params)])
+        g = g.double()
+        g_sum = g if g_sum is None else g_sum + g
+        g_sq = g * g if g_sq is None else g_sq + g * g
+        losses.append(float(loss.detach()))
+    mean = g_sum / draws
+    grad_var = float(((g_sq - draws * mean * mean) / (draws - 1)).clamp_min(0).sum())
+    t = torch.tensor(losses, dtype=torch.float64)
+    return {
+        "loss_mean": float(t.mean()),
+        "loss_var": float(t.var()),
+        "grad_var": grad_var,
+        "grad_norm": float(mean.norm()),
+    }
+
+
+def measure(
+    run: LoadedRun,
+    samplers: Sequence[str] = SAMPLERS,
+    draws: int = 64,
+    batches: int = 4,
+    seed: int = 0,
+    wrt: str = "rep-head",
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Variance of L_contrast and of its gradient over ``draws`` sampler draws per batch, averaged over ``batches``
+    real batches; one row per sampler (``COLUMNS``), ratios relative to the first sampler row named ``ns``."""
+    from arco._checks import choice
+    from arco.sampling import REF_STRATEGIES, STRATEGIES
+
+    for s in samplers:
+        choice("sampler", s, (*STRATEGIES, *REF_STRATEGIES), where="measure()")
+    choice("wrt", wrt, ("rep-head", "student"), where="measure()")
+    if draws < 2 or batches < 1:
+        raise ValueError(f"measure(): draws must be >= 2 and batches >= 1, got {draws}, {batches}")
+    m = run.method
+    params = [p for p in (m.rep_head if wrt == "rep-head" else m.student).parameters() if p.requires_grad]
+    acc: dict[str, dict[str, float]] = {s: {} for s in samplers}
+    devices = [m.device] if m.device.type == "cuda" else []
+    # Dropout in the forward passes: seeded, without touching the caller's random state.
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for b, batch in enumerate(_batches(run, batches, seed)):
+            inp = _inputs(run, batch, seed * 7919 + b, with_grad=wrt == "student")
+            for s in samplers:
+                res = _one_sampler(run, inp, s, draws, params, seed * 10_007 + b)
+                for k, v in res.items():
+                    acc[s][k] = acc[s].get(k, 0.0) + v / batches
+                if progress is not None:
+                    progress(draws)
+    rows = []
+    ref = acc.get("ns")
+    for s in samplers:
+        a = acc[s]
+        rows.append(
+            {
+                "sampler": s, "draws": draws, "batches": batches, **a,
+                "loss_var_ratio": a["loss_var"] / ref["loss_var"] if ref and ref["loss_var"] > 0 else math.nan,
+                "grad_var_ratio": a["grad_var"] / ref["grad_var"] if ref and ref["grad_var"] > 0 else math.nan,
+                "grad_rel_sd": math.sqrt(a["grad_var"]) / a["grad_norm"] if a["grad_norm"] > 0 else math.nan,
+            }
+        )  # fmt: skip
+    return [{k: r[k] for k in COLUMNS} for r in rows]
+
+
+def format_table(rows: Sequence[dict[str, Any]], wrt: str = "rep-head") -> str:
+    """Plain-text table: variance of the loss and of its gradient, and their ratio to NS."""
+    head = f"{'sampler':<8} {'mean L':>9} {'Var L':>10} {'/NS':>6} {'Var grad':>10} {'/NS':>6}"
+    lines = [f"{head} {'|E grad|':>9} {'sd/|E g|':>8}"]
+    for r in rows:
+        lines.append(
+            f"{r['sampler']:<8} {r['loss_mean']:9.4f} {r['loss_var']:10.3e} {r['loss_var_ratio']:6.3f} "
+            f"{r['grad_var']:10.3e} {r['grad_var_ratio']:6.3f} {r['grad_norm']:9.3e} {r['grad_rel_sd']:8.3f}"
+        )
+    r0 = rows[0]
+    lines.append(
+        f"{r0['draws']} sampler draws on each of {r0['batches']} training batches at fixed weights; Var grad = trace "
+        f"of the covariance of dL_contrast/d({wrt}); negatives drawn with one fixed generator (only the sampler "
+        "varies)."
+    )
+    return "\n".join(lines)
+
+
+def write_outputs(rows: Sequence[dict[str, Any]], out: str | os.PathLike, title: str = "") -> tuple[Path, Path]:
+    """``contrast_variance.csv`` and ``contrast_variance.png`` (variance of the loss and its gradient per sampler)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    csv_path, png_path = out / "contrast_variance.csv", out / "contrast_variance.png"
+    atomic_write_text(csv_path, buf.getvalue())
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.6))
+    names = [r["sampler"] for r in rows]
+    for ax, key, label in ((axes[0], "loss_var", "Var of L_contrast"), (axes[1], "grad_var", "Var of its gradient")):
+        vals = [r[key] for r in rows]
+        bars = ax.bar(names, vals, color=[f"C{i}" for i in range(len(rows))])
+        ratio = "loss_var_ratio" if key == "loss_var" else "grad_var_ratio"
+        for bar, r in zip(bars, rows):
+            ax.annotate(f"{r[ratio]:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=8)  # fmt: skip
+        ax.set(ylabel=label)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(
+        f"Sampler variance at fixed weights{': ' + title if title else ''} (ratio to NS above bars)", fontsize=9
+    )
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return csv_path, png_path

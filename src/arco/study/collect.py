@@ -1,0 +1,129 @@
+"""Reading a study's finished runs back: test metrics (from each run's cached evaluation), validation Dice, length,
+time and training curves; writing ``results.csv`` and ``per_case.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from arco._io import atomic_write_text
+from arco.study.plan import EVALUATION
+from arco.study.spec import RunSpec
+
+__all__ = ["RunResult", "collect_run", "write_results", "write_per_case", "METRICS"]
+
+METRICS = ("dice", "jaccard", "hd95", "asd")
+
+
+class RunResult:
+    """One finished run: per-class test means, per-case rows, validation Dice, iterations, seconds, curves."""
+
+    def __init__(self, run: RunSpec, axes: Sequence[str]) -> None:
+        self.run = run
+        self.axes = {a: run.arm.values.get(a, "") for a in axes}
+        self.per_class: dict[str, dict[str, float]] = {}
+        self.mean: dict[str, float] = {}
+        self.cases: list[dict[str, Any]] = []
+        self.val_dice: float | None = None
+        self.iterations = 0
+        self.train_seconds = 0.0
+        self.curves: list[dict[str, Any]] = []
+        self.stage_ends: list[int] = []
+
+    @property
+    def arm(self) -> str:
+        return self.run.arm.name
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    def case_dice(self) -> dict[str, float]:
+        """Per test case: the mean Dice over foreground classes."""
+        acc: dict[str, list[float]] = {}
+        for r in self.cases:
+            acc.setdefault(r["case"], []).append(float(r["dice"]))
+        return {c: sum(v) / len(v) for c, v in acc.items()}
+
+
+def _float(text: str) -> float | None:
+    if text in ("", None):
+        return None
+    v = float(text)
+    return v if math.isfinite(v) else None
+
+
+def _curves(stage_dirs: list[Path]) -> list[dict[str, Any]]:
+    """The run's log rows over all its stages, ``iteration`` counted from the start of the run."""
+    rows: list[dict[str, Any]] = []
+    offset = 0
+    for folder in stage_dirs:
+        path = folder / "log.csv"
+        if path.is_file():
+            with open(path, newline="") as fh:
+                for r in csv.DictReader(fh):
+                    row = {k: _float(v) if k != "stage" else v for k, v in r.items()}
+                    row["iteration"] = offset + int(row["iteration"] or 0)
+                    rows.append(row)
+        summary = json.loads((folder / "summary.json").read_text())
+        offset += int(summary.get("iterations", 0))
+    return rows
+
+
+def collect_run(run: RunSpec, axes: Sequence[str]) -> RunResult:
+    """Read a finished, evaluated run folder (raises FileNotFoundError when it is not)."""
+    res = RunResult(run, axes)
+    ev = run.folder / EVALUATION
+    summary = json.loads((ev / "summary.json").read_text())
+    res.per_class = {name: dict(entry["mean"]) for name, entry in summary["per_class"].items()}
+    res.mean = dict(summary["mean"])
+    with open(ev / "per_case.csv", newline="") as fh:
+        res.cases = list(csv.DictReader(fh))
+    stage_dirs = [run.folder / s.name for s in run.config.stages]
+    for folder in stage_dirs:
+        s = json.loads((folder / "summary.json").read_text())
+        res.iterations += int(s.get("iterations", 0))
+        res.stage_ends.append(res.iterations)
+        res.train_seconds += float(s.get("wall_seconds", 0.0))
+    last = json.loads((stage_dirs[-1] / "summary.json").read_text())
+    res.val_dice = last.get("best_val_dice")
+    res.curves = _curves(stage_dirs)
+    return res
+
+
+def _csv(header: Sequence[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(header), lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in header})
+    return buf.getvalue()
+
+
+def write_results(results: list[RunResult], axes: Sequence[str], path: Path) -> None:
+    """``results.csv``: one row per run and class (then ``class = mean``: the mean over foreground classes)."""
+    header = ["arm", *axes, "seed", "class", *METRICS, "val_dice", "iterations", "train_seconds"]
+    rows = []
+    for r in results:
+        common = {"arm": r.arm, **r.axes, "seed": r.seed, "val_dice": r.val_dice, "iterations": r.iterations}
+        common["train_seconds"] = round(r.train_seconds, 1)
+        for name, m in [*r.per_class.items(), ("mean", r.mean)]:
+            rows.append({**common, "class": name, **{k: m.get(k) for k in METRICS}})
+    atomic_write_text(path, _csv(header, rows))
+
+
+def write_per_case(results: list[RunResult], axes: Sequence[str], path: Path) -> None:
+    """``per_case.csv``: every run's per-case, per-class test rows with the arm, axes and seed in front."""
+    extra: list[str] = []
+    for r in results:
+        for k in r.cases[0] if r.cases else ():
+            if k not in ("case", "class") and k not in extra:
+                extra.append(k)
+    header = ["arm", *axes, "seed", "case", "class", *extra]
+    rows = [{"arm": r.arm, **r.axes, "seed": r.seed, **c} for r in results for c in r.cases]
+    atomic_write_text(path, _csv(header, rows))

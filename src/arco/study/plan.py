@@ -1,0 +1,308 @@
+"""Which stages a study trains, where, and in which order: stage fingerprints, shared stages and jobs.
+
+A stage's *fingerprint* hashes everything that determines its weights: the resolved data, model, optimiser,
+engine (seed included; threads and the progress bar left out) and eval settings, the plug-ins, the stage's own
+name, method, schedule, parameters and initialisation, and the fingerprint of the stage it starts from. Runs
+whose stages have the same fingerprint (arms that differ only in stage-2 settings share stage 1) train that
+stage once, in ``DIR/shared/<fingerprint>/<stage>``; each run folder refers to it with a relative symbolic link
+``DIR/runs/<arm>/seed<k>/<stage> -> ../../../shared/<fingerprint>/<stage>``.
+
+Jobs: one per shared stage, and one per run holding the run's own stages and its evaluation; a job waits for the
+jobs that train the stages it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arco._checks import ConfigError
+from arco.config import RunConfig, StageConfig, to_dict
+from arco.study.spec import RunSpec
+
+__all__ = ["StageTask", "Job", "Plan", "fingerprints", "make_plan", "stage_finished", "evaluation_fresh", "waves"]
+
+#: Engine settings that do not change what is trained (the study sets them per job).
+_NEUTRAL_ENGINE = ("threads", "progress")
+EVALUATION = "evaluation"
+
+
+def _common(cfg: RunConfig) -> dict[str, Any]:
+    data = to_dict(cfg.data)
+    if data.get("root"):
+        data["root"] = os.path.abspath(data["root"])
+    engine = {k: v for k, v in to_dict(cfg.engine).items() if k not in _NEUTRAL_ENGINE}
+    return {
+        "data": data,
+        "model": to_dict(cfg.model),
+        "optim": to_dict(cfg.optim),
+        "engine": engine,
+        "eval": to_dict(cfg.eval),
+        "plugins": list(cfg.plugins),
+    }
+
+
+def _source(cfg: RunConfig, index: int) -> int | str | None:
+    """Index of the stage that stage ``index`` starts from, a checkpoint path, or None (fresh weights)."""
+    stage = cfg.stages[index]
+    names = [s.name for s in cfg.stages]
+    if stage.init == "none" or (stage.init == "previous" and index == 0):
+        return None
+    if stage.init == "previous":
+        return index - 1
+    if stage.init in names:
+        return names.index(stage.init)
+    return os.path.abspath(stage.init)
+
+
+def fingerprints(cfg: RunConfig) -> list[str]:
+    """One hex fingerprint per stage of ``cfg`` (see the module docstring)."""
+    common = _common(cfg)
+    out: list[str] = []
+    for i, stage in enumerate(cfg.stages):
+        source = _source(cfg, i)
+        init: Any = None
+        if isinstance(source, int):
+            init = {"stage": out[source], "checkpoint": stage.init_checkpoint}
+        elif isinstance(source, str):
+            p = Path(source)
+            stat = p.stat() if p.is_file() else None
+            init = {
+                "path": source,
+                "size": stat.st_size if stat else None,
+                "mtime_ns": stat.st_mtime_ns if stat else None,
+            }
+        item = {
+            **common,
+            "stage": {
+                "name": stage.name,
+                "method": stage.method,
+                "schedule": to_dict(stage.schedule),
+                "params": to_dict(stage.params),
+            },
+            "init": init,
+        }
+        text = json.dumps(item, sort_keys=True, default=str)
+        out.append(hashlib.sha256(text.encode()).hexdigest()[:16])
+    return out
+
+
+@dataclass
+class StageTask:
+    """Train stage ``stage`` of ``config`` in ``home/<stage>`` (``home`` holds links to the stages it needs)."""
+
+    fingerprint: str
+    stage: str
+    home: Path
+    config: RunConfig
+    runs: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.home / self.stage
+
+
+@dataclass
+class Job:
+    """What one worker process does: stage tasks in order, then (for a run job) the run's evaluation."""
+
+    id: str
+    tasks: list[StageTask]
+    run: RunSpec | None = None
+    needs: set[str] = field(default_factory=set)
+    log: Path = Path()
+
+    def spec(self, resume: bool, threads: int) -> dict[str, Any]:
+        """The JSON-safe description a worker runs (:func:`arco.study.worker.run_job`)."""
+
+        def config(cfg: RunConfig) -> dict[str, Any]:
+            d = to_dict(cfg)
+            d["engine"]["threads"] = int(threads)
+            d["engine"]["progress"] = False
+            return d
+
+        tasks = [
+            {"kind": "stage", "stage": t.stage, "home": str(t.home), "config": config(t.config)} for t in self.tasks
+        ]
+        if self.run is not None:
+            tasks.append(
+                {
+                    "kind": "evaluate",
+                    "run": str(self.run.folder),
+                    "stage": self.run.config.stages[-1].name,
+                    "config": config(self.run.config),
+                }
+            )
+        return {"id": self.id, "log": str(self.log), "resume": bool(resume), "tasks": tasks}
+
+
+@dataclass
+class Plan:
+    """The study's runs, its stage tasks by fingerprint and its jobs by id."""
+
+    out: Path
+    runs: list[RunSpec]
+    stages: dict[str, StageTask]
+    jobs: dict[str, Job]
+    run_fingerprints: dict[str, list[str]]
+
+    def shared(self) -> list[StageTask]:
+        return [t for t in self.stages.values() if len(t.runs) > 1]
+
+
+def _link(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symbolic link to ``target`` (replacing an older link)."""
+    rel = os.path.relpath(target, link.parent)
+    if link.is_symlink():
+        if os.readlink(link) == rel:
+            return
+        link.unlink()
+    elif link.exists():
+        raise ConfigError(
+            f"{link} is a trained stage folder, but this study now shares that stage from {target}: the study "
+            "definition changed since it was trained; use a new --out"
+        )
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(rel, target_is_directory=True)
+
+
+def _truncate(cfg: RunConfig, index: int) -> RunConfig:
+    """The config a shared stage is trained with: the run's stages up to this one (its config.yaml shows no
+    settings of later stages, which the runs sharing it do not agree on)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, stages=cfg.stages[: index + 1])
+
+
+def make_plan(runs: Sequence[RunSpec], out: str | Path, link: bool = True) -> Plan:
+    """Fingerprint every stage, decide where each is trained, create the folder links and group tasks into jobs."""
+    out = Path(out).resolve()
+    fps = {r.key: fingerprints(r.config) for r in runs}
+    users: dict[str, list[tuple[RunSpec, int]]] = {}
+    for r in runs:
+        for i, fp in enumerate(fps[r.key]):
+            users.setdefault(fp, []).append((r, i))
+    stages: dict[str, StageTask] = {}
+    for fp, used in users.items():
+        run, i = used[0]
+        shared = len(used) > 1
+        home = out / "shared" / fp if shared else run.folder
+        cfg = _truncate(run.config, i) if shared else run.config
+        stages[fp] = StageTask(fp, run.config.stages[i].name, home, cfg, [r.key for r, _ in used])
+    jobs: dict[str, Job] = {}
+    owner: dict[str, str] = {}
+    for fp, task in stages.items():
+        if len(task.runs) > 1:
+            jobs[f"shared-{fp}"] = Job(f"shared-{fp}", [task], log=out / "logs" / f"shared-{fp}.log")
+            owner[fp] = f"shared-{fp}"
+    for r in runs:
+        own = [stages[fp] for fp in fps[r.key] if len(stages[fp].runs) == 1]
+        job_id = r.key.replace("/", "-")
+        job = Job(job_id, own, run=r, log=out / "logs" / f"{job_id}.log")
+        for fp in fps[r.key]:
+            owner.setdefault(fp, job_id)
+        jobs[job_id] = job
+    for job in jobs.values():
+        for task in job.tasks:
+            for dep in _upstream(task, stages):
+                if owner[dep] != job.id:
+                    job.needs.add(owner[dep])
+        if job.run is not None:
+            job.needs |= {owner[fp] for fp in fps[job.run.key] if owner[fp] != job.id}
+    plan = Plan(out, list(runs), stages, jobs, fps)
+    if link:
+        _make_links(plan)
+    return plan
+
+
+def _upstream(task: StageTask, stages: dict[str, StageTask]) -> list[str]:
+    cfg = task.config
+    names = [s.name for s in cfg.stages]
+    index = names.index(task.stage)
+    fps = fingerprints(cfg)
+    source = _source(cfg, index)
+    return [fps[source]] if isinstance(source, int) else []
+
+
+def _make_links(plan: Plan) -> None:
+    """Run folders link to their shared stages; shared homes link to the stages their stage starts from."""
+    for run in plan.runs:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        for fp, stage in zip(plan.run_fingerprints[run.key], run.config.stages):
+            task = plan.stages[fp]
+            if task.home != run.folder:
+                _link(run.folder / stage.name, task.folder)
+            elif (run.folder / stage.name).is_symlink():  # shared before, trained in place now
+                (run.folder / stage.name).unlink()
+    for task in plan.shared():
+        task.home.mkdir(parents=True, exist_ok=True)
+        for dep in _upstream(task, plan.stages):
+            _link(task.home / plan.stages[dep].stage, plan.stages[dep].folder)
+
+
+def stage_finished(folder: Path) -> bool:
+    """True when ``folder/summary.json`` says the stage finished."""
+    path = folder / "summary.json"
+    if not path.is_file():
+        return False
+    try:
+        return bool(json.loads(path.read_text()).get("finished"))
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def evaluation_fresh(run_folder: Path, stage: StageConfig | str) -> bool:
+    """True when ``run/evaluation`` holds the test evaluation of the run's current selected checkpoint."""
+    from arco.checkpoint import resolve_checkpoint
+
+    name = stage if isinstance(stage, str) else stage.name
+    source = run_folder / EVALUATION / "source.json"
+    if not source.is_file() or not (run_folder / EVALUATION / "per_case.csv").is_file():
+        return False
+    try:
+        ckpt = resolve_checkpoint(run_folder / name)
+        recorded = json.loads(source.read_text())
+    except Exception:  # noqa: BLE001 - any unreadable cache means: evaluate again
+        return False
+    return recorded == checkpoint_stamp(ckpt)
+
+
+def checkpoint_stamp(ckpt: Path) -> dict[str, Any]:
+    """What identifies a checkpoint file's content cheaply: its resolved path, size and modification time."""
+    st = ckpt.stat()
+    return {"checkpoint": str(ckpt.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def job_done(job: Job) -> bool:
+    """Every stage of the job finished (and, for a run job, its evaluation is up to date)."""
+    if not all(stage_finished(t.folder) for t in job.tasks):
+        return False
+    if job.run is None:
+        return True
+    return all(stage_finished(job.run.folder / s.name) for s in job.run.config.stages) and evaluation_fresh(
+        job.run.folder, job.run.config.stages[-1]
+    )
+
+
+def waves(jobs: dict[str, Job]) -> list[list[Job]]:
+    """Jobs in dependency levels: every job comes after the jobs it needs."""
+    level: dict[str, int] = {}
+
+    def depth(job_id: str, seen: tuple[str, ...] = ()) -> int:
+        if job_id in seen:
+            raise ConfigError(f"study jobs form a cycle through {job_id}")
+        if job_id not in level:
+            level[job_id] = 1 + max((depth(n, (*seen, job_id)) for n in jobs[job_id].needs), default=-1)
+        return level[job_id]
+
+    for j in jobs:
+        depth(j)
+    out: list[list[Job]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for j, lv in level.items():
+        out[lv].append(jobs[j])
+    return out

@@ -1,0 +1,58 @@
+"""`arco variance --checkpoint`: L_contrast's spread over sampler draws on a trained (tiny) ARCO run."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+
+import pytest
+
+from _study import TINY_SET
+from arco._checks import CheckpointError
+from arco.cli import main
+from arco.config import load_config
+from arco.contrast_variance import COLUMNS, load_run, measure
+from arco.pipeline import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cv")
+    cfg = load_config("demo", [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false"])
+    train(cfg, root / "run")
+    return root / "run"
+
+
+def test_variance_over_draws_of_a_trained_run(run_dir, tmp_path):
+    run = load_run(run_dir / "finetune")
+    rows = measure(run, ("ns", "sg", "sag", "sg-ref", "sag-ref"), draws=4, batches=1, seed=0)
+    assert [r["sampler"] for r in rows] == ["ns", "sg", "sag", "sg-ref", "sag-ref"] and list(rows[0]) == list(COLUMNS)
+    assert rows[0]["loss_var_ratio"] == 1.0 and rows[0]["grad_var_ratio"] == 1.0
+    for r in rows:
+        assert r["loss_var"] > 0 and r["grad_var"] > 0 and math.isfinite(r["loss_mean"]), r
+        assert r["grad_var_ratio"] == pytest.approx(r["grad_var"] / rows[0]["grad_var"])
+    assert measure(run, ("ns", "sg"), draws=4, batches=1, seed=0) == rows[:2]  # deterministic given the seed
+
+    # With more queries than pixels every paper sampler draws every candidate: the sampler is then the only source of
+    # randomness left and there is none (the negatives use one fixed generator), so the spread vanishes.
+    run.method.cfg = dataclasses.replace(run.method.cfg, num_queries=2 * 32 * 32)
+    one = dataclasses.replace(run.stage.schedule, batch_labeled=1, batch_unlabeled=1)
+    run.stage = dataclasses.replace(run.stage, schedule=one)
+    full = measure(run, ("ns", "sg"), draws=3, batches=1, seed=0)
+    for r in full:
+        assert r["loss_var"] < 1e-12 and r["grad_var"] < 1e-12 * max(1.0, r["grad_norm"] ** 2), r
+
+
+def test_cli_writes_table_and_plot_and_rejects_other_methods(run_dir, tmp_path, capsys):
+    out = tmp_path / "v"
+    assert main(["variance", "--checkpoint", str(run_dir / "finetune"), "--draws", "3", "--batches", "1",
+                 "--samplers", "ns", "sg", "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "Var grad" in text and "sg " in text
+    with open(out / "contrast_variance.csv", newline="") as fh:
+        assert [r["sampler"] for r in csv.DictReader(fh)] == ["ns", "sg"]
+    assert (out / "contrast_variance.png").stat().st_size > 1000
+    with pytest.raises(CheckpointError, match="no pixel contrastive loss"):
+        load_run(run_dir / "pretrain")
+    assert main(["variance", "--checkpoint", str(run_dir / "finetune"), "--image", "x.png"]) == 2

@@ -1,0 +1,80 @@
+"""Study summaries from fixed per-run numbers: means over seeds, paired differences, selection by validation,
+figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from _study import write_study
+from arco.study import expand, load_study, paired_difference
+from arco.study.collect import RunResult
+from arco.study.figures import labeled_axis, write_figures
+from arco.study.report import summarise, write_report
+
+# (lam, labeled, seed) -> (val Dice, test Dice of case a, case b): lam=big wins on validation, loses on test.
+NUMBERS = {
+    ("small", "1", 0): (0.60, 0.70, 0.80),
+    ("small", "1", 1): (0.62, 0.72, 0.78),
+    ("big", "1", 0): (0.70, 0.60, 0.70),
+    ("big", "1", 1): (0.66, 0.61, 0.69),
+    ("small", "2", 0): (0.75, 0.85, 0.86),
+    ("small", "2", 1): (0.74, 0.84, 0.88),
+    ("big", "2", 0): (0.70, 0.90, 0.91),
+    ("big", "2", 1): (0.69, 0.92, 0.90),
+}
+
+
+def _result(run) -> RunResult:
+    lam, lab = run.arm.values["lam"], run.arm.values["labeled"]
+    val, a, b = NUMBERS[(lam, lab, run.seed)]
+    r = RunResult(run, ["lam", "labeled"])
+    r.cases = [{"case": c, "class": "fg", "dice": d} for c, d in (("a", a), ("b", b))]
+    r.per_class = {"fg": {"dice": (a + b) / 2, "hd95": 1.0, "asd": 0.5}}
+    r.mean = {"dice": (a + b) / 2, "jaccard": 0.5, "hd95": 1.0, "asd": 0.5}
+    r.val_dice, r.iterations, r.train_seconds = val, 10, 1.0
+    r.curves = [{"iteration": i, "val_dice": val * i / 3, "loss_contrast": 1.0 / i} for i in (1, 2, 3)]
+    r.stage_ends = [1, 3]
+    return r
+
+
+@pytest.fixture
+def study(tmp_path):
+    grid = {
+        "lam": {"small": ["finetune.lambda_unsup=0.1"], "big": ["finetune.lambda_unsup=1"]},
+        "labeled": {"1": ["data.labeled=1"], "2": ["data.labeled=2"]},
+    }
+    path = write_study(tmp_path / "s.yaml", tmp_path / "d", grid, seeds=(0, 1), compare_to={"lam": "small"},
+                       select_by_val=["lam"])  # fmt: skip
+    spec = load_study(str(path))
+    return spec, [_result(r) for r in expand(spec, tmp_path / "out")]
+
+
+def test_summary_means_pairs_and_selection(study, tmp_path):
+    spec, results = study
+    s = summarise(spec, results, planned=8, failed=[], fast=False)
+    arms = {a["arm"]: a for a in s["arms"]}
+    small1 = arms["small_labeled1"]["mean"]["dice"]
+    assert small1["n"] == 2 and small1["mean"] == pytest.approx((0.75 + 0.75) / 2)
+    assert small1["std"] == pytest.approx(0.0, abs=1e-12)
+    assert arms["big_labeled2"]["val_dice"]["mean"] == pytest.approx(0.695)
+    cmp = {c["arm"]: c for c in s["comparisons"]}
+    assert set(cmp) == {"big_labeled1", "big_labeled2"}  # each against small at the same labeled count
+    c = cmp["big_labeled1"]
+    assert (c["reference"], c["n_pairs"], c["n_runs"], c["seeds"]) == ("small_labeled1", 4, 4, [0, 1])
+    ref = paired_difference([0.60, 0.70, 0.61, 0.69], [0.70, 0.80, 0.72, 0.78])  # (seed, case) pairs in order
+    assert c["mean"] == pytest.approx(ref["mean"]) and c["ci_low"] == pytest.approx(ref["ci_low"])
+    assert c["p_wilcoxon"] == pytest.approx(ref["p_wilcoxon"])
+    # selection by validation only: labeled 1 picks big (better val, worse test), labeled 2 picks small
+    sel = {tuple(e["fixed"].items()): e for e in s["selection"]}
+    assert sel[(("labeled", "1"),)]["selected"] == {"lam": "big"}
+    assert sel[(("labeled", "1"),)]["test_dice"]["mean"] == pytest.approx((0.65 + 0.65) / 2)
+    assert sel[(("labeled", "2"),)]["selected"] == {"lam": "small"}
+
+    figures = write_figures(spec, results, tmp_path)
+    assert figures == ["dice_per_arm.png", "curves.png", "dice_vs_labeled.png"] and labeled_axis(spec) == "labeled"
+    for f in figures:
+        assert (tmp_path / f).stat().st_size > 1000
+    write_report(s, tmp_path, figures)
+    md = (tmp_path / "study.md").read_text()
+    assert "## Chosen by validation" in md and "test numbers were not consulted" in md
+    assert "| big_labeled1 | small_labeled1 |" in md and "![dice_vs_labeled](dice_vs_labeled.png)" in md

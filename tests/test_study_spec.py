@@ -1,0 +1,136 @@
+"""Study files: grid expansion, overrides, seeds, built-in studies, stage fingerprints and sharing (no training)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from _study import write_study
+from arco._checks import ConfigError
+from arco.config import build_config, to_dict
+from arco.methods import recipe_names
+from arco.study import builtin_studies, expand, load_study
+from arco.study.plan import fingerprints, make_plan, waves
+from arco.study.spec import check_methods
+
+GRID = {
+    "sampler": {"ns": ["finetune.sampler=ns"], "sag": ["finetune.sampler=sag"]},
+    "data.labeled": [1, 2, "all"],
+}
+
+
+def test_grid_expands_to_product_of_axes_and_seeds(tmp_path):
+    spec = load_study(str(write_study(tmp_path / "s.yaml", tmp_path / "data", GRID, seeds=(3, 5))), ("model.dim=16",))
+    arms = spec.arms()
+    assert [a.name for a in arms] == [
+        "ns_data.labeled1", "ns_data.labeled2", "ns_all", "sag_data.labeled1", "sag_data.labeled2", "sag_all",
+    ]  # fmt: skip
+    runs = expand(spec, tmp_path / "out")
+    assert len(runs) == 12
+    by_key = {r.key: r for r in runs}
+    r = by_key["sag_data.labeled2/seed5"]
+    assert r.config.engine.seed == 5 and r.config.data.labeled == "2" and r.config.model.dim == 16  # --set applies
+    assert r.config.stage("finetune").params.sampler == "sag"
+    assert r.config.stage("finetune").schedule.iterations == 3 and r.config.engine.progress is False
+    assert r.folder == (tmp_path / "out" / "runs" / "sag_data.labeled2" / "seed5").resolve()
+    assert by_key["ns_all/seed3"].config.data.labeled == "all"
+    assert spec.reference(arms[4]) is None  # no compare_to
+
+
+def test_methods_drop_stages_fast_and_reference(tmp_path):
+    grid = {
+        "method": {
+            "sup": {"method": "supervised"},
+            "ns": ["method=arco-ns"],
+            "solo": {"method": "arco", "drop_stages": ["pretrain"], "set": ["finetune.iterations=5"]},
+        }
+    }
+    path = write_study(tmp_path / "s.yaml", tmp_path / "d", grid, compare_to={"method": "sup"})
+    spec = load_study(str(path))
+    runs = {r.arm.name: r for r in expand(spec, tmp_path / "o")}
+    # study-level finetune.* keys are left out of the supervised run, which has no such stage
+    assert [s.name for s in runs["sup"].config.stages] == ["supervised"]
+    assert runs["sup"].config.stages[0].schedule.iterations == 3
+    assert runs["ns"].config.stage("finetune").params.sampler == "ns"
+    solo = runs["solo"].config
+    assert [s.name for s in solo.stages] == ["finetune"] and solo.stages[0].init == "none"
+    assert solo.stages[0].schedule.iterations == 5
+    assert spec.reference(spec.arms()[1]) == "sup" and spec.reference(spec.arms()[0]) is None
+    fast = {r.arm.name: r for r in expand(spec, tmp_path / "o", fast=True)}
+    assert fast["solo"].config.stages[0].schedule.iterations == 1  # 5 // 10, at least 1
+    big = dataclasses.replace(solo, engine=dataclasses.replace(solo.engine, val_every=500, log_every=25))
+    from arco.study.spec import shorten
+
+    short = shorten(big, 10)
+    assert (short.engine.val_every, short.engine.log_every) == (50, 2)
+
+
+def test_bad_study_files_fail_early_with_clear_errors(tmp_path):
+    path = write_study(tmp_path / "s.yaml", tmp_path / "d", {"m": {"a": {"method": "no-such-method"}}})
+    with pytest.raises(ConfigError, match=r"not registered: no-such-method\..*Known methods: .*arco-sag"):
+        check_methods(load_study(str(path)))
+    path = write_study(tmp_path / "c.yaml", tmp_path / "d", GRID, compare_to={"sampler": "sgg"})
+    with pytest.raises(ConfigError, match="compare_to sampler='sgg' is not a value"):
+        load_study(str(path))
+    with pytest.raises(ConfigError, match="built-in: .*table3"):
+        load_study("tabel3")
+    path = write_study(tmp_path / "b.yaml", tmp_path / "d", {"x": {"a": ["finetune.samplr=ns"]}})
+    with pytest.raises(ConfigError, match="arm a: .*finetune.samplr"):
+        expand(load_study(str(path)), tmp_path / "o")
+
+
+@pytest.mark.parametrize("name", sorted(builtin_studies()))
+def test_builtin_studies_expand(tmp_path, name):
+    spec = load_study(name)
+    assert spec.description and spec.seeds
+    missing = sorted(
+        {a.method for v in spec.axes.values() for a in v.values() if a.method and a.method not in recipe_names()}
+    )
+    if missing:  # baselines not merged yet: the early error names exactly those
+        with pytest.raises(ConfigError, match="not registered: " + ", ".join(missing)):
+            check_methods(spec)
+        return
+    check_methods(spec)
+    runs = expand(spec, tmp_path / "out", fast=True)
+    assert len(runs) == len(spec.arms()) * len(spec.seeds)
+
+
+def test_config_round_trip_through_worker_spec(tmp_path):
+    spec = load_study(str(write_study(tmp_path / "s.yaml", tmp_path / "d", GRID)))
+    cfg = expand(spec, tmp_path / "o")[0].config
+    assert build_config(to_dict(cfg)) == cfg
+
+
+def test_fingerprints_share_stage1_between_stage2_arms(tmp_path):
+    spec = load_study(str(write_study(tmp_path / "s.yaml", tmp_path / "d", {"sampler": GRID["sampler"]}, seeds=(0, 1))))
+    runs = {r.key: r for r in expand(spec, tmp_path / "o")}
+    ns0, sag0, ns1 = (fingerprints(runs[k].config) for k in ("ns/seed0", "sag/seed0", "ns/seed1"))
+    assert ns0[0] == sag0[0] and ns0[1] != sag0[1]  # stage 1 shared, stage 2 not
+    assert ns0[0] != ns1[0]  # another seed is another stage 1
+    cfg = runs["ns/seed0"].config
+    threads = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, threads=7, progress=True))
+    assert fingerprints(threads) == ns0  # thread count and progress bar do not change what is trained
+    data = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, augment=False))
+    assert fingerprints(data)[0] != ns0[0] and fingerprints(data)[1] != ns0[1]
+    best = dataclasses.replace(cfg, stages=(cfg.stages[0], dataclasses.replace(cfg.stages[1], init_checkpoint="best")))
+    assert fingerprints(best)[0] == ns0[0] and fingerprints(best)[1] != ns0[1]  # stage 2 starts from another file
+    plan = make_plan(list(runs.values()), tmp_path / "o", link=False)
+    assert len(plan.shared()) == 2 and len(plan.stages) == 6  # 2 shared stage 1 + 4 stage 2
+    assert {len(t.runs) for t in plan.shared()} == {2}
+    levels = waves(plan.jobs)
+    assert [len(w) for w in levels] == [2, 4]
+    assert all(j.needs for j in levels[1]) and not any(j.needs for j in levels[0])
+
+
+def test_cli_bad_study_exits_2_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_study(tmp_path / "s.yaml", tmp_path / "d", {"m": {"a": {"method": "mean-teacherr"}}})
+    proc = subprocess.run(
+        [sys.executable, "-m", "arco", "study", str(path), "--out", str(tmp_path / "o")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "not registered: mean-teacherr" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "o" / "runs").exists()  # nothing was planned
