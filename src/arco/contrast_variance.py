@@ -104,23 +104,15 @@ def _batches(run: LoadedRun, count: int, seed: int) -> list[Any]:
 
 def _inputs(run: LoadedRun, batch: Any, seed: int, with_grad: bool) -> dict[str, Any]:
     """What one stage-2 step feeds L_contrast (as ``ArcoFinetuneMethod.training_step`` builds it), computed once."""
-    from arco.augment import color_jitter, cutmix, gaussian_blur
-
     m, cfg = run.method, run.method.cfg
     g = torch.Generator(device=m.device).manual_seed(seed)
-    with torch.no_grad():
-        prob = torch.softmax(m.teacher(batch.image_u).logits.float(), dim=1)
-        confidence, pseudo = prob.max(dim=1)
-        image_s, pseudo_s, conf_s = cutmix(batch.image_u, pseudo, confidence, generator=g, p=cfg.cutmix_p)
-        if cfg.photometric:
-            image_s = gaussian_blur(color_jitter(image_s, generator=g), generator=g)
-        x = torch.cat([batch.image_l, image_s])
-        t_feats = m.teacher(x).features
+    views = m.strong_views(batch, g)  # the method's own construction of the stage-2 inputs
     with torch.set_grad_enabled(with_grad):
-        s_feats = m.student(x).features
-    label = torch.cat([batch.label_l, pseudo_s])
-    valid = torch.cat([torch.ones_like(batch.label_l, dtype=torch.bool), conf_s >= cfg.confidence])
-    return {"label": label, "valid": valid, "s": s_feats, "t": t_feats, "spatial": tuple(x.shape[2:])}
+        s_feats = m.student_forward(batch.image_l, views.image).features
+    label = torch.cat([batch.label_l, views.pseudo])
+    valid = torch.cat([torch.ones_like(batch.label_l, dtype=torch.bool), views.confidence >= cfg.confidence])
+    spatial = tuple(batch.image_l.shape[2:])
+    return {"label": label, "valid": valid, "s": s_feats, "t": views.teacher_feats, "spatial": spatial}
 
 
 def _draw(label: torch.Tensor, valid: torch.Tensor, c: int, num: int, strategy: str, grid: int, gen) -> tuple:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -211,6 +212,16 @@ def _student_forward(student: nn.Module, x_l: torch.Tensor, x_s: torch.Tensor, m
     )
 
 
+class StrongViews(NamedTuple):
+    """What stage 2 builds from an unlabeled batch before the student runs (``ArcoFinetuneMethod.strong_views``)."""
+
+    image: torch.Tensor  # (B_u, C, *S) strong view
+    pseudo: torch.Tensor  # (B_u, *S) teacher pseudo-labels, CutMix applied
+    confidence: torch.Tensor  # (B_u, *S) teacher confidence, CutMix applied
+    teacher_embed: torch.Tensor  # (B_u, dim) pooled teacher embedding of the weak view (L_nn bank)
+    teacher_feats: list[torch.Tensor]  # teacher decoder features of cat(labeled, strong)
+
+
 class _ArcoBase(MethodBase):
     """Student/teacher backbones and the global projector/predictor shared by both stages."""
 
@@ -337,21 +348,33 @@ class ArcoFinetuneMethod(_ArcoBase):
         )
         self._pending: torch.Tensor | None = None
 
+    @torch.no_grad()
+    def strong_views(self, batch: Batch, generator: torch.Generator) -> StrongViews:
+        """The teacher's pseudo-labels on the weak unlabeled view, the strong view (CutMix applied to image,
+        pseudo-label and confidence alike, then the photometric part) and the teacher's features on the labeled +
+        strong batch: everything stage 2's losses compare the student with (also used by ``arco variance``)."""
+        cfg, g = self.cfg, generator
+        t_weak = self.teacher(batch.image_u)
+        confidence, pseudo = torch.softmax(t_weak.logits.float(), dim=1).max(dim=1)
+        t_embed = self.teacher_projector(_pool(t_weak.bottleneck))
+        image_s, pseudo_s, conf_s = cutmix(
+            batch.image_u, pseudo, confidence, generator=g, p=cfg.cutmix_p, area=cfg.cutmix_area
+        )
+        image_s = _strong(image_s, g, cfg.strong_view, cfg.jitter)
+        t_feats = self.teacher(torch.cat([batch.image_l, image_s])).features
+        return StrongViews(image_s, pseudo_s, conf_s, t_embed, t_feats)
+
+    def student_forward(self, image_l: torch.Tensor, image_s: torch.Tensor) -> SegOutput:
+        """The student on the labeled and strong batches, as ``strong_bn`` says (see :func:`_student_forward`)."""
+        return _student_forward(self.student, image_l, image_s, self.cfg.strong_bn)
+
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         cfg, g = self.cfg, self.generator
         bl = batch.image_l.shape[0]
-        with torch.no_grad():
-            t_weak = self.teacher(batch.image_u)
-            prob = torch.softmax(t_weak.logits.float(), dim=1)
-            confidence, pseudo = prob.max(dim=1)
-            t_embed = self.teacher_projector(_pool(t_weak.bottleneck))
-            image_s, pseudo_s, conf_s = cutmix(
-                batch.image_u, pseudo, confidence, generator=g, p=cfg.cutmix_p, area=cfg.cutmix_area
-            )
-            image_s = _strong(image_s, g, cfg.strong_view, cfg.jitter)
-            x = torch.cat([batch.image_l, image_s])
-            t_all = self.teacher(x)
-        out = _student_forward(self.student, batch.image_l, image_s, cfg.strong_bn)
+        views = self.strong_views(batch, g)
+        image_s, pseudo_s, conf_s, t_embed = views.image, views.pseudo, views.confidence, views.teacher_embed
+        x = torch.cat([batch.image_l, image_s])
+        out = self.student_forward(batch.image_l, image_s)
         logits_l, logits_u = out.logits[:bl], out.logits[bl:]
         loss_sup = self.sup(logits_l, batch.label_l)
         loss_unsup = unsup_loss(logits_u, pseudo_s, conf_s, threshold=cfg.confidence, weighting=cfg.unsup_weighting)
@@ -359,7 +382,7 @@ class ArcoFinetuneMethod(_ArcoBase):
         label = torch.cat([batch.label_l, pseudo_s])
         valid = torch.cat([torch.ones_like(batch.label_l, dtype=torch.bool), conf_s >= cfg.confidence])
         spatial = tuple(x.shape[2:])
-        s_feats, t_feats = out.features, t_all.features
+        s_feats, t_feats = out.features, views.teacher_feats
 
         def rep_student(index: torch.Tensor) -> torch.Tensor:
             return self.rep_head.forward_at(s_feats, index, spatial)
