@@ -101,6 +101,22 @@ def test_finetune_contrast_sees_only_confident_pseudo_labels():
     assert float(out.logs["loss_unsup"]) == 0.0 and float(out.logs["confident"]) == 0.0
 
 
+def test_finetune_head_gets_the_draw_validity(monkeypatch):
+    # Placeholder draws (short or absent classes) must reach the head as invalid rows, for student and teacher.
+    seen = []
+    original = RepresentationHead.forward_at
+
+    def spy(self, features, index, spatial_shape, valid=None):
+        seen.append((self.training, None if valid is None else (valid.dtype, tuple(valid.shape))))
+        return original(self, features, index, spatial_shape, valid)
+
+    monkeypatch.setattr(RepresentationHead, "forward_at", spy)
+    m = build("arco-finetune")
+    m.training_step(batch(), 0)
+    n = 3 * SMALL["arco-finetune"]["num_queries"]
+    assert seen == [(True, (torch.bool, (n,))), (False, (torch.bool, (n,)))]
+
+
 def test_generator_state_round_trip():
     m = build("arco-finetune")
     state = m.state_dict()

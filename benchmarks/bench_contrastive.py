@@ -1,0 +1,286 @@
+"""Cost of the stage-2 pixel contrastive loss (L_contrast incl. the representation head at sampled pixels),
+new forms versus the previous implementation, measured in the same run.
+
+Variants: ``old`` (the previous implementation: similarities of every query to the whole concatenated pool,
+placeholder draws inside the head's BatchNorm), ``dense``/``sampled``/``auto`` (the current
+``pixel_contrastive_loss`` forms). Each variant runs in a fresh process (peak RSS is per variant).
+
+    python benchmarks/bench_contrastive.py                      # the issue's CPU shapes, 2 threads
+    python benchmarks/bench_contrastive.py --step               # also whole stage-2 steps and the L_contrast share
+    python benchmarks/bench_contrastive.py --crossover          # dense vs sampled over bank sizes (SAMPLED_ABOVE)
+    python benchmarks/bench_contrastive.py --json               # one JSON object per measurement
+
+Loss timings: ``PixelContrastiveLoss.forward`` + backward into the (detached) decoder features, with a full
+bank. Step timings: ``training_step`` + backward + SGD + ``after_optimizer_step`` of ``ArcoFinetuneMethod``; the
+share of L_contrast is given as bench_step.py defines it (its forward only, timed around the call) and as the
+whole cost (step time minus the step time with L_contrast replaced by a constant, measured in the same process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import time
+from typing import Any
+
+VARIANTS = ("old", "dense", "sampled", "auto")
+
+
+def _old_loss(query, key, ok, bank, bank_valid, num_negatives=512, tau=0.5, generator=None, form=None):
+    """The previous ``pixel_contrastive_loss`` (before the sampled form), verbatim, as the baseline."""
+    import torch
+    import torch.nn.functional as F
+
+    c, q_num, dim = query.shape
+    okf = ok.to(query.dtype)
+    count = okf.sum(1)
+    positive = F.normalize((key * okf.unsqueeze(-1)).sum(1), dim=-1)
+    arange = torch.arange(c, device=query.device)
+    pool = torch.cat([key.reshape(-1, dim), bank.reshape(-1, dim).to(key.dtype)])
+    pool_class = torch.cat([arange.repeat_interleave(q_num), arange.repeat_interleave(bank.shape[1])])
+    pool_ok = torch.cat([ok.reshape(-1), bank_valid.reshape(-1)])
+    allowed = pool_ok.unsqueeze(0) & (pool_class.unsqueeze(0) != arange.unsqueeze(1))
+    cum = allowed.long().cumsum(1)
+    total = cum[:, -1:]
+    has_neg = total.squeeze(1) > 0
+    u = torch.rand(c, q_num * num_negatives, generator=generator, device=query.device)
+    rank = (u * total).long().minimum(total - 1) + 1
+    neg_idx = torch.searchsorted(cum, rank).clamp_max(pool.shape[0] - 1)
+    sim = torch.einsum("cqd,pd->cqp", query, pool)
+    negatives = sim.gather(2, neg_idx.view(c, q_num, num_negatives))
+    pos_sim = (query * positive.unsqueeze(1)).sum(-1, keepdim=True)
+    logits = torch.cat([pos_sim, negatives], dim=-1) / tau
+    per_query = logits.logsumexp(-1) - logits[..., 0]
+    per_class = (per_query * okf).sum(1) / count.clamp_min(1.0)
+    use = ((count > 0) & has_neg).to(per_class.dtype)
+    return (per_class * use).sum() / use.sum().clamp_min(1.0)
+
+
+def _use_variant(variant: str, loss: Any) -> None:
+    """Select the variant: the old loss and head (BatchNorm over all draws, process-wide), or a form."""
+    import arco.losses.contrastive as contrastive
+    from arco.models import RepresentationHead
+
+    if variant == "old":
+        contrastive.pixel_contrastive_loss = _old_loss
+        at = RepresentationHead.forward_at
+        RepresentationHead.forward_at = lambda self, f, i, s, valid=None: at(self, f, i, s)
+    else:
+        loss.form = variant
+
+
+def _labels(b: int, size: int, generator: Any) -> Any:
+    """Phantom-like label maps: three nested blobs (classes 1-3) at random centres on background 0."""
+    import torch
+
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = size * (0.35 + 0.3 * torch.rand(b, 2, generator=generator))
+    r = torch.sqrt((yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2) / size
+    return torch.where(r < 0.08, 3, torch.where(r < 0.13, 2, torch.where(r < 0.2, 1, 0))).long()
+
+
+def _fill_bank(loss: Any, generator: Any) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        loss.bank.copy_(F.normalize(torch.randn(loss.bank.shape, generator=generator), dim=-1))
+        loss.bank_valid[:, : loss.bank_size] = True
+
+
+def _timed(fn: Any, iters: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        out.append(1000 * (time.perf_counter() - t))
+    return out
+
+
+def _measure_loss(variant: str, a: dict[str, Any]) -> dict[str, Any]:
+    """L_contrast forward + backward, incl. sampling and the student/teacher head at the draws."""
+    import torch
+
+    from arco.losses import PixelContrastiveLoss
+    from arco.models import MODELS, RepresentationHead, make_teacher
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    b, s, c = 2 * a["batch"], a["size"], 4
+    net = MODELS.build("unet", in_channels=1, num_classes=c)
+    label = _labels(b, s, g)
+    with torch.no_grad():
+        feats = [f.detach().requires_grad_(True) for f in net(label.float()[:, None] / 3).features]
+    head = RepresentationHead(net.feature_channels, a["dim"]).train()
+    teacher = make_teacher(head)
+    fn = PixelContrastiveLoss(c, a["dim"], num_queries=a["queries"], num_negatives=a["negatives"], bank_size=a["bank"])
+    _fill_bank(fn, g)
+    _use_variant(variant, fn)
+
+    def step() -> None:
+        loss = fn(
+            label,
+            None,
+            lambda i, v: head.forward_at(feats, i, (s, s), v),
+            lambda i, v: teacher.forward_at(feats, i, (s, s), v),
+            g,
+        )
+        loss.backward()
+
+    return {"what": "loss", "variant": variant, "ms": statistics.median(_timed(step, a["iters"]))}
+
+
+def _measure_step(variant: str, a: dict[str, Any]) -> dict[str, Any]:
+    """Whole stage-2 steps; the L_contrast share by bench_step's definition and by difference."""
+    import torch
+
+    from arco.methods import ArcoFinetuneConfig, ArcoFinetuneMethod, Batch, ModelConfig
+
+    cfg = ArcoFinetuneConfig(
+        sampler="sg", num_queries=a["queries"], num_negatives=a["negatives"], bank_size=a["bank"], confidence=0.0
+    )
+    torch.manual_seed(0)
+    m = ArcoFinetuneMethod(cfg, 4, 2, ModelConfig(arch="unet", dim=a["dim"], hidden_dim=a["dim"]))
+    m.setup(torch.device("cpu"), 0)
+    m.train(True)
+    g = torch.Generator().manual_seed(0)
+    _fill_bank(m.contrast, g)
+    _use_variant(variant, m.contrast)
+    opt = torch.optim.SGD(m.param_groups(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    s, bl = a["size"], a["batch"]
+    lab = _labels(bl, s, g)
+    image = (lab.float()[:, None] / 3 + 0.1 * torch.randn(bl, 1, s, s, generator=g),)
+    unl = _labels(bl, s, g).float()[:, None] / 3 + 0.1 * torch.randn(bl, 1, s, s, generator=g)
+    batch = Batch(image[0], lab, unl)
+    forward_ms = []
+    original = type(m.contrast).forward
+
+    def timed_forward(*args: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        out = original(*args, **kw)
+        forward_ms.append(1000 * (time.perf_counter() - t))
+        return out
+
+    def one() -> None:
+        out = m.training_step(batch, 0)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        m.after_optimizer_step(0)
+
+    type(m.contrast).forward = timed_forward
+    full = _timed(one, a["iters"])
+    type(m.contrast).forward = lambda self, *args, **kw: torch.zeros(())
+    without = _timed(one, a["iters"])
+    type(m.contrast).forward = original
+    ms, floor = statistics.median(full), statistics.median(without)
+    fwd = statistics.median(forward_ms[1:])
+    return {
+        "what": "step",
+        "variant": variant,
+        "ms": ms,
+        "ms_without_contrast": floor,
+        "contrast_share": (ms - floor) / ms,
+        "contrast_forward_share": fwd / ms,
+    }
+
+
+def _measure_crossover(bank: int, a: dict[str, Any]) -> dict[str, Any]:
+    """Pure function, dense vs sampled, full bank of ``bank`` keys per class."""
+    import torch
+    import torch.nn.functional as F
+
+    from arco.losses import pixel_contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    c, q, d = 4, a["queries"], a["dim"]
+    query = F.normalize(torch.randn(c, q, d, generator=g), dim=-1).requires_grad_(True)
+    key = F.normalize(torch.randn(c, q, d, generator=g), dim=-1)
+    ok = torch.ones(c, q, dtype=torch.bool)
+    store = F.normalize(torch.randn(c, bank + 1, d, generator=g), dim=-1)
+    valid = torch.ones(c, bank, dtype=torch.bool)
+    row: dict[str, Any] = {"what": "crossover", "bank": bank, "rows_per_negative": c * (bank + 1) / a["negatives"]}
+    for form in ("dense", "sampled"):
+
+        def run(form: str = form) -> None:
+            pixel_contrastive_loss(query, key, ok, store[:, :bank], valid, a["negatives"], 0.5, g, form).backward()
+
+        row[f"{form}_ms"] = statistics.median(_timed(run, a["iters"]))
+    return row
+
+
+def _worker(kind: str, arg: Any, a: dict[str, Any], queue: Any) -> None:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(a["threads"])
+    fn = {"loss": _measure_loss, "step": _measure_step, "crossover": _measure_crossover}[kind]
+    out = fn(arg, a)
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(out)
+
+
+def _run(kind: str, arg: Any, a: dict[str, Any]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_worker, args=(kind, arg, a, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=2, help="labeled images (as many unlabeled)")
+    ap.add_argument("--queries", type=int, default=256)
+    ap.add_argument("--negatives", type=int, default=512)
+    ap.add_argument("--bank", type=int, default=30000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--step", action="store_true", help="also time whole stage-2 steps")
+    ap.add_argument("--crossover", nargs="*", type=int, help="bank sizes for dense vs sampled (no other runs)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    a = vars(args)
+    results = []
+    if args.crossover is not None:
+        for bank in args.crossover or [16, 64, 256, 512, 1024, 2048, 4096]:
+            results.append(_run("crossover", bank, a))
+    else:
+        for kind in ("loss", "step") if args.step else ("loss",):
+            for variant in args.variants:
+                results.append(_run(kind, variant, a))
+    if args.json:
+        for r in results:
+            print(json.dumps(r))
+        return
+    shape = {k: a[k] for k in ("size", "batch", "queries", "negatives", "bank", "dim", "threads", "iters")}
+    print(f"shapes: {shape}")
+    for r in results:
+        if r["what"] == "crossover":
+            print(
+                f"bank {r['bank']:>6} ({r['rows_per_negative']:.1f} rows/negative): dense {r['dense_ms']:.1f} ms, "
+                f"sampled {r['sampled_ms']:.1f} ms, dense/sampled {r['dense_ms'] / r['sampled_ms']:.2f}"
+            )
+            continue
+        base = next((o for o in results if o["what"] == r["what"] and o["variant"] == "old"), None)
+        ratio = f", old/this {base['ms'] / r['ms']:.1f}x" if base else ""
+        extra = ""
+        if r["what"] == "step":
+            extra = (
+                f", without L_contrast {r['ms_without_contrast']:.0f} ms, L_contrast share "
+                f"{100 * r['contrast_share']:.1f} % (forward only {100 * r['contrast_forward_share']:.1f} %)"
+            )
+        print(f"{r['what']:>4} {r['variant']:>7}: {r['ms']:.0f} ms{ratio}, peak {r['peak_mb']:.0f} MB{extra}")
+
+
+if __name__ == "__main__":
+    main()
