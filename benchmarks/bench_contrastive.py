@@ -2,8 +2,9 @@
 new forms versus the previous implementation, measured in the same run.
 
 Variants: ``old`` (the previous implementation: similarities of every query to the whole concatenated pool,
-placeholder draws inside the head's BatchNorm), ``dense``/``sampled``/``auto`` (the current
-``pixel_contrastive_loss`` forms). Each variant runs in a fresh process (peak RSS is per variant).
+a channels-last copy of every feature level per head call, placeholder draws inside the head's BatchNorm) and
+``dense``/``sampled``/``auto`` (the current ``pixel_contrastive_loss`` forms; default: old and auto). Each
+variant runs in a fresh process (peak RSS is per variant).
 
     python benchmarks/bench_contrastive.py                      # the issue's CPU shapes, 2 threads
     python benchmarks/bench_contrastive.py --step               # also whole stage-2 steps and the L_contrast share
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import time
 from typing import Any
@@ -58,15 +60,46 @@ def _old_loss(query, key, ok, bank, bank_valid, num_negatives=512, tau=0.5, gene
     return (per_class * use).sum() / use.sum().clamp_min(1.0)
 
 
+def _old_gather_interpolated(feature, index, spatial_shape):
+    """The previous ``gather_interpolated`` (a channels-last copy of the map, one index_select per corner)."""
+    import itertools
+
+    c, small = feature.shape[1], feature.shape[2:]
+    rows = feature.movedim(1, -1).reshape(-1, c)
+    rest, coords = index, []
+    for size in reversed(spatial_shape):
+        coords.append(rest % size)
+        rest = rest // size
+    coords.reverse()
+    lo, hi, frac = [], [], []
+    for pos, full, n in zip(coords, spatial_shape, small):
+        src = ((pos.float() + 0.5) * (n / full) - 0.5).clamp_min(0)
+        i0 = src.floor().long().clamp_max(n - 1)
+        lo.append(i0)
+        hi.append((i0 + 1).clamp_max(n - 1))
+        frac.append((src - i0.to(src.dtype)).clamp(0, 1))
+    out = feature.new_zeros(index.shape[0], c)
+    for corner in itertools.product((0, 1), repeat=len(small)):
+        flat, weight = rest, None
+        for axis, bit in enumerate(corner):
+            flat = flat * small[axis] + (hi[axis] if bit else lo[axis])
+            w = frac[axis] if bit else 1 - frac[axis]
+            weight = w if weight is None else weight * w
+        out = out + rows.index_select(0, flat) * weight.to(rows.dtype).unsqueeze(1)
+    return out
+
+
 def _use_variant(variant: str, loss: Any) -> None:
-    """Select the variant: the old loss and head (BatchNorm over all draws, process-wide), or a form."""
+    """Select the variant: the previous loss, interpolation and head (BatchNorm over all draws; process-wide),
+    or a form of the current loss."""
     import arco.losses.contrastive as contrastive
-    from arco.models import RepresentationHead
+    import arco.models.heads as heads
 
     if variant == "old":
         contrastive.pixel_contrastive_loss = _old_loss
-        at = RepresentationHead.forward_at
-        RepresentationHead.forward_at = lambda self, f, i, s, valid=None: at(self, f, i, s)
+        heads.gather_interpolated = _old_gather_interpolated
+        at = heads.RepresentationHead.forward_at
+        heads.RepresentationHead.forward_at = lambda self, f, i, s, valid=None: at(self, f, i, s)
     else:
         loss.form = variant
 
@@ -90,14 +123,20 @@ def _fill_bank(loss: Any, generator: Any) -> None:
         loss.bank_valid[:, : loss.bank_size] = True
 
 
-def _timed(fn: Any, iters: int) -> list[float]:
-    fn()  # warm-up
-    out = []
+def _timed(fns: dict[str, Any], iters: int) -> dict[str, dict[str, float]]:
+    """Median wall and process-CPU ms per call; the functions alternate call by call, so a change in the load
+    of a shared machine hits them alike (CPU time is the steadier figure when other processes compete)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        out.append(1000 * (time.perf_counter() - t))
-    return out
+        for k, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(1000 * (time.perf_counter() - t))
+            cpu[k].append(1000 * (time.process_time() - c))
+    return {k: {"ms": statistics.median(wall[k]), "cpu_ms": statistics.median(cpu[k])} for k in fns}
 
 
 def _measure_loss(variant: str, a: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +169,7 @@ def _measure_loss(variant: str, a: dict[str, Any]) -> dict[str, Any]:
         )
         loss.backward()
 
-    return {"what": "loss", "variant": variant, "ms": statistics.median(_timed(step, a["iters"]))}
+    return {"what": "loss", "variant": variant, **_timed({"loss": step}, a["iters"])["loss"]}
 
 
 def _measure_step(variant: str, a: dict[str, Any]) -> dict[str, Any]:
@@ -157,34 +196,38 @@ def _measure_step(variant: str, a: dict[str, Any]) -> dict[str, Any]:
     batch = Batch(image[0], lab, unl)
     forward_ms = []
     original = type(m.contrast).forward
+    contrast = {"on": True}
 
-    def timed_forward(*args: Any, **kw: Any) -> Any:
+    def forward(self: Any, *args: Any, **kw: Any) -> Any:
+        if not contrast["on"]:  # the floor: the same step with L_contrast replaced by a constant
+            return torch.zeros(())
         t = time.perf_counter()
-        out = original(*args, **kw)
+        out = original(self, *args, **kw)
         forward_ms.append(1000 * (time.perf_counter() - t))
         return out
 
-    def one() -> None:
+    def one(on: bool) -> None:
+        contrast["on"] = on
         out = m.training_step(batch, 0)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
         m.after_optimizer_step(0)
 
-    type(m.contrast).forward = timed_forward
-    full = _timed(one, a["iters"])
-    type(m.contrast).forward = lambda self, *args, **kw: torch.zeros(())
-    without = _timed(one, a["iters"])
+    type(m.contrast).forward = forward
+    t = _timed({"full": lambda: one(True), "without": lambda: one(False)}, a["iters"])
     type(m.contrast).forward = original
-    ms, floor = statistics.median(full), statistics.median(without)
-    fwd = statistics.median(forward_ms[1:])
+    full, floor = t["full"], t["without"]
     return {
         "what": "step",
         "variant": variant,
-        "ms": ms,
-        "ms_without_contrast": floor,
-        "contrast_share": (ms - floor) / ms,
-        "contrast_forward_share": fwd / ms,
+        "ms": full["ms"],
+        "cpu_ms": full["cpu_ms"],
+        "ms_without_contrast": floor["ms"],
+        "cpu_ms_without_contrast": floor["cpu_ms"],
+        "contrast_share": (full["ms"] - floor["ms"]) / full["ms"],
+        "contrast_share_cpu": (full["cpu_ms"] - floor["cpu_ms"]) / full["cpu_ms"],
+        "contrast_forward_share": statistics.median(forward_ms[1:]) / full["ms"],
     }
 
 
@@ -203,12 +246,13 @@ def _measure_crossover(bank: int, a: dict[str, Any]) -> dict[str, Any]:
     store = F.normalize(torch.randn(c, bank + 1, d, generator=g), dim=-1)
     valid = torch.ones(c, bank, dtype=torch.bool)
     row: dict[str, Any] = {"what": "crossover", "bank": bank, "rows_per_negative": c * (bank + 1) / a["negatives"]}
-    for form in ("dense", "sampled"):
 
-        def run(form: str = form) -> None:
-            pixel_contrastive_loss(query, key, ok, store[:, :bank], valid, a["negatives"], 0.5, g, form).backward()
+    def run(form: str) -> None:
+        pixel_contrastive_loss(query, key, ok, store[:, :bank], valid, a["negatives"], 0.5, g, form).backward()
 
-        row[f"{form}_ms"] = statistics.median(_timed(run, a["iters"]))
+    t = _timed({form: (lambda form=form: run(form)) for form in ("dense", "sampled")}, a["iters"])
+    for form, v in t.items():
+        row[f"{form}_ms"], row[f"{form}_cpu_ms"] = v["ms"], v["cpu_ms"]
     return row
 
 
@@ -244,42 +288,52 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=["old", "auto"], choices=VARIANTS)
     ap.add_argument("--step", action="store_true", help="also time whole stage-2 steps")
     ap.add_argument("--crossover", nargs="*", type=int, help="bank sizes for dense vs sampled (no other runs)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     a = vars(args)
+    load = [os.getloadavg()[0]]
     results = []
     if args.crossover is not None:
-        for bank in args.crossover or [16, 64, 256, 512, 1024, 2048, 4096]:
+        for bank in args.crossover or [64, 256, 512, 1024, 2048, 4096]:
             results.append(_run("crossover", bank, a))
     else:
         for kind in ("loss", "step") if args.step else ("loss",):
             for variant in args.variants:
                 results.append(_run(kind, variant, a))
+    load.append(os.getloadavg()[0])
+    for r in results:
+        r["load_avg"] = load
     if args.json:
         for r in results:
             print(json.dumps(r))
         return
     shape = {k: a[k] for k in ("size", "batch", "queries", "negatives", "bank", "dim", "threads", "iters")}
-    print(f"shapes: {shape}")
+    print(f"shapes: {shape}; load average {load[0]:.1f} -> {load[1]:.1f} (ms: median wall; cpu: process CPU)")
     for r in results:
-        if r["what"] == "crossover":
-            print(
-                f"bank {r['bank']:>6} ({r['rows_per_negative']:.1f} rows/negative): dense {r['dense_ms']:.1f} ms, "
-                f"sampled {r['sampled_ms']:.1f} ms, dense/sampled {r['dense_ms'] / r['sampled_ms']:.2f}"
-            )
-            continue
-        base = next((o for o in results if o["what"] == r["what"] and o["variant"] == "old"), None)
-        ratio = f", old/this {base['ms'] / r['ms']:.1f}x" if base else ""
-        extra = ""
-        if r["what"] == "step":
-            extra = (
-                f", without L_contrast {r['ms_without_contrast']:.0f} ms, L_contrast share "
-                f"{100 * r['contrast_share']:.1f} % (forward only {100 * r['contrast_forward_share']:.1f} %)"
-            )
-        print(f"{r['what']:>4} {r['variant']:>7}: {r['ms']:.0f} ms{ratio}, peak {r['peak_mb']:.0f} MB{extra}")
+        print(_line(r, results))
+
+
+def _line(r: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    if r["what"] == "crossover":
+        return (
+            f"bank {r['bank']:>6} ({r['rows_per_negative']:.1f} rows/negative): dense {r['dense_ms']:.1f} ms "
+            f"(cpu {r['dense_cpu_ms']:.0f}), sampled {r['sampled_ms']:.1f} ms (cpu {r['sampled_cpu_ms']:.0f}), "
+            f"dense/sampled {r['dense_ms'] / r['sampled_ms']:.2f} (cpu {r['dense_cpu_ms'] / r['sampled_cpu_ms']:.2f})"
+        )
+    base = next((o for o in results if o["what"] == r["what"] and o["variant"] == "old"), None)
+    ratio = f", old/this {base['ms'] / r['ms']:.1f}x (cpu {base['cpu_ms'] / r['cpu_ms']:.1f}x)" if base else ""
+    extra = ""
+    if r["what"] == "step":
+        extra = (
+            f"; without L_contrast {r['ms_without_contrast']:.0f} ms; L_contrast share "
+            f"{100 * r['contrast_share']:.1f} % (cpu {100 * r['contrast_share_cpu']:.1f} %, forward only "
+            f"{100 * r['contrast_forward_share']:.1f} %)"
+        )
+    head = f"{r['what']:>4} {r['variant']:>7}: {r['ms']:.0f} ms (cpu {r['cpu_ms']:.0f})"
+    return f"{head}{ratio}, peak {r['peak_mb']:.0f} MB{extra}"
 
 
 if __name__ == "__main__":
