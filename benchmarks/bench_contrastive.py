@@ -8,7 +8,7 @@ variant runs in a fresh process (peak RSS is per variant).
 
     python benchmarks/bench_contrastive.py                      # the issue's CPU shapes, 2 threads
     python benchmarks/bench_contrastive.py --step               # also whole stage-2 steps and the L_contrast share
-    python benchmarks/bench_contrastive.py --crossover          # dense vs sampled over bank sizes (SAMPLED_ABOVE)
+    python benchmarks/bench_contrastive.py --crossover          # dense vs sampled per table size (SAMPLED_ABOVE)
     python benchmarks/bench_contrastive.py --json               # one JSON object per measurement
 
 Loss timings: ``PixelContrastiveLoss.forward`` + backward into the (detached) decoder features, with a full
@@ -231,26 +231,29 @@ def _measure_step(variant: str, a: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _measure_crossover(bank: int, a: dict[str, Any]) -> dict[str, Any]:
-    """Pure function, dense vs sampled, full bank of ``bank`` keys per class."""
+def _measure_crossover(rows_per_negative: float, a: dict[str, Any]) -> dict[str, Any]:
+    """One key table of ``rows_per_negative * negatives`` rows read by 4 x queries queries with ``negatives``
+    draws each: the dense and the sampled routine (forward + backward), the per-table choice "auto" makes."""
     import torch
     import torch.nn.functional as F
 
-    from arco.losses import pixel_contrastive_loss
+    from arco.losses.contrastive import _table_similarities
 
     g = torch.Generator().manual_seed(0)
-    c, q, d = 4, a["queries"], a["dim"]
-    query = F.normalize(torch.randn(c, q, d, generator=g), dim=-1).requires_grad_(True)
-    key = F.normalize(torch.randn(c, q, d, generator=g), dim=-1)
-    ok = torch.ones(c, q, dtype=torch.bool)
-    store = F.normalize(torch.randn(c, bank + 1, d, generator=g), dim=-1)
-    valid = torch.ones(c, bank, dtype=torch.bool)
-    row: dict[str, Any] = {"what": "crossover", "bank": bank, "rows_per_negative": c * (bank + 1) / a["negatives"]}
-
-    def run(form: str) -> None:
-        pixel_contrastive_loss(query, key, ok, store[:, :bank], valid, a["negatives"], 0.5, g, form).backward()
-
-    t = _timed({form: (lambda form=form: run(form)) for form in ("dense", "sampled")}, a["iters"])
+    m, n, d = 4 * a["queries"], a["negatives"], a["dim"]
+    r = max(1, round(rows_per_negative * n))
+    query = F.normalize(torch.randn(m, d, generator=g), dim=-1).requires_grad_(True)
+    table = F.normalize(torch.randn(r, d, generator=g), dim=-1)
+    rows = torch.randint(0, r, (m, n), generator=g)
+    up = torch.randn(m, n, generator=g)
+    t = _timed(
+        {
+            form: (lambda form=form: (_table_similarities(query, table, rows, form) * up).sum().backward())
+            for form in ("dense", "sampled")
+        },
+        a["iters"],
+    )
+    row: dict[str, Any] = {"what": "crossover", "rows_per_negative": rows_per_negative, "table_rows": r}
     for form, v in t.items():
         row[f"{form}_ms"], row[f"{form}_cpu_ms"] = v["ms"], v["cpu_ms"]
     return row
@@ -290,15 +293,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=["old", "auto"], choices=VARIANTS)
     ap.add_argument("--step", action="store_true", help="also time whole stage-2 steps")
-    ap.add_argument("--crossover", nargs="*", type=int, help="bank sizes for dense vs sampled (no other runs)")
+    ap.add_argument(
+        "--crossover", nargs="*", type=float, help="table rows per negative for dense vs sampled (no other runs)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     a = vars(args)
     load = [os.getloadavg()[0]]
     results = []
     if args.crossover is not None:
-        for bank in args.crossover or [64, 256, 512, 1024, 2048, 4096]:
-            results.append(_run("crossover", bank, a))
+        for ratio in args.crossover or [1, 2, 4, 8, 16, 32]:
+            results.append(_run("crossover", ratio, a))
     else:
         for kind in ("loss", "step") if args.step else ("loss",):
             for variant in args.variants:
@@ -319,7 +324,7 @@ def main() -> None:
 def _line(r: dict[str, Any], results: list[dict[str, Any]]) -> str:
     if r["what"] == "crossover":
         return (
-            f"bank {r['bank']:>6} ({r['rows_per_negative']:.1f} rows/negative): dense {r['dense_ms']:.1f} ms "
+            f"table {r['table_rows']:>6} rows ({r['rows_per_negative']:g} per negative): dense {r['dense_ms']:.1f} ms "
             f"(cpu {r['dense_cpu_ms']:.0f}), sampled {r['sampled_ms']:.1f} ms (cpu {r['sampled_cpu_ms']:.0f}), "
             f"dense/sampled {r['dense_ms'] / r['sampled_ms']:.2f} (cpu {r['dense_cpu_ms'] / r['sampled_cpu_ms']:.2f})"
         )

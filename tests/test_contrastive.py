@@ -106,12 +106,15 @@ def test_bf16_inputs_computed_in_float32(form):
     assert query.grad.dtype == torch.bfloat16 and torch.isfinite(query.grad.float()).all()
 
 
-@pytest.mark.parametrize("path", ["csr", "chunked"])
+@pytest.mark.parametrize("path", ["pairs", "pairs-int64-blocks", "chunked"])
 @pytest.mark.parametrize("table_rows, draws", [(9, 5), (3, 8), (40, 64)])  # draws > rows: repeats certain
 def test_sampled_dot_matches_gather_with_repeated_rows(path, table_rows, draws, monkeypatch):
-    monkeypatch.setattr(sampled_dot_module, "_CHUNK_ELEMENTS", 3 * draws * 4)  # several chunks of 3 queries
-    forward = {"csr": sampled_dot_module._forward_csr, "chunked": sampled_dot_module._forward_chunked}[path]
-    monkeypatch.setattr(sampled_dot_module._SampledDot, "forward", _forward_with(forward))
+    if path == "pairs-int64-blocks":  # wide keys (very large tables) and a backward over several row blocks
+        monkeypatch.setattr(sampled_dot_module, "_INT32_KEYS_BELOW", 0)
+        monkeypatch.setattr(sampled_dot_module, "_BLOCK_BYTES", 2 * 4 * 4)  # two rows of 4 floats per block
+    if path == "chunked":  # the device path, on CPU, in chunks of 3 queries
+        monkeypatch.setattr(sampled_dot_module, "_use_pairs", lambda query: False)
+        monkeypatch.setattr(sampled_dot_module, "_CHUNK_ELEMENTS", 3 * draws * 4)
     g = torch.Generator().manual_seed(0)
     query = torch.randn(10, 4, generator=g, requires_grad=True)
     table = torch.randn(table_rows, 4, generator=g)
@@ -126,14 +129,6 @@ def test_sampled_dot_matches_gather_with_repeated_rows(path, table_rows, draws, 
     (out * up).sum().backward()
     (expected * up).sum().backward()
     torch.testing.assert_close(query.grad, ref_query.grad)
-
-
-def _forward_with(fn):
-    def forward(ctx, query, table, rows):
-        ctx.save_for_backward(table, rows)
-        return fn(query, table, rows)
-
-    return staticmethod(forward)
 
 
 def test_form_is_checked():
