@@ -276,9 +276,10 @@ def _run(kind: str, arg: Any, a: dict[str, Any]) -> dict[str, Any]:
     q = ctx.Queue()
     p = ctx.Process(target=_worker, args=(kind, arg, a, q))
     p.start()
-    out = q.get()
-    p.join()
-    return out
+    p.join()  # the result is a small dict: the queue does not fill up
+    if p.exitcode != 0:
+        raise SystemExit(f"bench_contrastive: the {kind} worker for {arg!r} failed (exit code {p.exitcode})")
+    return q.get(timeout=10)
 
 
 def main() -> None:
