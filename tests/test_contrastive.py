@@ -108,7 +108,8 @@ def test_bf16_inputs_computed_in_float32(form):
 
 @pytest.mark.parametrize("path", ["pairs", "pairs-int64-blocks", "chunked"])
 @pytest.mark.parametrize("table_rows, draws", [(9, 5), (3, 8), (40, 64)])  # draws > rows: repeats certain
-def test_sampled_dot_matches_gather_with_repeated_rows(path, table_rows, draws, monkeypatch):
+@pytest.mark.parametrize("mask", ["all", "some", "none"])
+def test_sampled_dot_matches_gather_with_repeated_rows(path, table_rows, draws, mask, monkeypatch):
     if path == "pairs-int64-blocks":  # wide keys (very large tables) and a backward over several row blocks
         monkeypatch.setattr(sampled_dot_module, "_INT32_KEYS_BELOW", 0)
         monkeypatch.setattr(sampled_dot_module, "_BLOCK_BYTES", 2 * 4 * 4)  # two rows of 4 floats per block
@@ -120,10 +121,13 @@ def test_sampled_dot_matches_gather_with_repeated_rows(path, table_rows, draws, 
     table = torch.randn(table_rows, 4, generator=g)
     rows = torch.randint(0, table_rows, (10, draws), generator=g)
     rows[:, 1] = rows[:, 0]  # a repeat within a query for sure
+    mask = {"all": None, "some": torch.rand(10, draws, generator=g) < 0.5, "none": torch.zeros_like(rows) > 0}[mask]
     ref_query = query.detach().clone().requires_grad_(True)
     expected = (table[rows] * ref_query[:, None]).sum(-1)
+    if mask is not None:  # masked draws: 0, no gradient
+        expected = torch.where(mask, expected, 0)
     with torch.sparse.check_sparse_tensor_invariants():  # the CSR pattern must be a valid one
-        out = sampled_dot(query, table, rows)
+        out = sampled_dot(query, table, rows, mask)
     torch.testing.assert_close(out, expected)
     up = torch.randn(10, draws, generator=g)
     (out * up).sum().backward()

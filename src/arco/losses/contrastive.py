@@ -12,9 +12,10 @@ never shifts the others (the reference code's bug); absent classes contribute no
 Cost: the negatives of C classes x Q queries x N draws come from a pool of ``P = C*Q + C*K`` keys (K = bank
 size per class). Similarities to the whole pool cost ``C*Q*P*dim`` multiply-adds (63 G at the paper's K = 30 000,
 dim 512); gathering the drawn keys would materialise ``(C, Q, N, dim)`` floats (1 GB). The "sampled" form
-computes just the ``C*Q*N`` drawn dot products with a fused sampled matmul (CPU) or chunked gathers, and its
-gradient with a weighted bag sum; "auto" uses it for a key table with more than ``SAMPLED_ABOVE`` rows per
-negative. The bank is read in place, never concatenated.
+computes just the drawn dot products (:func:`arco.losses.sampled_dot.sampled_dot`: a sampled matmul over the
+distinct drawn pairs on CPU, chunked gathers elsewhere; gradient by weighted bag sums). "auto" chooses per key
+table (this step's keys, the bank) by the number of products each form computes (``SAMPLED_ABOVE``). The bank
+is read in place, never concatenated.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import nn
 
 from arco import sampling
 from arco._checks import choice
-from arco.losses.sampled_dot import sampled_dot
+from arco.losses.sampled_dot import masked_count, sampled_dot
 
 __all__ = ["PixelContrastiveLoss", "pixel_contrastive_loss", "FORMS", "SAMPLED_ABOVE"]
 
@@ -37,9 +38,10 @@ RepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # How the query-negative similarities are computed; both forms are exact and give the same draws.
 FORMS = ("auto", "dense", "sampled")
-# "auto" reads a key table at the drawn rows only ("sampled") when it has more than this many rows per drawn
-# negative; otherwise one dense (queries x table) matmul and a gather is cheaper. Measured crossover on 2 CPU
-# threads at dim 512, 4 classes x 256 queries (benchmarks/bench_contrastive.py --crossover): see docs/design.md.
+# "auto" computes a key table's similarities at the draws only ("sampled") when the dense product (table rows
+# x queries) has more than this many times as many entries as the draws landing in that table; otherwise one
+# dense matmul and a gather is cheaper. Crossover measured at 4 x 256 queries, 512 negatives, dim 512, on
+# CPU (benchmarks/bench_contrastive.py --crossover): about 6 table rows per negative with 1 thread.
 SAMPLED_ABOVE = 8
 
 
@@ -134,13 +136,14 @@ def _negative_similarities(
     m = c * q_num
     flat_q = query.reshape(m, dim)
     idx = neg_idx.view(m, n)
-    sim = _table_similarities(flat_q, key.reshape(m, dim), idx.clamp_max(m - 1), form)
+    from_key = idx < m
+    sim = _table_similarities(flat_q, key.reshape(m, dim), idx.clamp_max(m - 1), from_key, form)
     k = bank.shape[1]
     if k > 0:
         table, stride = _row_table(bank)
         j = (idx - m).clamp_min(0)
-        from_bank = _table_similarities(flat_q, table, (j // k) * stride + j % k, form)
-        sim = torch.where(idx < m, sim, from_bank)
+        from_bank = _table_similarities(flat_q, table, (j // k) * stride + j % k, ~from_key, form)
+        sim = torch.where(from_key, sim, from_bank)
     return sim.view(c, q_num, n)
 
 
@@ -155,12 +158,18 @@ def _row_table(bank: torch.Tensor) -> tuple[torch.Tensor, int]:
     return bank.reshape(c * k, dim), k
 
 
-def _table_similarities(query: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, form: str) -> torch.Tensor:
-    """``(M, N)``: ``query[m] . table[rows[m, n]]``, dense-then-gather or at the draws only."""
-    dense = form == "dense" or (form == "auto" and table.shape[0] <= SAMPLED_ABOVE * rows.shape[1])
-    if dense:
+def _table_similarities(
+    query: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, form: str
+) -> torch.Tensor:
+    """``(M, N)``: ``query[m] . table[rows[m, n]]`` where ``mask`` (elsewhere anything finite), either densely
+    (every query against every row, then gather: ``M * R`` products) or at the draws only (the products
+    :func:`masked_count` says, at several times the cost of a dense one: ``SAMPLED_ABOVE``)."""
+    if form == "auto":
+        dense_work = table.shape[0] * rows.shape[0]
+        form = "dense" if dense_work <= SAMPLED_ABOVE * masked_count(mask) else "sampled"
+    if form == "dense":
         return (query @ table.T).gather(1, rows)
-    return sampled_dot(query, table, rows)
+    return sampled_dot(query, table, rows, mask)
 
 
 class PixelContrastiveLoss(nn.Module):

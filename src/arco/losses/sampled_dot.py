@@ -23,7 +23,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sampled_dot"]
+__all__ = ["sampled_dot", "masked_count"]
 
 # Non-CPU forward: gather at most this many key elements at a time (64 MB in float32).
 _CHUNK_ELEMENTS = 1 << 24
@@ -33,7 +33,9 @@ _INT32_KEYS_BELOW = 2**31
 _BLOCK_BYTES = 1 << 24
 
 
-def sampled_dot(query: torch.Tensor, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def sampled_dot(
+    query: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(M, N)``: ``query[m] . table[rows[m, n]]``; differentiable w.r.t. ``query`` only.
 
     Args:
@@ -41,60 +43,72 @@ def sampled_dot(query: torch.Tensor, table: torch.Tensor, rows: torch.Tensor) ->
         table: ``(R, dim)`` of the same dtype and device, rows contiguous (a view into a larger buffer is fine);
             treated as a constant (no gradient).
         rows: ``(M, N)`` int64 in ``[0, R)`` (repeats allowed).
+        mask: optional ``(M, N)`` bool: where False the output is 0 and gets no gradient; on CPU those draws
+            cost nothing (on other devices they are computed and zeroed: static shapes).
     """
-    return _SampledDot.apply(query, table, rows)
+    if mask is None:
+        mask = torch.ones_like(rows, dtype=torch.bool)
+    return _SampledDot.apply(query, table, rows, mask)
+
+
+def masked_count(mask: torch.Tensor) -> int:
+    """Draws :func:`sampled_dot` computes under ``mask``: the True ones on CPU, all of them elsewhere (reading
+    the count back from a device would synchronise it)."""
+    return int(mask.sum()) if _use_pairs(mask) else mask.numel()
 
 
 class _SampledDot(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query: torch.Tensor, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if not _use_pairs(query) or rows.numel() == 0:
-            ctx.save_for_backward(table, rows)
+    def forward(ctx, query: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor):
+        if not _use_pairs(query):
+            ctx.save_for_backward(table, rows, mask)
             ctx.plan = None
-            return _forward_chunked(query, table, rows)
-        plan = _pairs(rows, table.shape[0])
+            return _forward_chunked(query, table, rows).masked_fill_(~mask, 0)
+        plan = _pairs(rows, mask, table.shape[0])
         ctx.save_for_backward(table, *plan)
-        ctx.plan = True
-        return _forward_csr(query, table, *plan)
+        ctx.plan = rows.shape
+        return _forward_csr(query, table, rows.shape, *plan)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         if not ctx.needs_input_grad[0]:
-            return None, None, None
+            return None, None, None, None
         table, *saved = ctx.saved_tensors
-        weights = grad.to(table.dtype).contiguous()
+        weights = grad.to(table.dtype)
         if ctx.plan is None:
-            return F.embedding_bag(saved[0], table, per_sample_weights=weights, mode="sum"), None, None
-        return _backward_blocked(weights, table, *saved), None, None
+            rows, mask = saved
+            weights = weights.masked_fill(~mask, 0).contiguous()
+            return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum"), None, None, None
+        return _backward_blocked(weights, table, ctx.plan[0], *saved), None, None, None
 
 
-def _use_pairs(query: torch.Tensor) -> bool:
+def _use_pairs(t: torch.Tensor) -> bool:
     """The distinct-pair CSR path needs data-dependent sizes: free on CPU, a host sync on a device."""
-    return query.device.type == "cpu"
+    return t.device.type == "cpu"
 
 
-def _pairs(rows: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, ...]:
-    """Distinct (row, query) pairs of the draws, sorted by row then query.
+def _pairs(rows: torch.Tensor, mask: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, ...]:
+    """Distinct (row, query) pairs of the unmasked draws, sorted by row then query.
 
-    Returns ``order`` (draw positions in sorted order), ``which`` (the pair of each sorted draw), and the
-    pairs' ``row`` and ``query`` (int32 or int64, as the keys).
+    Returns ``where`` (flat output position of each unmasked draw, in sorted order), ``which`` (the pair of each
+    of them), and the pairs' ``row`` and ``query`` (int32 or int64, as the keys).
     """
     m, n = rows.shape
     itype = torch.int32 if max(num_rows * m, rows.numel()) < _INT32_KEYS_BELOW else torch.long
-    qid = torch.arange(m, device=rows.device, dtype=itype).repeat_interleave(n)
-    pair, order = (rows.reshape(-1).to(itype) * m + qid).sort()
+    position = mask.reshape(-1).nonzero().squeeze(1)  # data-dependent size: fine on CPU
+    pair, order = (rows.reshape(-1)[position].to(itype) * m + (position // n).to(itype)).sort()
     first = torch.ones_like(pair, dtype=torch.bool)
     first[1:] = pair[1:] != pair[:-1]
-    which = first.cumsum(0) - 1
-    unique = pair[first]  # data-dependent size: fine on CPU
-    return order, which, unique // m, unique % m
+    unique = pair[first]
+    return position[order], first.cumsum(0) - 1, unique // m, unique % m
 
 
 def _forward_csr(
     query: torch.Tensor,
     table: torch.Tensor,
-    order: torch.Tensor,
+    shape: torch.Size,
+    where: torch.Tensor,
     which: torch.Tensor,
     row: torch.Tensor,
     col: torch.Tensor,
@@ -110,24 +124,25 @@ def _forward_csr(
             per_row.cumsum(0, dtype=row.dtype), col, query.new_zeros(col.shape), size=(table.shape[0], m)
         )
         values = torch.sparse.sampled_addmm(pattern, table, query.T, beta=0.0).values()
-    out = query.new_empty(order.shape)
-    out[order] = values[which]
-    return out.view(m, -1)
+    out = query.new_zeros(shape.numel())
+    out[where] = values[which]
+    return out.view(shape)
 
 
 def _backward_blocked(
     weights: torch.Tensor,
     table: torch.Tensor,
-    order: torch.Tensor,
+    m: int,
+    where: torch.Tensor,
     which: torch.Tensor,
     row: torch.Tensor,
     col: torch.Tensor,
 ) -> torch.Tensor:
     """``grad_q[m] = sum over m's draws of weight * table[row]``, as bag sums per (block of rows, query)."""
-    m, dim = weights.shape[0], table.shape[1]
+    dim = table.shape[1]
     block = max(1, _BLOCK_BYTES // (dim * table.element_size()))
     blocks = -(-table.shape[0] // block)
-    pair_weight = weights.new_zeros(row.shape).index_add_(0, which, weights.reshape(-1)[order])
+    pair_weight = weights.new_zeros(row.shape).index_add_(0, which, weights.reshape(-1)[where])
     bag, by_bag = (row // block * m + col).sort()  # < blocks * m bags: the keys' integer type suffices
     offsets = torch.zeros(blocks * m + 1, dtype=torch.long, device=row.device)
     offsets.scatter_add_(0, bag.long() + 1, torch.ones_like(bag, dtype=torch.long))
