@@ -74,11 +74,19 @@ def _inputs(case, dtype=torch.float32):
 CASES = ["full", "absent_class", "invalid_slots", "no_negatives", "bank_negatives_only", "strided_bank", "empty_bank"]
 
 
-@pytest.mark.parametrize("form", ["dense", "sampled", "auto", "auto-sampled"])
+@pytest.mark.parametrize("form", ["dense", "sampled", "auto", "auto-sampled", "mixed"])
 @pytest.mark.parametrize("case", CASES)
 def test_forms_match_naive_reference_loss_and_gradient(case, form, monkeypatch):
     if form == "auto-sampled":  # "auto" picking the sampled form for both tables
         monkeypatch.setattr(contrastive, "SAMPLED_ABOVE", 0)
+        form = "auto"
+    if form == "mixed":  # this step's keys dense, the bank sampled
+        table_similarities = contrastive._table_similarities
+
+        def mixed(query, table, rows, mask, form):
+            return table_similarities(query, table, rows, mask, "dense" if table.shape[0] == C * Q else "sampled")
+
+        monkeypatch.setattr(contrastive, "_table_similarities", mixed)
         form = "auto"
     query, key, ok, bank, bank_valid = _inputs(case)
     ref_query = query.detach().clone().requires_grad_(True)
