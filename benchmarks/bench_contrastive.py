@@ -124,8 +124,8 @@ def _fill_bank(loss: Any, generator: Any) -> None:
 
 
 def _timed(fns: dict[str, Any], iters: int) -> dict[str, dict[str, float]]:
-    """Median wall and process-CPU ms per call; the functions alternate call by call, so a change in the load
-    of a shared machine hits them alike (CPU time is the steadier figure when other processes compete)."""
+    """Median wall and process-CPU ms per call; several functions alternate call by call, so a change in the
+    load of a shared machine hits them alike (CPU time is the steadier figure when other processes compete)."""
     for fn in fns.values():
         fn()  # warm-up
     wall: dict[str, list[float]] = {k: [] for k in fns}
@@ -215,9 +215,11 @@ def _measure_step(variant: str, a: dict[str, Any]) -> dict[str, Any]:
         m.after_optimizer_step(0)
 
     type(m.contrast).forward = forward
-    t = _timed({"full": lambda: one(True), "without": lambda: one(False)}, a["iters"])
+    # The floor first and not interleaved: a step of the old loss frees and re-faults a gigabyte, which would
+    # be billed to the step after it.
+    floor = _timed({"without": lambda: one(False)}, a["iters"])["without"]
+    full = _timed({"full": lambda: one(True)}, a["iters"])["full"]
     type(m.contrast).forward = original
-    full, floor = t["full"], t["without"]
     return {
         "what": "step",
         "variant": variant,
