@@ -177,7 +177,7 @@ def _label(classes=(0, 1, 2, 3), shape=(2, 16, 16), seed=0):
 def test_contrastive_exact_value_aligned_reps():
     label = _label()
     table = _setup(label)
-    loss = _loss_fn()(label, None, lambda i: table[i], lambda i: table[i], torch.Generator().manual_seed(0))
+    loss = _loss_fn()(label, None, lambda i, v: table[i], lambda i, v: table[i], torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(_exact(0.5, 32), rel=1e-5)
 
 
@@ -186,8 +186,8 @@ def test_contrastive_aligned_lower_than_random():
     aligned = _setup(label)
     rnd = torch.randn(aligned.shape, generator=torch.Generator().manual_seed(3))
     fn = _loss_fn()
-    good = fn(label, None, lambda i: aligned[i], lambda i: aligned[i])
-    bad = fn(label, None, lambda i: rnd[i], lambda i: rnd[i])
+    good = fn(label, None, lambda i, v: aligned[i], lambda i, v: aligned[i])
+    bad = fn(label, None, lambda i, v: rnd[i], lambda i, v: rnd[i])
     assert float(good) < float(bad) - 1.0
 
 
@@ -197,7 +197,7 @@ def test_contrastive_absent_class_skipped_and_identity_kept():
     label = _label(classes=(0, 1, 3))
     table = _setup(label)
     fn = _loss_fn()
-    loss = fn(label, None, lambda i: table[i], lambda i: table[i])
+    loss = fn(label, None, lambda i, v: table[i], lambda i, v: table[i])
     assert loss.item() == pytest.approx(_exact(0.5, 32), rel=1e-5)
     fn.enqueue()
     assert fn.bank_valid[2].sum() == 0 and int(fn.ptr[2]) == 0
@@ -210,14 +210,14 @@ def test_contrastive_ignores_invalid_pixels():
     label = _label()
     valid = torch.rand(label.shape, generator=torch.Generator().manual_seed(5)) > 0.5
     table = _setup(label, valid)
-    loss = _loss_fn()(label, valid, lambda i: table[i], lambda i: table[i])
+    loss = _loss_fn()(label, valid, lambda i, v: table[i], lambda i, v: table[i])
     assert loss.item() == pytest.approx(_exact(0.5, 32), rel=1e-5)
 
 
 def test_contrastive_single_class_empty_bank_is_zero_with_graph():
     label = torch.zeros(2, 8, 8, dtype=torch.long)
     table = _setup(label).requires_grad_(True)
-    loss = _loss_fn()(label, None, lambda i: table[i], lambda i: table[i].detach())
+    loss = _loss_fn()(label, None, lambda i, v: table[i], lambda i, v: table[i].detach())
     assert float(loss.detach()) == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.isfinite(table.grad).all()
@@ -228,17 +228,17 @@ def test_contrastive_bank_negatives_and_ring():
     # step 1: only class 1 -> no negatives -> 0; its keys go to the bank
     l1 = torch.ones(1, 8, 8, dtype=torch.long)
     t1 = _setup(l1)
-    assert float(fn(l1, None, lambda i: t1[i], lambda i: t1[i])) == 0.0
+    assert float(fn(l1, None, lambda i, v: t1[i], lambda i, v: t1[i])) == 0.0
     fn.enqueue()
     assert int(fn.ptr[1]) == 16 and int(fn.bank_valid[1].sum()) == 16
     # step 2: only class 0 -> negatives come from the bank (class 1 keys, orthogonal) -> exact value
     l0 = torch.zeros(1, 8, 8, dtype=torch.long)
     t0 = _setup(l0)
-    assert float(fn(l0, None, lambda i: t0[i], lambda i: t0[i])) == pytest.approx(_exact(0.5, 32), rel=1e-5)
+    assert float(fn(l0, None, lambda i, v: t0[i], lambda i, v: t0[i])) == pytest.approx(_exact(0.5, 32), rel=1e-5)
     fn.enqueue()
     assert int(fn.ptr[1]) == 16  # class 1 absent: its bank is kept
     # wrap-around: 16 + 16 > 24
-    fn(l1, None, lambda i: t1[i], lambda i: t1[i])
+    fn(l1, None, lambda i, v: t1[i], lambda i, v: t1[i])
     fn.enqueue()
     assert int(fn.ptr[1]) == (16 + 16) % 24 and bool(fn.bank_valid[1, :24].all())
     assert not bool(fn.bank_valid[:, 24:].any())  # trash slot never valid
@@ -252,24 +252,24 @@ def test_contrastive_calls_reps_once_teacher_without_grad():
     table = _setup(label)
     calls = []
 
-    def student(i):
-        calls.append(("s", i.shape, torch.is_grad_enabled()))
+    def student(i, ok):
+        calls.append(("s", i.shape, ok.dtype, ok.shape, torch.is_grad_enabled()))
         return table[i]
 
-    def teacher(i):
-        calls.append(("t", i.shape, torch.is_grad_enabled()))
+    def teacher(i, ok):
+        calls.append(("t", i.shape, ok.dtype, ok.shape, torch.is_grad_enabled()))
         return table[i]
 
     _loss_fn()(label, None, student, teacher)
-    assert calls == [("s", (64,), True), ("t", (64,), False)]
+    assert calls == [("s", (64,), torch.bool, (64,), True), ("t", (64,), torch.bool, (64,), False)]
 
 
 def test_contrastive_deterministic_and_grad():
     label = _label()
     rnd = torch.randn(label.numel(), DIM, generator=torch.Generator().manual_seed(0), requires_grad=True)
     fn = _loss_fn()
-    a = fn(label, None, lambda i: rnd[i], lambda i: rnd[i], torch.Generator().manual_seed(7))
-    b = fn(label, None, lambda i: rnd[i], lambda i: rnd[i], torch.Generator().manual_seed(7))
+    a = fn(label, None, lambda i, v: rnd[i], lambda i, v: rnd[i], torch.Generator().manual_seed(7))
+    b = fn(label, None, lambda i, v: rnd[i], lambda i, v: rnd[i], torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and a.dtype == torch.float32
     a.backward()
     assert rnd.grad.abs().sum() > 0
@@ -356,8 +356,8 @@ def test_contrastive_end_to_end_with_backbone_and_head(name, shape):
     loss = fn(
         label,
         None,
-        lambda i: head.forward_at(s_out.features, i, spatial),
-        lambda i: teacher_head.forward_at(t_out.features, i, spatial),
+        lambda i, v: head.forward_at(s_out.features, i, spatial, v),
+        lambda i, v: teacher_head.forward_at(t_out.features, i, spatial, v),
     )
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0

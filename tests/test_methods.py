@@ -222,6 +222,22 @@ def test_finetune_never_runs_a_dense_representation_head(monkeypatch):
     assert torch.isfinite(out.loss)
 
 
+def test_finetune_head_gets_the_draw_validity(monkeypatch):
+    # Placeholder draws (short or absent classes) must reach the head as invalid rows, for student and teacher.
+    seen = []
+    original = RepresentationHead.forward_at
+
+    def spy(self, features, index, spatial_shape, valid=None):
+        seen.append((self.training, None if valid is None else (valid.dtype, tuple(valid.shape))))
+        return original(self, features, index, spatial_shape, valid)
+
+    monkeypatch.setattr(RepresentationHead, "forward_at", spy)
+    m = build("arco-finetune")
+    m.training_step(batch(), 0)
+    n = 3 * params_for("arco-finetune").num_queries
+    assert seen == [(True, (torch.bool, (n,))), (False, (torch.bool, (n,)))]
+
+
 def test_bad_arguments_are_named():
     cfg = params_for("supervised")
     with pytest.raises(ValueError, match="num_classes"):

@@ -107,6 +107,21 @@ def test_gather_interpolated_matches_interpolate(in_shape, out_shape):
     torch.testing.assert_close(gather_interpolated(feat, index, out_shape), rows, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("in_shape, out_shape", [((2, 3, 5, 7), (12, 16)), ((2, 2, 3, 4, 5), (6, 8, 10))])
+def test_gather_interpolated_gradient_matches_interpolate(in_shape, out_shape):
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(in_shape, generator=g, requires_grad=True)
+    twin = feat.detach().clone().requires_grad_(True)
+    mode = "bilinear" if len(out_shape) == 2 else "trilinear"
+    index = torch.randint(0, in_shape[0] * torch.Size(out_shape).numel(), (40,), generator=g)
+    index[1] = index[0]  # a repeated point accumulates
+    up = torch.randn(40, in_shape[1], generator=g)
+    (gather_interpolated(feat, index, out_shape) * up).sum().backward()
+    dense = F.interpolate(twin, size=out_shape, mode=mode, align_corners=False)
+    (dense.movedim(1, -1).reshape(-1, in_shape[1])[index] * up).sum().backward()
+    torch.testing.assert_close(feat.grad, twin.grad, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "channels, shapes",
     [

@@ -148,9 +148,11 @@ def _one_sampler(run: LoadedRun, inp: dict[str, Any], strategy: str, draws: int,
         index = torch.where(ok, index, index.new_full((), inp["label"].numel())).sort(dim=1).values
         index = torch.where(ok, index, 0)
         flat = index.reshape(-1)
-        query = F.normalize(m.rep_head.forward_at(inp["s"], flat, inp["spatial"]).float(), dim=-1).view(c, q, -1)
+        valid = ok.reshape(-1)  # placeholder draws stay out of the head's BatchNorm, as in training
+        query = F.normalize(m.rep_head.forward_at(inp["s"], flat, inp["spatial"], valid).float(), dim=-1)
+        query = query.view(c, q, -1)
         with torch.no_grad():
-            key = F.normalize(m.teacher_rep_head.forward_at(inp["t"], flat, inp["spatial"]).float(), dim=-1)
+            key = F.normalize(m.teacher_rep_head.forward_at(inp["t"], flat, inp["spatial"], valid).float(), dim=-1)
         loss = pixel_contrastive_loss(query, key.view(c, q, -1), ok, bank, bank_ok, cfg.num_negatives, cfg.tau, neg)
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         g = torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten() for gr, p in zip(grads, params)])

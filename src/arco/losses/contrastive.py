@@ -8,6 +8,14 @@ the sampled keys of the other classes in this batch and the per-class memory ban
 cross-entropy with the positive as target, averaged over the valid queries of a class, then over the classes
 that are present and have negatives. Classes are always addressed by their label value, so an absent class
 never shifts the others (the reference code's bug); absent classes contribute nothing.
+
+Cost: the negatives of C classes x Q queries x N draws come from a pool of ``P = C*Q + C*K`` keys (K = bank
+size per class). Similarities to the whole pool cost ``C*Q*P*dim`` multiply-adds (63 G at the paper's K = 30 000,
+dim 512); gathering the drawn keys would materialise ``(C, Q, N, dim)`` floats (1 GB). The "sampled" form
+computes just the drawn dot products (:func:`arco.losses.sampled_dot.sampled_dot`: a sampled matmul over the
+distinct drawn pairs on CPU, chunked gathers elsewhere; gradient by weighted bag sums). "auto" chooses per key
+table (this step's keys, the bank) by the number of products each form computes (``SAMPLED_ABOVE``). The bank
+is read in place, never concatenated.
 """
 
 from __future__ import annotations
@@ -19,10 +27,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from arco import sampling
+from arco._checks import choice
+from arco.losses.sampled_dot import masked_count, sampled_dot
 
-__all__ = ["PixelContrastiveLoss", "pixel_contrastive_loss"]
+__all__ = ["PixelContrastiveLoss", "pixel_contrastive_loss", "FORMS", "SAMPLED_ABOVE"]
 
-RepFn = Callable[[torch.Tensor], torch.Tensor]
+# rep_fn(index, valid) -> (N, dim): representations at flat positions ``index``; ``valid`` (bool, (N,)) marks
+# the real draws, the others are placeholders that must not shape BatchNorm statistics.
+RepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# How the query-negative similarities are computed; both forms are exact and give the same draws.
+FORMS = ("auto", "dense", "sampled")
+# "auto" computes a key table's similarities at the draws only ("sampled") when the dense product (table rows
+# x queries) has more than this many times as many entries as the draws landing in that table; otherwise one
+# dense matmul and a gather is cheaper. Crossover measured at 4 x 256 queries, 512 negatives, dim 512, on
+# CPU (benchmarks/bench_contrastive.py --crossover): about 6 table rows per negative with 1 thread.
+SAMPLED_ABOVE = 8
 
 
 def pixel_contrastive_loss(
@@ -34,48 +54,122 @@ def pixel_contrastive_loss(
     num_negatives: int = 512,
     tau: float = 0.5,
     generator: torch.Generator | None = None,
+    form: str = "auto",
 ) -> torch.Tensor:
     """InfoNCE of per-class queries against the class-mean positive and sampled negatives (eq. E.2/E.3).
 
     Args:
         query: ``(C, Q, dim)`` unit-norm student representations, row c holding class-c draws (with grad).
-        key: ``(C, Q, dim)`` unit-norm teacher representations at the same pixels (detached).
+        key: ``(C, Q, dim)`` unit-norm teacher representations at the same pixels (treated as constant).
         ok: ``(C, Q)`` bool, which draws are real.
-        bank: ``(C, K, dim)`` unit-norm teacher keys of earlier steps, row c of class c. bank_valid: ``(C,
-        K)`` bool.
+        bank: ``(C, K, dim)`` unit-norm teacher keys of earlier steps, row c of class c (constant; a view into
+            a larger buffer is read in place). bank_valid: ``(C, K)`` bool.
         num_negatives: negatives per query, drawn with replacement from the other classes' valid keys.
         tau: temperature.
         generator: for the negative draws (on the tensors' device).
+        form: ``"dense"`` computes each query's similarity to every key and gathers the drawn ones;
+            ``"sampled"`` computes only the drawn ``C * Q * num_negatives`` dot products (never materialising
+            the ``(C, Q, N, dim)`` keys); ``"auto"`` picks the cheaper per key table (current keys, bank).
+            Same draws, same loss and gradient up to float rounding.
 
     Returns:
-        Scalar float32; 0 attached to ``query``'s graph when no class has both queries and negatives.
+        Scalar, float32 at least (bf16/fp16 inputs are computed in float32, also under autocast); 0 attached
+        to ``query``'s graph when no class has both queries and negatives.
+    """
+    form = choice("form", form, FORMS, "pixel_contrastive_loss()")
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    with torch.autocast(query.device.type, enabled=False):
+        query = query.to(dtype)
+        key, bank = key.detach().to(dtype), bank.detach().to(dtype)
+        positive = F.normalize(torch.where(ok.unsqueeze(-1), key, 0).sum(1), dim=-1)  # (C, dim)
+        neg_idx, has_neg = _draw_negatives(ok, bank_valid, num_negatives, generator)
+        negatives = _negative_similarities(query, key, bank, neg_idx, form)
+        pos_sim = (query * positive.unsqueeze(1)).sum(-1, keepdim=True)
+        logits = torch.cat([pos_sim, negatives], dim=-1) / tau
+        per_query = logits.logsumexp(-1) - logits[..., 0]
+        count = ok.sum(1)
+        per_class = torch.where(ok, per_query, 0).sum(1) / count.clamp_min(1)
+        use = (count > 0) & has_neg
+        return torch.where(use, per_class, 0).sum() / use.sum().clamp_min(1)
+
+
+def _draw_negatives(
+    ok: torch.Tensor, bank_valid: torch.Tensor, num_negatives: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform draws with replacement among the other classes' valid entries of the pool [keys; bank].
+
+    Returns ``(C, Q, N)`` int64 positions into the virtual pool of ``C*Q + C*K`` rows (the keys flattened, then
+    the bank flattened) and ``(C,)`` bool, whether class c has any negative. Draw ``i`` of class c is the
+    ``r``-th (ascending) allowed position with ``r = min(floor(u_i * |allowed_c|), |allowed_c| - 1)``. The
+    valid positions are listed once by a scatter (static shape, no host sync, unlike ``nonzero``); class c's
+    own valid entries are two runs of that list (its keys, its bank), which ``r`` skips arithmetically.
+    """
+    c, q_num = ok.shape
+    device = ok.device
+    pool_ok = torch.cat([ok.reshape(-1), bank_valid.reshape(-1)])
+    p = pool_ok.numel()
+    rank_of = torch.where(pool_ok, pool_ok.long().cumsum(0) - 1, p)  # invalid entries go to a trash slot
+    valid_pos = torch.zeros(p + 1, dtype=torch.long, device=device)
+    valid_pos.scatter_(0, rank_of, torch.arange(p, device=device))
+    n_key, n_bank = ok.sum(1, keepdim=True), bank_valid.sum(1, keepdim=True)  # (C, 1)
+    key_start = n_key.cumsum(0) - n_key  # where class c's valid keys sit in the list of valid entries
+    bank_start = n_key.sum() + n_bank.cumsum(0) - n_bank
+    total = n_key.sum() + n_bank.sum() - n_key - n_bank  # (C, 1) allowed entries per class
+    u = torch.rand(c, q_num * num_negatives, generator=generator, device=device)
+    rank = (u * total).long().minimum(total - 1).clamp_min(0)
+    rank = rank + torch.where(rank >= key_start, n_key, 0)
+    rank = rank + torch.where(rank >= bank_start, n_bank, 0)
+    neg_idx = valid_pos[rank.clamp_max(p - 1)]
+    return neg_idx.view(c, q_num, num_negatives), total.squeeze(1) > 0
+
+
+def _negative_similarities(
+    query: torch.Tensor, key: torch.Tensor, bank: torch.Tensor, neg_idx: torch.Tensor, form: str
+) -> torch.Tensor:
+    """``(C, Q, N)`` cosine of each query with its drawn negatives, the key and bank tables handled apart.
+
+    Splitting the virtual pool into its two tables avoids concatenating (copying) the bank every step; each
+    table is read densely or at the draws only (``form``), and the draws pick from the right one.
     """
     c, q_num, dim = query.shape
-    okf = ok.to(query.dtype)
-    count = okf.sum(1)
-    positive = F.normalize((key * okf.unsqueeze(-1)).sum(1), dim=-1)  # (C, dim)
-    arange = torch.arange(c, device=query.device)
-    pool = torch.cat([key.reshape(-1, dim), bank.reshape(-1, dim).to(key.dtype)])
-    pool_class = torch.cat([arange.repeat_interleave(q_num), arange.repeat_interleave(bank.shape[1])])
-    pool_ok = torch.cat([ok.reshape(-1), bank_valid.reshape(-1)])
-    allowed = pool_ok.unsqueeze(0) & (pool_class.unsqueeze(0) != arange.unsqueeze(1))  # (C, P)
-    # Uniform draws with replacement among the allowed entries of each row: a uniform rank, located by
-    # searchsorted on the running count (no host sync, unlike a data-dependent nonzero).
-    cum = allowed.long().cumsum(1)
-    total = cum[:, -1:]
-    has_neg = total.squeeze(1) > 0
-    u = torch.rand(c, q_num * num_negatives, generator=generator, device=query.device)
-    rank = (u * total).long().minimum(total - 1) + 1
-    neg_idx = torch.searchsorted(cum, rank).clamp_max(pool.shape[0] - 1)
-    # Similarities to the whole pool (C*Q*P floats) cost far less than gathering C*Q*N key vectors.
-    sim = torch.einsum("cqd,pd->cqp", query, pool)
-    negatives = sim.gather(2, neg_idx.view(c, q_num, num_negatives))
-    pos_sim = (query * positive.unsqueeze(1)).sum(-1, keepdim=True)
-    logits = torch.cat([pos_sim, negatives], dim=-1) / tau
-    per_query = logits.logsumexp(-1) - logits[..., 0]
-    per_class = (per_query * okf).sum(1) / count.clamp_min(1.0)
-    use = ((count > 0) & has_neg).to(per_class.dtype)
-    return (per_class * use).sum() / use.sum().clamp_min(1.0)
+    n = neg_idx.shape[-1]
+    m = c * q_num
+    flat_q = query.reshape(m, dim)
+    idx = neg_idx.view(m, n)
+    from_key = idx < m
+    sim = _table_similarities(flat_q, key.reshape(m, dim), idx.clamp_max(m - 1), from_key, form)
+    k = bank.shape[1]
+    if k > 0:
+        table, stride = _row_table(bank)
+        j = (idx - m).clamp_min(0)
+        from_bank = _table_similarities(flat_q, table, (j // k) * stride + j % k, ~from_key, form)
+        sim = torch.where(from_key, sim, from_bank)
+    return sim.view(c, q_num, n)
+
+
+def _row_table(bank: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``bank (C, K, dim)`` as a ``(R, dim)`` row table without a copy when its classes are row blocks of one
+    buffer (the module's ring buffer with its trash slot); row of ``(c, k)`` = ``c * stride + k``."""
+    c, k, dim = bank.shape
+    s0, s1, s2 = bank.stride()
+    if s2 == 1 and s1 == dim and s0 % dim == 0 and s0 >= k * dim:
+        stride = s0 // dim if c > 1 else k
+        return bank.as_strided(((c - 1) * stride + k, dim), (dim, 1)), stride
+    return bank.reshape(c * k, dim), k
+
+
+def _table_similarities(
+    query: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, form: str
+) -> torch.Tensor:
+    """``(M, N)``: ``query[m] . table[rows[m, n]]`` where ``mask`` (elsewhere anything finite), either densely
+    (every query against every row, then gather: ``M * R`` products) or at the draws only (the products
+    :func:`masked_count` says, at several times the cost of a dense one: ``SAMPLED_ABOVE``)."""
+    if form == "auto":
+        dense_work = table.shape[0] * rows.shape[0]
+        form = "dense" if dense_work <= SAMPLED_ABOVE * masked_count(mask) else "sampled"
+    if form == "dense":
+        return (query @ table.T).gather(1, rows)
+    return sampled_dot(query, table, rows, mask)
 
 
 class PixelContrastiveLoss(nn.Module):
@@ -90,13 +184,16 @@ class PixelContrastiveLoss(nn.Module):
         num_negatives: negatives per query (paper: 512).
         tau: temperature (paper: 0.5).
         bank_size: keys kept per class.
+        form: how query-negative similarities are computed (:data:`FORMS`, see :func:`pixel_contrastive_loss`).
 
     ``forward(label, valid, rep_student, rep_teacher, generator=None)``:
         label ``(B, *S)`` int64 (GT on labeled, pseudo-labels on unlabeled images), valid ``(B, *S)`` bool or
-        None (labeled or confident pixels), ``rep_student(index) -> (N, dim)`` with grad and
-        ``rep_teacher(index)`` (called under ``no_grad``) map flat positions into ``(B, *S)`` to
-        representations. Each is called once, on all ``C * num_queries`` draws. The teacher keys are stored
-        for :meth:`enqueue`. ``generator`` (on the label's device) drives the sampler and the negative draws.
+        None (labeled or confident pixels), ``rep_student(index, ok) -> (N, dim)`` with grad and
+        ``rep_teacher(index, ok)`` (called under ``no_grad``) map flat positions into ``(B, *S)`` to
+        representations. Each is called once, on all ``C * num_queries`` draws; ``ok`` (bool ``(N,)``) is False
+        for the placeholder slots of classes with fewer candidates than queries, which must not enter BatchNorm
+        statistics (``RepresentationHead.forward_at(..., valid=ok)``). The teacher keys are stored for
+        :meth:`enqueue`. ``generator`` (on the label's device) drives the sampler and the negative draws.
 
     ``enqueue()`` (after the optimiser step) writes this step's valid teacher keys of each class into that
     class's ring buffer (at most ``min(num_queries, bank_size)`` per class; a class absent this step keeps its
@@ -113,6 +210,7 @@ class PixelContrastiveLoss(nn.Module):
         num_negatives: int = 512,
         tau: float = 0.5,
         bank_size: int = 2048,
+        form: str = "auto",
     ) -> None:
         super().__init__()
         if min(num_classes, dim, num_queries, num_negatives, bank_size) < 1 or tau <= 0:
@@ -122,6 +220,7 @@ class PixelContrastiveLoss(nn.Module):
                 f"tau={tau}"
             )
         self.num_classes, self.dim, self.strategy, self.grid = num_classes, dim, strategy, grid
+        self.form = choice("form", form, FORMS, "PixelContrastiveLoss")
         self.num_queries, self.num_negatives, self.tau, self.bank_size = (
             num_queries,
             num_negatives,
@@ -157,10 +256,10 @@ class PixelContrastiveLoss(nn.Module):
         index, ok = sampling.sample_per_class(
             label, c, q_num, self.strategy, grid=self.grid, valid=valid, generator=generator
         )
-        flat = index.reshape(-1)
-        query = F.normalize(rep_student(flat).float(), dim=-1).view(c, q_num, -1)
+        flat, flat_ok = index.reshape(-1), ok.reshape(-1)
+        query = F.normalize(rep_student(flat, flat_ok).float(), dim=-1).view(c, q_num, -1)
         with torch.no_grad():
-            key = F.normalize(rep_teacher(flat).float(), dim=-1).view(c, q_num, -1)
+            key = F.normalize(rep_teacher(flat, flat_ok).float(), dim=-1).view(c, q_num, -1)
         if query.shape[-1] != self.dim:
             raise ValueError(f"PixelContrastiveLoss: representations have {query.shape[-1]} channels, dim={self.dim}")
         self._pending = (key, ok)
@@ -174,6 +273,7 @@ class PixelContrastiveLoss(nn.Module):
             self.num_negatives,
             self.tau,
             generator,
+            self.form,
         )
 
     @torch.no_grad()

@@ -384,12 +384,12 @@ class ArcoFinetuneMethod(_ArcoBase):
         spatial = tuple(x.shape[2:])
         s_feats, t_feats = out.features, views.teacher_feats
 
-        def rep_student(index: torch.Tensor) -> torch.Tensor:
-            return self.rep_head.forward_at(s_feats, index, spatial)
+        def rep_student(index: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+            return self.rep_head.forward_at(s_feats, index, spatial, ok)
 
-        def rep_teacher(index: torch.Tensor) -> torch.Tensor:
+        def rep_teacher(index: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return self.teacher_rep_head.forward_at(t_feats, index, spatial)
+                return self.teacher_rep_head.forward_at(t_feats, index, spatial, ok)
 
         loss_contrast = self.contrast(label, valid, rep_student, rep_teacher, g)
         s_embed = self.predictor_head(self.projector(_pool(out.bottleneck[bl:])))

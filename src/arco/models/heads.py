@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arco.models.norm import MaskedBatchNorm1d
+
 __all__ = ["RepresentationHead", "ProjectionHead", "PredictionHead", "gather_interpolated"]
 
 
@@ -34,7 +36,9 @@ def gather_interpolated(feature: torch.Tensor, index: torch.Tensor, spatial_shap
     """
     c = feature.shape[1]
     small = feature.shape[2:]
-    rows = feature.movedim(1, -1).reshape(-1, c)
+    # Index the (B, C, *s) map in place: a channels-last copy of every level (and its backward, an index_add
+    # into a (B * prod(s), C) buffer) cost far more than the few thousand points gathered.
+    planes = feature.reshape(feature.shape[0], c, -1)
     # Decompose the flat index into (batch, *coords) with integer arithmetic (row-major).
     rest = index
     coords = []
@@ -51,16 +55,18 @@ def gather_interpolated(feature: torch.Tensor, index: torch.Tensor, spatial_shap
         lo.append(i0)
         hi.append((i0 + 1).clamp_max(n - 1))
         frac.append((src - i0.to(src.dtype)).clamp(0, 1))
-    out = feature.new_zeros(index.shape[0], c)
-    for corner in itertools.product((0, 1), repeat=len(small)):
-        flat = batch
-        weight = None
+    flats, weights = [], []
+    for corner in itertools.product((0, 1), repeat=len(small)):  # 4 (2D) or 8 (3D) corners, gathered at once
+        flat = torch.zeros_like(index)
+        weight = torch.ones_like(frac[0])
         for axis, bit in enumerate(corner):
             flat = flat * small[axis] + (hi[axis] if bit else lo[axis])
-            w = frac[axis] if bit else 1 - frac[axis]
-            weight = w if weight is None else weight * w
-        out = out + rows.index_select(0, flat) * weight.to(rows.dtype).unsqueeze(1)
-    return out
+            weight = weight * (frac[axis] if bit else 1 - frac[axis])
+        flats.append(flat)
+        weights.append(weight)
+    position = torch.stack(flats)  # (corners, N)
+    values = planes[batch.expand_as(position), :, position]  # (corners, N, C)
+    return (values * torch.stack(weights).to(values.dtype).unsqueeze(-1)).sum(0)
 
 
 class RepresentationHead(nn.Module):
@@ -69,7 +75,8 @@ class RepresentationHead(nn.Module):
     Each pyramid level is brought to full resolution by (bi/tri)linear interpolation and the levels are
     concatenated (equivalently: a 1x1 conv per level, then added), followed by pointwise
     ``Linear - BN - ReLU - Linear`` layers. Because interpolation commutes with the pointwise layers,
-    ``forward_at`` evaluates the head only at sampled pixels.
+    ``forward_at`` evaluates the head only at sampled pixels. The BatchNorm is a :class:`MaskedBatchNorm1d`
+    (``state_dict`` keys of ``nn.BatchNorm1d``), so placeholder draws can be kept out of its statistics.
 
     Args:
         in_channels: channels of each feature level, coarse -> fine (e.g. ``model.feature_channels``).
@@ -101,7 +108,7 @@ class RepresentationHead(nn.Module):
         self.spatial_dims = spatial_dims
         self.mlp = nn.Sequential(
             nn.Linear(sum(self.in_channels), hidden),
-            nn.BatchNorm1d(hidden),
+            MaskedBatchNorm1d(hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, dim),
         )
@@ -116,19 +123,28 @@ class RepresentationHead(nn.Module):
             )
 
     def forward_at(
-        self, features: Sequence[torch.Tensor], index: torch.Tensor, spatial_shape: Sequence[int]
+        self,
+        features: Sequence[torch.Tensor],
+        index: torch.Tensor,
+        spatial_shape: Sequence[int],
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Representations ``(N, dim)`` at flat positions ``index`` (long, ``(N,)``) into ``(B,
         *spatial_shape)``.
 
-        In training mode BatchNorm normalises over the ``N`` points, so ``N >= 2`` is needed.
+        In training mode BatchNorm normalises over the ``N`` points, or, given ``valid`` (bool ``(N,)``), over
+        the valid ones only: invalid rows (placeholder draws) still get an output but leave the batch and
+        running statistics untouched. Fewer than two valid rows update nothing.
         """
         self._check(features)
         spatial_shape = tuple(int(s) for s in spatial_shape)
         if len(spatial_shape) != self.spatial_dims:
             raise ValueError(f"RepresentationHead: spatial_shape must have {self.spatial_dims} entries")
         rows = torch.cat([gather_interpolated(f, index, spatial_shape) for f in features], dim=1)
-        return self.mlp(rows)
+        if valid is None:
+            return self.mlp(rows)
+        fuse, norm, act, out = self.mlp
+        return out(act(norm(fuse(rows), valid)))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Dense ``(B, dim, *S)`` map at the finest level's resolution (tests and small inputs only)."""
