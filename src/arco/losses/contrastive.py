@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arco import sampling
+from arco._dist import gather_cat
 
 __all__ = ["PixelContrastiveLoss", "pixel_contrastive_loss"]
 
@@ -183,7 +184,9 @@ class PixelContrastiveLoss(nn.Module):
             return
         key, ok = self._pending
         self._pending = None
-        m = min(self.num_queries, self.bank_size)
+        # DDP: push the keys of every rank, in rank order (C, ranks * Q), so every rank holds the same bank.
+        key, ok = gather_cat(key, dim=1), gather_cat(ok, dim=1)
+        m = min(key.shape[1], self.bank_size)
         key, ok = key[:, :m], ok[:, :m]
         rank = ok.long().cumsum(1) - 1
         slot = torch.where(ok, (self.ptr.unsqueeze(1) + rank) % self.bank_size, self.bank_size)
