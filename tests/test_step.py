@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _tiny import params_for, run_method, tiny_data
-from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec
+from _tiny import MODEL2D, params_for, run_method, tiny_data
+from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, seed_everything
 from arco.engine.loop import _Trainer
 from arco.engine.optim import Optimizers, fast_kwargs
 from arco.methods import Batch, ModelConfig, build_method, get_method, method_names
@@ -187,8 +187,12 @@ def test_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_student_trains_like_eager(tmp_path):
-    """A real torch.compile of the student (inductor; minutes on a small CPU)."""
+def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
+    """A real torch.compile of the student (inductor; minutes on a small CPU). Dropout off: compiled code draws its
+    masks from another generator than eager code."""
+    import arco.models.unet as unet
+
+    monkeypatch.setattr(unet, "UNET_DROPOUT", (0.0,) * len(unet.UNET_DROPOUT))
     data = tiny_data(2)
     eng = {"device": "cpu", "log_every": 2, "val_every": 0, "progress": False}
     eager, _ = run_method(tmp_path / "eager", "supervised", data, 2, engine=EngineConfig(**eng))
@@ -196,7 +200,9 @@ def test_compiled_student_trains_like_eager(tmp_path):
         warnings.simplefilter("always")
         compiled, _ = run_method(tmp_path / "c", "supervised", data, 2, engine=EngineConfig(**eng, compile=True))
     assert not [w for w in caught if "engine.compile" in str(w.message)], "compilation fell back to eager"
+    seed_everything(0)
+    start = _states(build_method("supervised", params_for("supervised"), 3, 2, MODEL2D))
     a, b = _states(eager), _states(compiled)
-    for k in a:
+    for k in a:  # inductor reorders float sums: measured <= 3 % of the two steps' update, allowed 10 %
         if a[k].is_floating_point():
-            assert (a[k] - b[k]).norm() <= 1e-3 * a[k].norm() + 1e-6, k
+            assert (a[k] - b[k]).norm() <= 0.1 * (a[k] - start[k]).norm() + 1e-6, k

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,6 +41,7 @@ from arco._lock import run_lock
 __all__ = [
     "barrier",
     "broadcast_object",
+    "check_global_batch",
     "gather_objects",
     "init_process_group",
     "is_distributed",
@@ -53,6 +55,8 @@ __all__ = [
     "state_checksum",
     "world_size",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: How long ranks wait for each other in a collective (rank 0 validates while the others wait).
 TIMEOUT = datetime.timedelta(hours=2)
@@ -91,6 +95,21 @@ def per_rank_batch(stage: str, key: str, global_batch: int, world: int) -> int:
             f"(e.g. {world * max(1, round(global_batch / world))}), or train on {ok} ranks."
         )
     return global_batch // world
+
+
+def check_global_batch(stage: str, schedule: Any, needs_unlabeled: bool, sync_bn: bool) -> None:
+    """Fail when the ranks do not divide the stage's global batch; warn when each rank gets a single image and
+    BatchNorm is not synchronised (heads normalising one vector per image fail on it)."""
+    world = world_size()
+    per_rank = [per_rank_batch(stage, "batch_labeled", schedule.batch_labeled, world)]
+    if needs_unlabeled:
+        per_rank.append(per_rank_batch(stage, "batch_unlabeled", schedule.batch_unlabeled, world))
+    if min(per_rank) == 1 and world > 1 and not sync_bn and is_main():
+        logger.warning(
+            "%s: each of the %d ranks trains on 1 image per batch; BatchNorm layers that see one vector per image "
+            "(projection heads) cannot normalise it: set engine.sync_bn=true or a larger global batch",
+            stage, world,
+        )  # fmt: skip
 
 
 def barrier() -> None:

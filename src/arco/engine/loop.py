@@ -436,10 +436,7 @@ def fit(
     """
     if method.needs_unlabeled and getattr(data, "unlabeled", None) is None:
         raise ArcoError(f"method {method.name!r} needs unlabeled images but the dataset provides none")
-    world, sched = dist.world_size(), stage.schedule
-    dist.per_rank_batch(stage.name, "batch_labeled", sched.batch_labeled, world)
-    if method.needs_unlabeled:
-        dist.per_rank_batch(stage.name, "batch_unlabeled", sched.batch_unlabeled, world)
+    dist.check_global_batch(stage.name, stage.schedule, method.needs_unlabeled, engine.sync_bn)
     run_dir = Path(run_dir)
     with dist.main_lock(run_dir, "stage folder"):
         if dist.is_main():
