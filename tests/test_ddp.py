@@ -255,3 +255,47 @@ def test_every_method_trains_under_ddp_with_identical_replicas(tmp_path):
     spawn(_all_methods_worker, 2, tmp_path)
     for r in range(2):
         assert (tmp_path / f"done-rank{r}.txt").read_text().split("\n") == list(method_names())
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def test_nproc_checks_the_global_batch_before_launching(tmp_path, capsys):
+    from _tiny import train_argv
+    from arco.cli import main
+
+    sets = ("schedule.batch_labeled=3",)
+    extra = ("--method", "supervised", "--iterations", "1", "--nproc", "2")
+    assert main(train_argv(tmp_path / "data", tmp_path / "run", sets, extra)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "supervised.batch_labeled=3 is the GLOBAL batch size" in err and "divisible by the number of ranks (2)" in err
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_arco_train_nproc_runs_torchrun_and_resumes(tmp_path):
+    """`arco train --nproc 2` through torchrun (2 CPU processes): one log, one summary line, and --resume."""
+    import subprocess
+    import sys
+
+    from _tiny import read_log, train_argv
+
+    sets = ("schedule.batch_labeled=4", "schedule.batch_unlabeled=4", "engine.deterministic=false")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def train(iterations: int, *extra: str) -> subprocess.CompletedProcess:
+        argv = train_argv(tmp_path / "data", tmp_path / "run", sets, ("--method", "supervised", "--iterations",
+                          str(iterations), "--nproc", "2", *extra))  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "arco", *argv], capture_output=True, text=True, env=env, timeout=600
+        )
+
+    first = train(2)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("supervised: 2/2 iterations") == 1  # rank 0 alone reports
+    second = train(4, "--resume")
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = read_log(tmp_path / "run" / "supervised" / "log.csv")
+    assert [r["iteration"] for r in rows] == ["1", "2", "3", "4"]
+    last = torch.load(tmp_path / "run" / "supervised" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["iteration"] == 4 and len(last["ranks"]) == 2

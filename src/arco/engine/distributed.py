@@ -80,7 +80,12 @@ def is_main() -> bool:
 
 def rank_device(device: torch.device) -> torch.device:
     """Under DDP a plain ``cuda`` device means this rank's GPU (the CLI sets it from ``LOCAL_RANK``)."""
-    if is_distributed() and device.type == "cuda" and device.index is None:
+    if is_distributed() and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"engine.device={str(device)!r} names one GPU, but under DDP each process trains on its own GPU "
+                "(its LOCAL_RANK): set engine.device=cuda or auto, and choose GPUs with CUDA_VISIBLE_DEVICES"
+            )
         return torch.device("cuda", torch.cuda.current_device())
     return device
 
