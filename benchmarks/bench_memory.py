@@ -12,7 +12,7 @@ Steps, each phase in its own process tree (so the figures do not mix):
    elliptic body, a liver and 1-3 tumours, noise; labels 0 bg / 1 liver / 2 tumour; .nii.gz), vectorised;
 2. ``arco data preprocess WORK/raw --out WORK/pp --dataset lits`` (median spacing, CT window, body crop), then the
    same command again (an unchanged source: fingerprints only);
-3. ``arco train --stage supervised`` from ``WORK/pp`` (2D, LiTS preset 256x256, ``--iters`` iterations, batch
+3. ``arco train --method supervised`` from ``WORK/pp`` (2D, LiTS preset 256x256, ``--iters`` iterations, batch
    ``--batch``): the loop alone once per ``--workers`` value, and once with validation on the val cases at the end
    (``--val``);
 4. the baseline measured in the same run: the in-memory ``lits`` loader (`arco.data.build_data`) on the raw

@@ -1,34 +1,50 @@
-"""Stage-2 (arco-finetune) step cost per sampler, and the gain of evaluating the representation head only at
-sampled pixels versus a dense full-resolution head.
+"""ARCO stage-2 (arco-finetune) training step per sampler, against the network-only floor measured in the same run.
 
-For each preset and variant it prints ms per iteration (forward + backward + SGD step + EMA/bank updates), the
-peak memory (CUDA: max allocated; CPU: peak RSS of a fresh worker process per variant) and the share of the
-step spent in pixel sampling and in the whole contrastive loss (sampling + head at sampled pixels + InfoNCE),
-timed around those calls. Ratios are computed within the same run.
+For each sampler it reports ms per step (the engine's own step: forward under the engine's precision, backward,
+fused SGD, EMA teachers and bank updates), the peak memory and the *contrastive share*: the fraction of the step
+spent in the pixel contrastive loss call (sampling + representation head at the sampled pixels + InfoNCE against
+the banks), timed around that call with device synchronisation. The *network-only* row is the floor: the student's
+forward/backward on the labeled + strong unlabeled batch (a supervised loss on it), the teacher's forwards on the weak
+and the mixed batch, the SGD step and the EMA update, no ARCO loss. The banks are full (random unit keys, all
+valid) before timing, as after the first ``bank / queries`` steps of a run; every pseudo-label counts (confidence 0),
+the heaviest case for the contrastive loss.
 
-    python benchmarks/bench_step.py                       # CPU: cpu preset, 5 iterations; acdc preset, 2
-    python benchmarks/bench_step.py --presets acdc --iters 20 --device cuda
+The contrastive share times the loss *call* (its forward; sampling, head and InfoNCE), not its backward, which runs
+inside the step's ``backward()``. ``--ablate`` adds, per sampler, the same step with the contrastive loss replaced by
+a constant; ``ablated_share = 1 - ms(without) / ms(with)`` is then the loss's whole cost, forward and backward.
+
+Each measurement runs in a fresh spawned process: peak memory is ``max_memory_allocated`` on CUDA (everything the
+step holds: weights, optimiser state, banks, activations) and, on CPU, the growth of the peak resident set over the
+resident set after set-up (model, optimiser, banks and batches built; the peak counter reset there where Linux
+allows it), warm-up steps included.
+
+    python benchmarks/bench_step.py                                  # CPU preset, ns/sg/sag + network floor
+    python benchmarks/bench_step.py --preset paper --device cuda     # paper size: 4+4 x 256^2, 512-d, full banks
+    python benchmarks/bench_step.py --size 128 --batch 2 --queries 256 --negatives 512 --bank 30000 --dim 512 \\
+        --sampler sg --iters 3 --threads 2 --device cpu --json       # any shape; one JSON object per measurement
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import multiprocessing as mp
 import time
+from pathlib import Path
 from typing import Any
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Paper / acdc preset: 256x256, batch 4 + 4, D = 512, 256 queries x 512 negatives.
-    "acdc": {"size": 256, "bl": 4, "bu": 4, "dim": 512, "queries": 256, "negatives": 512, "bank": 2048},
-    # CPU-sized (the demo preset): 64x64, batch 2 + 2, D = 64, 64 queries x 128 negatives.
-    "cpu": {"size": 64, "bl": 2, "bu": 2, "dim": 64, "queries": 64, "negatives": 128, "bank": 512},
+PRESETS: dict[str, dict[str, int]] = {
+    # CPU-sized: 64x64, batch 2 + 2, D = 64, 64 queries x 128 negatives, bank 512 per class.
+    "cpu": {"size": 64, "batch": 2, "dim": 64, "queries": 64, "negatives": 128, "bank": 512, "iters": 5},
+    # The paper / acdc setting: 256x256, batch 4 + 4, D = 512, 256 queries x 512 negatives, 30 000 keys per class.
+    "paper": {"size": 256, "batch": 4, "dim": 512, "queries": 256, "negatives": 512, "bank": 30000, "iters": 20},
 }
-VARIANTS = ("ns", "sg", "sag", "sg-dense")
+SAMPLERS = ("ns", "sg", "sag")
+NUM_CLASSES = 4
 
 
 def _labels(b: int, size: int, generator: Any) -> Any:
-    """Phantom-like label maps: three nested blobs (classes 1-3) at random centres on background 0."""
+    """Phantom-like label maps: three nested discs (classes 1-3) at random centres on background 0."""
     import torch
 
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -37,155 +53,229 @@ def _labels(b: int, size: int, generator: Any) -> Any:
     return torch.where(r < 0.08, 3, torch.where(r < 0.13, 2, torch.where(r < 0.2, 1, 0))).long()
 
 
-@contextlib.contextmanager
-def _dense_head():
-    """Make ``forward_at`` run the dense full-resolution head and then gather (the naive implementation)."""
-    from arco.models import RepresentationHead
-
-    original = RepresentationHead.forward_at
-
-    def dense_at(self, features, index, spatial_shape):
-        dense = self.forward(features)  # (B, D, *S) at full resolution
-        return dense.movedim(1, -1).reshape(-1, self.dim)[index]
-
-    RepresentationHead.forward_at = dense_at
-    try:
-        yield
-    finally:
-        RepresentationHead.forward_at = original
-
-
-def _measure(preset: str, variant: str, iters: int, device_name: str, threads: int) -> dict[str, float]:
-    import resource
-
+def _batch(size: int, b: int, seed: int) -> Any:
     import torch
 
-    import arco.losses.contrastive as contrastive
-    from arco.methods import Batch, ModelConfig
+    from arco.methods import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    lab, unl = _labels(b, size, g), _labels(b, size, g)
+
+    def image(x: torch.Tensor) -> torch.Tensor:
+        return x.float()[:, None] / 3 + 0.1 * torch.randn(x.shape[0], 1, size, size, generator=g)
+
+    return Batch(image(lab), lab, image(unl))
+
+
+def _status_kib(field: str) -> int:
+    """``VmHWM`` (peak) or ``VmRSS`` (current) resident set of this process, KiB (peak from getrusage elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _fill_banks(method: Any) -> None:
+    """Full banks: every slot of every bank/queue of the method's loss modules holds a valid random unit key."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator(device="cpu").manual_seed(1)
+    for module in method.modules().values():
+        for name, buf in module.named_buffers():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("bank", "queue") and buf.is_floating_point():
+                buf.copy_(F.normalize(torch.randn(buf.shape, generator=g), dim=-1).to(buf.device, buf.dtype))
+            elif leaf in ("bank_valid",):
+                buf.fill_(True)
+
+
+class _Floor:
+    """The network-only step of stage 2, with the method's own student, teacher and optimiser."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.t = trainer
+        self.m = trainer.method
+
+    def __call__(self, batch: Any, it: int) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        t, m = self.t, self.m
+        batch = batch.to(t.device)
+        bl = batch.image_l.shape[0]
+        with t.autocast():
+            with torch.no_grad():
+                m.teacher(batch.image_u)
+                m.teacher(torch.cat([batch.image_l, batch.image_u]))
+            out = m.student(torch.cat([batch.image_l, batch.image_u]))
+            loss = F.cross_entropy(out.logits[:bl].float(), batch.label_l) + out.logits[bl:].float().square().mean()
+        t.optimizers.zero_grad()
+        loss.backward()
+        t.optimizers.step(t.scaler)
+        m.update_teachers(0.99)
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement (``spec["what"]`` = ``"arco"`` or ``"network"``) in this process; returns the JSON row."""
+    import torch
+
+    from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec
+    from arco.engine.loop import _Trainer
+    from arco.losses.contrastive import PixelContrastiveLoss
+    from arco.methods import ModelConfig
     from arco.methods.arco import ArcoFinetuneConfig, ArcoFinetuneMethod
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    p = PRESETS[preset]
-    device = torch.device(device_name)
-    sampler = variant.split("-")[0]
-    cfg = ArcoFinetuneConfig(
-        sampler=sampler,
-        num_queries=p["queries"],
-        num_negatives=p["negatives"],
-        bank_size=p["bank"],
-        confidence=0.0,
-    )
+    if spec["threads"] > 0:
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    cfg = ArcoFinetuneConfig(sampler=spec["sampler"], num_queries=spec["queries"], num_negatives=spec["negatives"],
+                             bank_size=spec["bank"], confidence=0.0)  # fmt: skip
     torch.manual_seed(0)
-    m = ArcoFinetuneMethod(cfg, 4, 2, ModelConfig(arch="unet", dim=p["dim"], hidden_dim=p["dim"]))
-    m.setup(device, 0)
-    m.train(True)
-    opt = torch.optim.SGD(m.param_groups(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(0)
-    s, bl, bu = p["size"], p["bl"], p["bu"]
-    label = _labels(bl, s, g)
-    batch = Batch(
-        (label.float()[:, None] / 3 + 0.1 * torch.randn(bl, 1, s, s, generator=g)),
-        label,
-        (_labels(bu, s, g).float()[:, None] / 3 + 0.1 * torch.randn(bu, 1, s, s, generator=g)),
-    ).to(device)
+    method = ArcoFinetuneMethod(cfg, NUM_CLASSES, 2, ModelConfig(arch="unet", dim=spec["dim"], hidden_dim=spec["dim"]))
+    data = argparse.Namespace(spatial_dims=2, val=[], labeled=None, unlabeled=None)
+    engine = EngineConfig(device=spec["device"], precision=spec["precision"], progress=False,
+                          channels_last=spec["channels_last"], compile=spec["compile"])  # fmt: skip
+    stage = StageSpec(
+        "bench", ScheduleConfig(iterations=10**6, batch_labeled=spec["batch"], batch_unlabeled=spec["batch"])
+    )
+    trainer = _Trainer(method, data, stage, OptimConfig(), engine, Path("."), {}, "default")
+    trainer.prepare()
+    method.train(True)
+    with torch.no_grad():
+        _fill_banks(method)
+    step = _Floor(trainer) if spec["what"] == "network" else trainer.step
+    batches = [_batch(spec["size"], spec["batch"], seed) for seed in range(4)]
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    timers = {"sampling": 0.0, "contrast": 0.0}
+    # Peak memory of the steps (warm-up included) over what the set-up holds: model, optimiser, banks, batches.
+    _reset_peak_rss()
+    base_kib = _status_kib("VmRSS")
+    for it in range(spec["warmup"]):
+        step(batches[it % len(batches)], it)
+    sync()
+    in_loss = [0.0]
+    original = PixelContrastiveLoss.forward
 
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            sync()
-            t = time.perf_counter()
-            out = fn(*a, **k)
-            sync()
-            timers[name] += time.perf_counter() - t
-            return out
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sync()
+        t0 = time.perf_counter()
+        out = original(self, *args, **kwargs)
+        sync()
+        in_loss[0] += time.perf_counter() - t0
+        return out
 
-        return wrapper
+    if spec["what"] == "arco-no-contrast":
 
-    orig_sample = contrastive.sampling.sample_per_class
-    orig_forward = type(m.contrast).forward
-    ctx = _dense_head() if variant.endswith("dense") else contextlib.nullcontext()
-    with ctx:
-        step = 0
+        def timed(self: Any, label: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: F811 - the ablation
+            return label.new_zeros((), dtype=torch.float32)
 
-        def one() -> None:
-            nonlocal step
-            out = m.training_step(batch, step)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            m.after_optimizer_step(step)
-            step += 1
-
-        one()  # warm-up
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        contrastive.sampling.sample_per_class = timed("sampling", orig_sample)
-        type(m.contrast).forward = timed("contrast", orig_forward)
-        try:
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                one()
-            sync()
-            total = time.perf_counter() - t0
-        finally:
-            contrastive.sampling.sample_per_class = orig_sample
-            type(m.contrast).forward = orig_forward
+    PixelContrastiveLoss.forward = timed
+    try:
+        sync()
+        t0 = time.perf_counter()
+        for it in range(spec["iters"]):
+            step(batches[it % len(batches)], spec["warmup"] + it)
+        sync()
+        total = time.perf_counter() - t0
+    finally:
+        PixelContrastiveLoss.forward = original
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "ms": 1000 * total / iters,
-        "peak_mb": peak,
-        "sampling_share": timers["sampling"] / total,
-        "contrast_share": timers["contrast"] / total,
-    }
+        peak_mb = max(_status_kib("VmHWM") - base_kib, 0) / 1024
+    return {**spec, "ms": 1000 * total / spec["iters"], "peak_mb": round(peak_mb, 1),
+            "contrast_share": in_loss[0] / total, "torch": torch.__version__}  # fmt: skip
 
 
-def _worker(args: tuple, queue: Any) -> None:
-    queue.put(_measure(*args))
+def _worker(spec: dict[str, Any], queue: Any) -> None:
+    queue.put(measure(spec))
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`measure` in a fresh spawned process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(spec, queue))
+    proc.start()
+    row = queue.get()
+    proc.join()
+    return row
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="cpu (default on CPU) or paper (on CUDA)")
+    for key in ("size", "batch", "queries", "negatives", "bank", "dim", "iters"):
+        ap.add_argument(f"--{key}", type=int, default=None, help=f"override the preset's {key}")
+    ap.add_argument("--sampler", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocations, autotuning)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--channels-last", action="store_true", help="engine.channels_last")
+    ap.add_argument("--compile", action="store_true", help="engine.compile (the student's forward)")
+    ap.add_argument("--no-floor", action="store_true", help="skip the network-only row")
+    ap.add_argument("--ablate", action="store_true", help="also time each step without the contrastive loss")
+    ap.add_argument("--json", action="store_true", help="print one JSON object per measurement instead of a table")
+    return ap
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["cpu", "acdc"], choices=sorted(PRESETS))
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--iters", type=int, default=0, help="timed iterations (default: 5 on CPU presets, acdc 2)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
-    args = ap.parse_args()
-
+    args = _parser().parse_args()
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    ctx = mp.get_context("spawn")
-    print(f"device={device} threads={args.threads} torch={torch.__version__}")
-    print("| preset | variant | ms/iter | peak MB | sampling % | contrastive loss % | vs SG |")
-    print("|---|---|---|---|---|---|---|")
-    for preset in args.presets:
-        iters = args.iters or (2 if preset == "acdc" and device == "cpu" else 5)
-        results = {}
-        for variant in args.variants:
-            q = ctx.Queue()
-            proc = ctx.Process(target=_worker, args=((preset, variant, iters, device, args.threads), q))
-            proc.start()
-            results[variant] = q.get()
-            proc.join()
-        ref = results.get("sg")
-        for variant, r in results.items():
-            ratio = f"{r['ms'] / ref['ms']:.2f}x" if ref else "-"
-            print(
-                f"| {preset} | {variant} | {r['ms']:.1f} | {r['peak_mb']:.0f} | "
-                f"{100 * r['sampling_share']:.1f} | "
-                f"{100 * r['contrast_share']:.1f} | {ratio} |"
-            )
+    preset = args.preset or ("paper" if device.startswith("cuda") else "cpu")
+    shape = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in PRESETS[preset].items()}
+    common = {**shape, "preset": preset, "device": device, "threads": args.threads, "warmup": args.warmup,
+              "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}  # fmt: skip
+    specs = [] if args.no_floor else [{**common, "what": "network", "sampler": args.sampler[0]}]
+    for s in args.sampler:
+        specs += [{**common, "what": "arco", "sampler": s}]
+        specs += [{**common, "what": "arco-no-contrast", "sampler": s}] if args.ablate else []
+    rows = []
+    if not args.json:
+        print(f"device={device} threads={args.threads} precision={args.precision} torch={torch.__version__} "
+              f"preset={preset} {shape}")  # fmt: skip
+        print("| step | sampler | ms/step | peak MB | contrastive call % | contrastive fwd+bwd % | x network floor |")
+        print("|---|---|---|---|---|---|---|")
+    for spec in specs:
+        row = run(spec)
+        floor = rows[0]["ms"] if rows and rows[0]["what"] == "network" else None
+        row["vs_floor"] = None if floor is None else row["ms"] / floor
+        if row["what"] == "arco-no-contrast":  # the whole cost of the loss, from the step measured just before
+            row["ablated_share"] = 1 - row["ms"] / rows[-1]["ms"]
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(_table_row(row), flush=True)
+
+
+def _table_row(row: dict[str, Any]) -> str:
+    what = {"network": "network only", "arco": "ARCO stage 2", "arco-no-contrast": "ARCO without L_contrast"}
+    sampler = "-" if row["what"] == "network" else row["sampler"]
+    ratio = "-" if row["vs_floor"] is None else f"{row['vs_floor']:.2f}"
+    call = f"{100 * row['contrast_share']:.1f}" if row["what"] == "arco" else "-"
+    whole = f"{100 * row['ablated_share']:.1f}" if "ablated_share" in row else "-"
+    return f"| {what[row['what']]} | {sampler} | {row['ms']:.1f} | {row['peak_mb']:.0f} | {call} | {whole} | {ratio} |"
 
 
 if __name__ == "__main__":

@@ -125,13 +125,15 @@ def run_method(
     lr: float = 0.05,
     init_from: Any = None,
     stop_at: int | None = None,
+    batch: int = 2,
     **kw: Any,
 ):
-    """Build method ``name`` (seed 0) and train it ``iterations`` steps on ``data`` into ``tmp_path``."""
+    """Build method ``name`` (seed 0) and train it ``iterations`` steps on ``data`` into ``tmp_path`` (``batch``
+    labeled + ``batch`` unlabeled images per step: the global batch under DDP)."""
     seed_everything(0)
     method = build_method(name, params or params_for(name), 3, data.spatial_dims, model)
     engine = engine or EngineConfig(device="cpu", log_every=5, val_every=0, progress=False)
-    schedule = ScheduleConfig(iterations=iterations, batch_labeled=2, batch_unlabeled=2, lr=lr)
+    schedule = ScheduleConfig(iterations=iterations, batch_labeled=batch, batch_unlabeled=batch, lr=lr)
     summary = fit(
         method,
         data,

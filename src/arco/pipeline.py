@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from arco._checks import ArcoError, CheckpointError, ConfigError
-from arco._lock import run_lock
 from arco.config import RunConfig, StageConfig, to_dict
 
 __all__ = ["train", "stage_init", "build_stage_method"]
@@ -108,9 +107,13 @@ def train(
     Returns:
         ``{stage name: summary}``.
 
+    Under ``torch.distributed`` every rank calls ``train``; rank 0 alone locks and writes (see
+    :mod:`arco.engine.distributed`).
+
     Raises:
         arco._lock.FolderLockedError: another process is training into ``out`` (the lock is held for the call).
     """
+    from arco.engine.distributed import main_first, main_lock
     from arco.methods import load_plugins
 
     load_plugins(cfg.plugins)  # idempotent; a config built in another process names its plug-ins here
@@ -120,11 +123,11 @@ def train(
         if name not in names:
             raise ConfigError(f"this run has no stage {name!r}; its stages: {', '.join(names)}")
     out = Path(out)
-    with run_lock(out, "run folder"):  # before building the data: a second process fails at once
+    with main_lock(out, "run folder"):  # before building the data: a second process fails at once
         if data is None:
             from arco.data import build_data
 
-            data = build_data(cfg.data)
+            data = main_first(lambda: build_data(cfg.data))  # rank 0 may generate a phantom first
         _check_unlabeled(cfg, selected, data)
         return _train_stages(cfg, out, [s for s in cfg.stages if s.name in selected], resume, init_from, data)
 

@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # verbs that re-launch themselves (arco train --nproc) pass the same arguments on
     if args.verb is None:
         parser.print_help()
         return 2

@@ -9,7 +9,7 @@ __all__ = ["add_subparser"]
 EPILOG = """examples:
   arco data preprocess data/Dataset003_Liver --out data/lits-pp --dataset lits --jobs 2
   arco data preprocess data/Task02_Heart --out data/heart-pp --spacing 1.37 1.25 1.25 --crop foreground
-  arco train --config nnunet --set data.dataset=preprocessed --set data.root=data/lits-pp --stage supervised
+  arco train --config nnunet --set data.dataset=preprocessed --set data.root=data/lits-pp --method supervised
 Rerunning the same command redoes only the cases whose source files changed; training from a folder whose
 source changed stops with an error that says to rerun it.
 """

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from typing import Any
 
 EPILOG = """examples:
   arco train --list-methods                                         # every method, with its paper
@@ -13,10 +16,15 @@ EPILOG = """examples:
   arco train --config acdc --set data.root=data/ACDC --out runs/acdc
   arco train --config phantom2d --out runs/p2d --resume             # continue from checkpoints/last.pt
   arco train --config my.yaml --plugin my_method.py --method my-method --iterations 20   # a method of your own
+  arco train --config acdc --set data.root=data/ACDC --nproc 4 --out runs/acdc4      # DDP on 4 GPUs (or CPU procs)
+  torchrun --nproc_per_node=4 -m arco train --config acdc --out runs/acdc4          # the same, launched by torchrun
 
 --set KEY=VALUE: KEY is section.key (data, model, optim, schedule, engine, eval) or stage.key, where stage.key is
 the stage's schedule (iterations, batch_labeled, batch_unlabeled, lr, lr_schedule, ...) or a parameter of its method
 (e.g. finetune.sampler, finetune.lambda_unsup). Values are YAML.
+
+DDP (--nproc N or torchrun): the stages' batch sizes are GLOBAL; each process trains on batch / N (an error when N
+does not divide it). Only rank 0 writes. engine.sync_bn=true synchronises BatchNorm across processes.
 """
 
 
@@ -45,6 +53,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue each stage from RUN/<stage>/checkpoints/last.pt")
     p.add_argument("--init", default=None, metavar="CKPT", help="initialise the first stage run from this checkpoint")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train with DDP on N processes of this machine (one per GPU on CUDA, else CPU processes with gloo): "
+        "re-launches this command with torchrun",
+    )
     p.add_argument("--list-presets", action="store_true", help="print the built-in presets and exit")
     p.add_argument("--list-methods", action="store_true", help="print every method with its paper and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -76,6 +92,55 @@ def list_methods() -> str:
     return "\n".join(lines)
 
 
+def _check_global_batches(cfg: Any, only: tuple[str, ...] | None, nproc: int) -> None:
+    """Fail before launching when ``nproc`` does not divide a stage's global batch."""
+    from arco.engine.distributed import per_rank_batch
+    from arco.methods import get_method
+
+    for stage in cfg.stages:
+        if only and stage.name not in only:
+            continue
+        per_rank_batch(stage.name, "batch_labeled", stage.schedule.batch_labeled, nproc)
+        if get_method(stage.method).needs_unlabeled:
+            per_rank_batch(stage.name, "batch_unlabeled", stage.schedule.batch_unlabeled, nproc)
+
+
+def _relaunch(argv: list[str], nproc: int) -> int:
+    """Run this very command on ``nproc`` processes through torchrun (``torch.distributed.run``)."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*cmd, "-m", "arco", *rest])
+
+
+def _train_ranks(cfg: Any, out: Any, only: tuple[str, ...] | None, args: argparse.Namespace) -> dict | None:
+    """One rank of a torchrun launch: join the process group, train, leave. Returns the results on rank 0."""
+    import logging
+
+    import torch.distributed as dist
+
+    from arco.engine.distributed import init_process_group
+    from arco.pipeline import train
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    init_process_group(cfg.engine.device, int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        results = train(cfg, out, only=only, resume=args.resume, init_from=args.init)
+    finally:
+        dist.destroy_process_group()
+    return results if rank == 0 else None
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -101,7 +166,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out) if args.out else Path("runs") / Path(str(args.config)).stem
     only = (args.stage,) if args.stage else None
-    results = train(cfg, out, only=only, resume=args.resume, init_from=args.init)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.nproc > 1 and world == 1:
+        _check_global_batches(cfg, only, args.nproc)
+        return _relaunch(list(getattr(args, "argv", sys.argv[1:])), args.nproc)
+    if world == 1:
+        results = train(cfg, out, only=only, resume=args.resume, init_from=args.init)
+    else:
+        results = _train_ranks(cfg, out, only, args)
+        if results is None:
+            return 0
     for stage, s in results.items():
         best = s.get("best_val_dice")
         best_text = "n/a (no val split)" if best is None else f"{best:.4f} @ {s.get('best_iteration')}"

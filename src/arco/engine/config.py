@@ -90,8 +90,10 @@ class EngineConfig:
     """How the loop runs (not what it optimises).
 
     Attributes:
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast, CUDA only; fp16 uses a GradScaler).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under DDP ``cuda`` is each
+            rank's own GPU).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast of the training step and validation. ``bf16`` runs on
+            CUDA and CPU; ``fp16`` (with a GradScaler) on CUDA only (fp32 elsewhere, with a warning).
         seed: seeds weights, data order, augmentation and the method's sampler generator.
         deterministic: ``torch.use_deterministic_algorithms(True)`` during training (exact resume on CUDA).
         log_every: iterations between log rows / progress updates / the non-finite-loss check (the only host
@@ -102,6 +104,13 @@ class EngineConfig:
         progress: show a tqdm progress bar.
         val_batch: slices (2D) or windows (3D) per forward pass in validation.
         nan_at: test hook: the loss becomes NaN at this iteration (-1 = never).
+        sync_bn: under DDP, BatchNorm layers of the trainable modules use the statistics of the global batch
+            (SyncBatchNorm) instead of each rank's share of it. Without it BatchNorm running statistics are
+            averaged across ranks after every step.
+        channels_last: store the networks and the input images channels-last (NHWC in 2D, NDHWC in 3D), which
+            tensor-core convolutions prefer under bf16/fp16 on CUDA.
+        compile: ``torch.compile`` the forward of the method's predicting network (the student); if compilation
+            fails it warns and runs eagerly.
     """
 
     device: str = "auto"
@@ -115,6 +124,9 @@ class EngineConfig:
     progress: bool = True
     val_batch: int = 16
     nan_at: int = -1
+    sync_bn: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         choice("engine.precision", self.precision, PRECISIONS)

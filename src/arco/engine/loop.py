@@ -8,6 +8,11 @@ kept by validation Dice (never test), and ``last.pt`` holds everything needed to
 A SIGKILL at any moment resumes to the same weights: the write order that makes this exact is described in
 :mod:`arco.engine.state`; files are written atomically (:mod:`arco._io`) and the stage folder is locked
 (:mod:`arco._lock`).
+
+Under ``torch.distributed`` (``torchrun`` / ``arco train --nproc N``) the same loop runs on every rank: the
+trainable modules are wrapped in DDP (:mod:`arco.engine.replicas`) and rank 0 alone writes; the rules are in
+:mod:`arco.engine.distributed`. The step's speed options (precision, channels-last, compile) are in
+:mod:`arco.engine.perf`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +30,21 @@ import torch
 
 from arco._checks import ArcoError, CheckpointError
 from arco._device import resolve_device
-from arco._lock import run_lock
 from arco.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from arco.engine import distributed as dist
+from arco.engine import perf
 from arco.engine.config import EngineConfig, OptimConfig, ScheduleConfig, lr_factor
 from arco.engine.files import data_meta, finish_stage, prepare_folder, write_run_files
 from arco.engine.logger import RunLogger, log_columns
 from arco.engine.optim import Optimizers
+from arco.engine.replicas import Replicas
 from arco.engine.state import (
     all_finite,
     best_from_last,
     check_resumable,
     load_modules,
     module_states,
+    own_random_state,
     rng_state,
     set_rng_state,
 )
@@ -99,26 +106,45 @@ class _Trainer:
         self.schedule, self.config, self.eval_compat = stage.schedule, config, eval_compat
         self.run_dir = run_dir
         self.last_path, self.best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-        self.device = resolve_device(engine.device)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.main = self.rank == 0
+        self.device = dist.rank_device(resolve_device(engine.device))
         if engine.threads > 0:
             torch.set_num_threads(engine.threads)
-        precision = engine.precision
-        if precision != "fp32" and self.device.type != "cuda":
-            warnings.warn(f"engine.precision={precision} is only used on CUDA; training in fp32", stacklevel=3)
-            precision = "fp32"
-        self.precision = precision
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        method.setup(self.device, engine.seed, self.schedule.iterations)
+        self.amp_dtype = perf.amp_dtype(engine.precision, self.device)
+        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+        # The method's generator and the global RNG (dropout) differ per rank: ranks draw different pixels.
+        self.seed = engine.seed + self.rank
+        if self.world > 1:
+            seed_everything(self.seed)
+        method.setup(self.device, self.seed, self.schedule.iterations)
         self.optimizers = Optimizers(method.param_groups(), optim, self.schedule.lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.progress = _Progress()
         self.names = (*method.loss_names, *method.metric_names)
+        self.replicas: Replicas | None = None
+        self.channels_last = engine.channels_last
 
     # ------------------------------------------------------------------------------------------- set-up
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return perf.autocast(self.device, self.amp_dtype)
+
+    def prepare(self) -> None:
+        """After the weights are restored: channels-last, compile, and the DDP wrapping under torch.distributed."""
+        dims = int(self.data.spatial_dims)
+        if self.channels_last:
+            perf.channels_last(self.method.modules(), dims)
+            perf.match_layouts(self.optimizers.optimizers)
+        if self.engine.compile:
+            name = self.method.predict_module
+            perf.compile_forward(self.method.modules()[name], name)
+        if self.world > 1:
+            if not hasattr(self.method, "wrap_trainable"):
+                raise ArcoError(
+                    f"method {self.method.name!r} does not derive from arco.methods.base.MethodBase, which the engine "
+                    "needs to wrap its trainable modules for DDP; train it on one process"
+                )
+            self.replicas = Replicas(self.method, self.device, self.engine.sync_bn)
 
     def restore(self, resume: bool) -> int:
         """Resume from ``last.pt`` (returns its iteration) or initialise from ``stage.init_from`` (returns 0)."""
@@ -135,15 +161,16 @@ class _Trainer:
         load_modules(self.method, state["modules"], None, self.last_path, fix=(
             "the run's config changed since it was written: resume with the config in "
             f"{self.run_dir / 'config.yaml'}, or train into another --out"))  # fmt: skip
-        self.method.setup(self.device, self.engine.seed, self.schedule.iterations)
-        self.method.load_state_dict(state["method_state"])
+        self.method.setup(self.device, self.seed, self.schedule.iterations)
+        own = own_random_state(state, self.rank, self.world, self.last_path)
+        self.method.load_state_dict(own["method_state"])
         self.optimizers.load_state_dict(state["optimizers"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(own["rng"])
         p = self.progress
         p.best_dice, p.best_iteration = state["best_dice"], state["best_iteration"]
         p.last_row = dict(state.get("last_row", {}))
-        if p.best_iteration == state["iteration"]:  # a kill between last.pt and best.pt leaves best.pt behind
+        if self.main and p.best_iteration == state["iteration"]:  # a kill between last.pt and best.pt
             save_checkpoint(best_from_last(state), self.best_path)
         logger.info("%s: resuming from %s at iteration %d", self.stage.name, self.last_path, state["iteration"])
         return int(state["iteration"])
@@ -161,7 +188,7 @@ class _Trainer:
                 f"(method {self.method.name!r}) from (it has {sorted(state.get('modules', {}))}); give a "
                 "checkpoint of the stage this one follows"
             )
-        self.method.setup(self.device, self.engine.seed, self.schedule.iterations)
+        self.method.setup(self.device, self.seed, self.schedule.iterations)
         logger.info("%s: initialised %s from %s", self.stage.name, ", ".join(loaded) or "nothing", src)
 
     # --------------------------------------------------------------------------------------- checkpoints
@@ -186,18 +213,25 @@ class _Trainer:
             )
 
     def save_last(self, iteration: int) -> None:
+        """Every rank calls it (the ranks' random states are gathered); rank 0 writes ``last.pt``."""
         self._check_finite(iteration, self.last_path)
+        own = {"method_state": self.method.state_dict(), "rng": rng_state()}
+        ranks = dist.gather_objects(own)
+        if not self.main:
+            return
         p = self.progress
         state = self._state(iteration)
         state.update(
-            method_state=self.method.state_dict(),
+            method_state=own["method_state"],
             optimizers=self.optimizers.state_dict(),
             scaler=self.scaler.state_dict(),
-            rng=rng_state(),
+            rng=own["rng"],
             best_dice=p.best_dice,
             best_iteration=p.best_iteration,
             last_row=dict(p.last_row),
         )
+        if self.world > 1:
+            state["ranks"] = ranks  # each rank's generator and RNG states, to resume every rank exactly
         save_checkpoint(state, self.last_path)
 
     def save_best(self, iteration: int, val_dice: float | None) -> None:
@@ -206,9 +240,13 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------------- the loop
     def step(self, batch: Any, it: int) -> torch.Tensor:
-        """One optimiser step; returns the (detached) loss. No host sync."""
+        """One optimiser step; returns the (detached) loss. No host sync (under DDP: collectives only)."""
         batch = batch.to(self.device)
+        if self.channels_last:
+            batch = perf.channels_last_batch(batch, int(self.data.spatial_dims))
         self.optimizers.set_lr_factor(lr_factor(self.schedule, it))
+        if self.replicas is not None:
+            self.replicas.begin_step()
         with self.autocast():
             out = self.method.training_step(batch, it)
         loss = out.loss.float()
@@ -216,7 +254,11 @@ class _Trainer:
             loss = loss * float("nan")
         self.optimizers.zero_grad()
         self.scaler.scale(loss).backward()
+        if self.replicas is not None:
+            self.replicas.sync_grads()
         self.optimizers.step(self.scaler)
+        if self.replicas is not None:  # before the EMA teachers are updated from the students
+            self.replicas.sync_buffers()
         self.method.after_optimizer_step(it)
         self._accumulate({"loss": loss.detach(), **out.logs})
         return loss.detach()
@@ -235,10 +277,13 @@ class _Trainer:
             p.sums[k] = p.sums[k] + v if k in p.sums else v
         p.count += 1
 
-    def report(self, it: int, validate: bool, log: RunLogger, bar: Any) -> None:
-        """Write a log row (one host sync), validate when asked, keep ``best.pt`` and ``last.pt``."""
+    def report(self, it: int, validate: bool, log: RunLogger | None, bar: Any) -> None:
+        """Write a log row (one host sync; under DDP one all-gather averages the ranks' means), validate when asked,
+        keep ``best.pt`` and ``last.pt``. Every rank calls it; rank 0 validates and writes."""
         p = self.progress
-        means = {k: float(v) / p.count for k, v in p.sums.items()}
+        local = {k: v.double() / p.count for k, v in p.sums.items()}
+        check = dist.state_checksum(self.method.modules()) if self.world > 1 else torch.zeros(())
+        means = dist.reduce_logs(local, check.to(self.device), self.stage.name)
         if not all(math.isfinite(v) for v in means.values()):
             raise ArcoError(
                 f"{self.stage.name}: the loss became NaN/inf between iterations {p.last_logged + 1} and {it}; "
@@ -252,7 +297,7 @@ class _Trainer:
             bar.update(it - bar.n)
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.startswith("loss")})
         improved = False
-        if validate and self.data.val:
+        if validate and self.data.val and self.main:  # the other ranks wait in save_last's gather
             row["val_dice"] = self.validate()
             improved = row["val_dice"] > p.best_dice
             if improved:
@@ -262,10 +307,11 @@ class _Trainer:
                 self.stage.name, it, row["val_dice"], p.best_dice, p.best_iteration,
             )  # fmt: skip
         p.last_row = row
-        log.write(row, sync=validate)
+        if log is not None:
+            log.write(row, sync=validate)
         if validate:  # the write order the resume rule relies on (arco.engine.state)
             self.save_last(it)
-            if improved:
+            if improved and self.main:
                 self.save_best(it, row["val_dice"])
 
     def validate(self) -> float:
@@ -300,9 +346,11 @@ class _Trainer:
             sched.iterations,
             eng.num_workers,
             pin_memory=self.device.type == "cuda",
+            rank=self.rank,
+            world=self.world,
         )
-        log = RunLogger(self.run_dir, log_columns(self.names), start if start > 0 else None)
-        bar = _progress_bar(eng.progress, sched.iterations, start, self.stage.name)
+        log = RunLogger(self.run_dir, log_columns(self.names), start if start > 0 else None) if self.main else None
+        bar = _progress_bar(eng.progress and self.main, sched.iterations, start, self.stage.name)
         self.progress.last_logged = it = start
         self.method.train(True)
         try:
@@ -318,7 +366,8 @@ class _Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            log.close()
+            if log is not None:
+                log.close()
         return it
 
 
@@ -373,6 +422,10 @@ def fit(
             stage starts fresh.
         eval_compat: empty-mask policy of the validation metrics.
 
+    Under ``torch.distributed`` every rank calls ``fit`` with the same arguments; the schedule's batch sizes are
+    global (each rank trains on ``batch / world_size``), rank 0 alone writes, and every rank returns rank 0's
+    summary (:mod:`arco.engine.distributed`).
+
     Returns:
         The summary dict also written to ``summary.json``.
 
@@ -383,13 +436,19 @@ def fit(
     """
     if method.needs_unlabeled and getattr(data, "unlabeled", None) is None:
         raise ArcoError(f"method {method.name!r} needs unlabeled images but the dataset provides none")
+    dist.check_global_batch(stage.name, stage.schedule, method.needs_unlabeled, engine.sync_bn)
     run_dir = Path(run_dir)
-    with run_lock(run_dir, "stage folder"):
-        prepare_folder(run_dir)
+    with dist.main_lock(run_dir, "stage folder"):
+        if dist.is_main():
+            prepare_folder(run_dir)
+        dist.barrier()
         trainer = _Trainer(method, data, stage, optim, engine, run_dir, config, eval_compat)
         start = trainer.restore(resume)
-        write_run_files(run_dir, config, data)
+        trainer.prepare()
+        if trainer.main:
+            write_run_files(run_dir, config, data)
         t0 = time.perf_counter()
         with _deterministic(engine.deterministic, trainer.device):
             it = trainer.run(start)
-        return finish_stage(trainer, it, time.perf_counter() - t0)
+        summary = finish_stage(trainer, it, time.perf_counter() - t0) if trainer.main else None
+        return dist.broadcast_object(summary)

@@ -9,10 +9,15 @@ between ``last.pt`` and ``best.pt`` leaves ``best.pt`` one validation behind, an
 iteration is the best rewrites ``best.pt`` from it (same weights). ``summary.json`` is written last: with
 ``finished: true`` it marks the stage done; a stage that reached its last iteration without it resumes from its final
 ``last.pt``, trains no step, and writes it.
+
+Under DDP rank 0 writes ``last.pt`` for every rank: the weights, teachers, banks and optimiser state are identical
+on all ranks; what differs (each rank's method generator and global RNG state) is stored per rank under
+``ranks``, and each rank resumes from its own entry (:func:`own_random_state`).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -32,9 +37,12 @@ __all__ = [
     "check_resumable",
     "load_modules",
     "module_states",
+    "own_random_state",
     "rng_state",
     "set_rng_state",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: What ``best.pt`` holds besides ``val_dice``: the same entries as ``last.pt`` at that iteration.
 BEST_KEYS = ("stage", "method", "iteration", "config", "data", "predictor", "modules")
@@ -71,6 +79,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def own_random_state(state: dict[str, Any], rank: int, world: int, path: Path) -> dict[str, Any]:
+    """``{"method_state", "rng"}`` this rank resumes from: its own entry of a ``last.pt`` written by as many ranks,
+    else rank 0's (a run resumed on another number of ranks continues with other random draws, same data)."""
+    ranks = state.get("ranks") or []
+    if len(ranks) == world > 1:
+        return ranks[rank]
+    if world > 1 or ranks:
+        logger.warning(
+            "%s was written by %d rank(s) and is resumed on %d: weights, banks and data order continue exactly, the "
+            "random draws of the method (sampling, augmentation) restart from rank 0's state",
+            path, max(len(ranks), 1), world,
+        )  # fmt: skip
+    return {"method_state": state["method_state"], "rng": state["rng"]}
 
 
 def all_finite(method: Method) -> bool:

@@ -3,6 +3,11 @@
 An infinite sampler orders each dataset by a permutation seeded by ``(seed, stream, epoch)`` and seeds every
 sample's augmentation by ``(seed, stream, iteration, slot)``, so iteration ``t`` gets the same batch whether the run
 started at 0 or resumed at ``t`` — in the main process or in any DataLoader worker.
+
+Under DDP the batch sizes are global: rank ``r`` of ``R`` takes items ``r * B/R .. (r + 1) * B/R - 1`` of the global
+batch of each iteration (same order, same augmentation seeds), so the ranks together see exactly the batch one
+process would, whatever ``R`` is. The labeled set (a handful of cases) is never split into per-rank subsets: every
+rank draws from the whole set, in the global order.
 """
 
 from __future__ import annotations
@@ -55,10 +60,13 @@ class _SeededItems(torch.utils.data.Dataset):
 
 
 class _StreamSampler(torch.utils.data.Sampler):
-    """Batches of ``(index, seed)`` for iterations ``start..total-1``."""
+    """Batches of ``(index, seed)`` for iterations ``start..total-1``: slots ``slots`` of each global batch of
+    ``batch`` items (all of them in a single process)."""
 
-    def __init__(self, size: int, batch: int, seed: int, stream: int, start: int, total: int) -> None:
+    def __init__(self, size: int, batch: int, seed: int, stream: int, start: int, total: int,
+                 slots: range | None = None) -> None:  # fmt: skip
         self.size, self.batch, self.seed, self.stream, self.start, self.total = size, batch, seed, stream, start, total
+        self.slots = range(batch) if slots is None else slots
         self._perm: tuple[int, list[int]] | None = None
 
     def _order(self, epoch: int) -> list[int]:
@@ -69,7 +77,7 @@ class _StreamSampler(torch.utils.data.Sampler):
 
     def batch_at(self, iteration: int) -> list[tuple[int, int]]:
         out = []
-        for j in range(self.batch):
+        for j in self.slots:
             k = iteration * self.batch + j
             out.append((self._order(k // self.size)[k % self.size], mix_seed(self.seed, self.stream, iteration, j)))
         return out
@@ -83,7 +91,11 @@ class _StreamSampler(torch.utils.data.Sampler):
 
 
 class BatchStream:
-    """Labeled (+ unlabeled) batches for iterations ``start..total-1``, reproducible from ``(seed, iteration)``."""
+    """Labeled (+ unlabeled) batches for iterations ``start..total-1``, reproducible from ``(seed, iteration)``.
+
+    ``batch_labeled`` / ``batch_unlabeled`` are global batch sizes; ``rank`` of ``world`` receives its slice of
+    each (``batch / world`` items).
+    """
 
     def __init__(
         self,
@@ -96,6 +108,8 @@ class BatchStream:
         total: int,
         num_workers: int = 0,
         pin_memory: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if len(labeled) == 0:
             raise ArcoError("the labeled training set is empty; check data.labeled and the dataset folder")
@@ -106,9 +120,13 @@ class BatchStream:
             )
 
         def loader(ds: Any, batch: int, stream: int) -> torch.utils.data.DataLoader:
+            if batch % world:
+                raise ValueError(f"BatchStream: the global batch {batch} is not divisible by the {world} ranks")
+            per = batch // world
+            slots = range(rank * per, (rank + 1) * per)
             return torch.utils.data.DataLoader(
                 _SeededItems(ds),
-                batch_sampler=_StreamSampler(len(ds), batch, seed, stream, start, total),
+                batch_sampler=_StreamSampler(len(ds), batch, seed, stream, start, total, slots),
                 num_workers=num_workers,
                 pin_memory=pin_memory,
                 persistent_workers=False,

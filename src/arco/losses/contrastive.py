@@ -28,6 +28,7 @@ from torch import nn
 
 from arco import sampling
 from arco._checks import choice
+from arco._dist import gather_cat
 from arco.losses.sampled_dot import masked_count, sampled_dot
 
 __all__ = ["PixelContrastiveLoss", "pixel_contrastive_loss", "FORMS", "SAMPLED_ABOVE"]
@@ -283,7 +284,9 @@ class PixelContrastiveLoss(nn.Module):
             return
         key, ok = self._pending
         self._pending = None
-        m = min(self.num_queries, self.bank_size)
+        # DDP: push the keys of every rank, in rank order (C, ranks * Q), so every rank holds the same bank.
+        key, ok = gather_cat(key, dim=1), gather_cat(ok, dim=1)
+        m = min(key.shape[1], self.bank_size)
         key, ok = key[:, :m], ok[:, :m]
         rank = ok.long().cumsum(1) - 1
         slot = torch.where(ok, (self.ptr.unsqueeze(1) + rank) % self.bank_size, self.bank_size)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arco._dist import gather_cat
+
 __all__ = ["RelationalInstanceLoss", "relational_kl"]
 
 
@@ -71,8 +73,10 @@ class RelationalInstanceLoss(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, teacher: torch.Tensor) -> None:
-        """Push ``teacher`` embeddings (FIFO; when ``B > K`` only the last K are kept)."""
-        t = F.normalize(self._shape(teacher, "teacher").detach().float(), dim=-1)[-self.queue_size :]
+        """Push ``teacher`` embeddings (FIFO; when ``B > K`` only the last K are kept). Under DDP the embeddings
+        of every rank are pushed, in rank order, so every rank holds the same queue."""
+        t = gather_cat(self._shape(teacher, "teacher").detach())
+        t = F.normalize(t.float(), dim=-1)[-self.queue_size :]
         pos = (self.ptr + torch.arange(t.shape[0], device=t.device)) % self.queue_size
         self.queue.index_copy_(1, pos, t.transpose(0, 1).to(self.queue.dtype))
         self.ptr.copy_((self.ptr + t.shape[0]) % self.queue_size)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arco._dist import gather_cat
+
 __all__ = ["NearestNeighbourLoss", "nearest_neighbour_loss"]
 
 
@@ -64,9 +66,10 @@ class NearestNeighbourLoss(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, teacher: torch.Tensor) -> None:
-        """Push L2-normalised ``teacher`` rows (FIFO; when ``B > K`` only the last K are kept)."""
+        """Push L2-normalised ``teacher`` rows (FIFO; when ``B > K`` only the last K are kept). Under DDP the rows of
+        every rank are pushed, in rank order, so every rank holds the same bank."""
         self._check(teacher, "teacher")
-        t = F.normalize(teacher.detach().float(), dim=-1)[-self.bank_size :]
+        t = F.normalize(gather_cat(teacher.detach()).float(), dim=-1)[-self.bank_size :]
         pos = (self.ptr + torch.arange(t.shape[0], device=t.device)) % self.bank_size
         self.bank.index_copy_(0, pos, t.to(self.bank.dtype))
         self.bank_valid.index_fill_(0, pos, True)

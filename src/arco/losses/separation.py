@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arco._dist import gather_cat
+
 __all__ = ["ClassSelectors", "PrototypeMemory", "separation_loss"]
 
 
@@ -142,7 +144,9 @@ class PrototypeMemory(nn.Module):
     def update(self, features: torch.Tensor, labels: torch.Tensor, candidate: torch.Tensor, selectors: ClassSelectors):
         """Store, for every foreground class with candidates, its candidate rows (``features (N, d)`` with
         ``labels (N,)`` in ``1..k``, ``candidate (N,)`` bool), keeping the ``size`` lowest-scored ones when there are
-        more (the code's ascending sort). Classes without candidates keep their rows."""
+        more (the code's ascending sort). Classes without candidates keep their rows. Under DDP the rows of every
+        rank are considered together (gathered in rank order), so every rank holds the same memory."""
+        features, labels, candidate = gather_cat(features), gather_cat(labels), gather_cat(candidate)
         k, e = self.k, self.size
         group = (labels - 1).clamp(0, k - 1)
         candidate = candidate & (labels > 0)

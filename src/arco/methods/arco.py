@@ -54,7 +54,8 @@ class ArcoPretrainConfig:
             Laine & Aila (0 = constant weight, as the paper and the reference code).
         strong_bn: how the strongly augmented unlabeled batch meets BatchNorm: ``joint`` (one forward together
             with the labeled batch), ``separate`` (its own forward, as the reference code does) or ``clean`` (its own
-            forward that does not update the running statistics used at evaluation). See docs/diagnosis.md.
+            forward that does not update the running statistics used at evaluation; the default, measured best on
+            validation). See docs/diagnosis.md.
         strong_view: the two views' photometric augmentation, one of :data:`STRONG_VIEWS` (reference code: jitter
             strength 0.2 and blur, each with p 0.5).
         jitter: brightness/contrast strength of the ``reference`` view (0.2 in the reference pre-training).
@@ -68,7 +69,7 @@ class ArcoPretrainConfig:
     lambda_inst: float = 1.0
     sup_weight: float = 1.0
     rampup: float = 0.0
-    strong_bn: str = "joint"
+    strong_bn: str = "clean"
     strong_view: str = "reference"
     jitter: float = 0.2
 
@@ -143,7 +144,7 @@ class ArcoFinetuneConfig:
     unsup_weighting: str = "mask"
     sup_weight: float = 1.0
     rampup: float = 0.0
-    strong_bn: str = "joint"
+    strong_bn: str = "clean"
 
     def __post_init__(self) -> None:
         # Fail when the config is read, not at the first training step.

@@ -18,6 +18,7 @@ checkpoints (modules are checkpointed by the engine through ``modules()``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
@@ -222,6 +223,26 @@ class MethodBase:
     @property
     def ema_pairs(self) -> list[tuple[str, str]]:
         return list(self._ema_pairs)
+
+    @property
+    def trainable_names(self) -> tuple[str, ...]:
+        """Names of the modules added with role ``trainable`` (those the engine wraps for DDP)."""
+        return tuple(self._trainable)
+
+    def wrap_trainable(self, wrap: Callable[[str, nn.Module], nn.Module | None]) -> dict[str, nn.Module]:
+        """Let the engine put a wrapper (its DistributedDataParallel stand-in) where the method calls its trainable
+        modules: every attribute of the method that is a trainable module (or a list/tuple holding one) is replaced
+        by ``wrap(name, module)`` (``None`` leaves it). :meth:`modules` keeps the modules themselves, so checkpoints
+        (``state_dict`` keys), EMA teachers and parameter groups are unchanged, and a method keeps calling
+        ``self.student(x)``. Returns ``{name: wrapper}``."""
+        wrapped = {name: w for name in self._trainable if (w := wrap(name, self._modules[name])) is not None}
+        swap = {id(self._modules[name]): w for name, w in wrapped.items()}
+        for attr, value in list(vars(self).items()):
+            if id(value) in swap:
+                setattr(self, attr, swap[id(value)])
+            elif isinstance(value, (list, tuple)) and any(id(v) in swap for v in value):
+                setattr(self, attr, type(value)(swap.get(id(v), v) for v in value))
+        return wrapped
 
     # ------------------------------------------------------------------------------------- engine seams
     def setup(self, device: torch.device, seed: int, total_steps: int = 1) -> None:
