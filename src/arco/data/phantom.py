@@ -77,20 +77,11 @@ def _rician(rng, x, sigma):
     return np.sqrt((x + sigma * rng.standard_normal(x.shape)) ** 2 + (sigma * rng.standard_normal(x.shape)) ** 2)
 
 
-def phantom2d_subject(seed: int, index: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom2d subject: ``(image (S, size, size) float32 in [0, 1], label (S, size, size) uint8)``."""
-    rng = np.random.default_rng([seed, index, 2])
-    n = int(rng.integers(8, 11))
+def _heart(rng: np.random.Generator, f: float, t: np.ndarray, n: int, size: int, yy: np.ndarray, xx: np.ndarray):
+    """The phantom2d heart's masks (LV cavity, epicardium, septum fat line, RV, RV outline, RV wall, papillary
+    muscles) and its centre ``(cy, cx)`` per slice; draws from ``rng`` in a fixed order."""
     u = rng.uniform
-    f = size / 128.0 * u(0.8, 1.2)  # field-of-view / body-size variation between subjects
-    t = np.linspace(0.0, 1.0, n)[:, None, None]  # 0 = base, 1 = apex
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - size / 2
-    tilt = u(-0.6, 0.6)  # the whole chest is rotated per subject (patient / plane orientation)
-    yy, xx = (
-        np.cos(tilt) * yy + np.sin(tilt) * xx + size / 2,
-        -np.sin(tilt) * yy + np.cos(tilt) * xx + size / 2,
-    )
-    # heart geometry (pixels at 128x128, scaled by f)
+    # pixels at 128x128, scaled by f
     cy = size / 2 + f * u(-14, 14) + f * rng.normal(0, 0.7, (n, 1, 1))
     cx = size / 2 + f * u(-12, 16) + f * rng.normal(0, 0.7, (n, 1, 1))
     r_lv = f * u(7.5, 15) * np.sqrt(1 - u(0.55, 0.8) * t) + 0.8 * f
@@ -115,6 +106,23 @@ def phantom2d_subject(seed: int, index: int, size: int = 128) -> tuple[np.ndarra
     for a in rng.uniform(0, 2 * np.pi, 2):
         pr = r_lv * 0.65
         pap |= _blob(yy, xx, cy + pr * np.sin(a), cx + pr * np.cos(a), f * u(1.2, 2.2), f * u(1.2, 2.2))
+    return lv, epi, sep, rv, rv_outer, rv_wall, pap, cy, cx
+
+
+def phantom2d_subject(seed: int, index: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom2d subject: ``(image (S, size, size) float32 in [0, 1], label (S, size, size) uint8)``."""
+    rng = np.random.default_rng([seed, index, 2])
+    n = int(rng.integers(8, 11))
+    u = rng.uniform
+    f = size / 128.0 * u(0.8, 1.2)  # field-of-view / body-size variation between subjects
+    t = np.linspace(0.0, 1.0, n)[:, None, None]  # 0 = base, 1 = apex
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - size / 2
+    tilt = u(-0.6, 0.6)  # the whole chest is rotated per subject (patient / plane orientation)
+    yy, xx = (
+        np.cos(tilt) * yy + np.sin(tilt) * xx + size / 2,
+        -np.sin(tilt) * yy + np.cos(tilt) * xx + size / 2,
+    )
+    lv, epi, sep, rv, rv_outer, rv_wall, pap, cy, cx = _heart(rng, f, t, n, size, yy, xx)
     label = np.zeros((n, size, size), np.uint8)
     label[rv] = 1
     label[epi & ~lv] = 2

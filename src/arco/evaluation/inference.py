@@ -95,6 +95,30 @@ def _predict_3d(
     return torch.softmax(torch.as_tensor(probs)[0], dim=0)  # (C, D, H, W)
 
 
+def _checked_inputs(
+    image: np.ndarray, spatial_dims: int, patch_size: Sequence[int], batch_size: int, blend: str
+) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+    """:func:`predict_volume`'s argument checks: ``(image as (C, D, H, W), spatial shape, patch size)``."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"predict_volume(): spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    choice("blend", blend, ("gaussian", "constant"), where="predict_volume()")
+    image = np.asarray(image)  # a view for np.memmap (a lazily read case): nothing is read here
+    if image.ndim not in (3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"predict_volume(): image must be a non-empty (D, H, W) or (C, D, H, W) array, got shape {image.shape}"
+        )
+    spatial = tuple(image.shape[-3:])
+    image = image[None] if image.ndim == 3 else image
+    patch_size = tuple(int(s) for s in patch_size)
+    if len(patch_size) != spatial_dims or min(patch_size) < 1:
+        raise ValueError(
+            f"predict_volume(): patch_size must hold {spatial_dims} positive integers in array order, got {patch_size}"
+        )
+    if int(batch_size) < 1:
+        raise ValueError(f"predict_volume(): batch_size must be >= 1, got {batch_size}")
+    return image, spatial, patch_size
+
+
 def predict_volume(
     predict_fn: PredictFn,
     image: np.ndarray,
@@ -141,23 +165,7 @@ def predict_volume(
     """
     import torch
 
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"predict_volume(): spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    choice("blend", blend, ("gaussian", "constant"), where="predict_volume()")
-    image = np.asarray(image)  # a view for np.memmap (a lazily read case): nothing is read here
-    if image.ndim not in (3, 4) or 0 in image.shape:
-        raise ValueError(
-            f"predict_volume(): image must be a non-empty (D, H, W) or (C, D, H, W) array, got shape {image.shape}"
-        )
-    spatial = tuple(image.shape[-3:])
-    image = image[None] if image.ndim == 3 else image
-    patch_size = tuple(int(s) for s in patch_size)
-    if len(patch_size) != spatial_dims or min(patch_size) < 1:
-        raise ValueError(
-            f"predict_volume(): patch_size must hold {spatial_dims} positive integers in array order, got {patch_size}"
-        )
-    if int(batch_size) < 1:
-        raise ValueError(f"predict_volume(): batch_size must be >= 1, got {batch_size}")
+    image, spatial, patch_size = _checked_inputs(image, spatial_dims, patch_size, batch_size, blend)
     if stride is not None:
         overlap = overlap_from_stride(patch_size, stride)
     with torch.inference_mode():
