@@ -182,7 +182,10 @@ def test_two_ranks_train_like_one_rank_with_the_same_global_batch(tmp_path):
     """arco-finetune, 2 steps, global batch 4 + 4: 1 process vs 2 ranks with engine.sync_bn.
 
     Tolerances: after one step every tensor agrees to 1.4e-6 (relative, float32 reductions in another order);
-    the second step amplifies that to at most 2e-5 (measured, norm-wise per tensor): the test allows 1e-4. The
+    the second step amplifies that to at most 2e-5 (measured, norm-wise per tensor): the test allows 1e-4, plus an
+    absolute 1e-6 on the norm of the difference: with the strong batch in its own forward (``strong_bn`` clean,
+    the default) some decoder BatchNorm biases stay below 1e-4 in norm after two steps, and their float32 round-off
+    (about 1e-7) is then 1e-3 of them. The
     logged losses agree to the 6 digits log.csv keeps (rel 1e-5). Not compared: the pixel bank and the
     representation heads' BatchNorm statistics, which hold each rank's own sampled pixels (checked by replay).
     """
@@ -201,8 +204,8 @@ def test_two_ranks_train_like_one_rank_with_the_same_global_batch(tmp_path):
         own_pixels = key.startswith("contrast.") or ("rep_head" in key and "running" in key)
         if own_pixels or not ref.is_floating_point():
             continue
-        err = (r0["states"][key] - ref).norm() / ref.norm().clamp_min(1e-12)
-        assert err < 1e-4, (key, float(err))
+        diff = float((r0["states"][key] - ref).norm())
+        assert diff < 1e-4 * float(ref.norm()) + 1e-6, (key, diff, float(ref.norm()))
         compared += 1
     assert compared > 100 and "nn_loss.bank" in one["states"] and "teacher.out_conv.weight" in one["states"]
 
