@@ -19,7 +19,7 @@ from typing import Any
 
 from arco._io import atomic_write_text
 from arco.config import SECTIONS, RunConfig, load_config, to_dict
-from arco.pipeline import train
+from arco.pipeline import evaluate_test, train
 
 __all__ = ["DEMO_PRESET", "demo_config", "run_demo", "evaluate_checkpoint", "format_table"]
 
@@ -76,23 +76,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def evaluate_checkpoint(ckpt: str | os.PathLike, data: Any, cfg: RunConfig, out_dir: Any = None) -> dict[str, Any]:
     """Score a run's best checkpoint on ``data.test``; returns mean and per-class Dice/ASD/HD95."""
-    from arco._device import resolve_device
-    from arco.checkpoint import load_predictor
-    from arco.evaluation.report import evaluate_model
-
-    device = resolve_device(cfg.engine.device)
-    model, _ = load_predictor(ckpt, map_location=device)
-    result = evaluate_model(
-        model.to(device),
-        data.test,
-        data.num_classes,
-        data.spatial_dims,
-        data.patch_size,
-        device=device,
-        class_names=data.class_names,
-        compat=cfg.eval.compat,
-        out_dir=out_dir,
-    )
+    result = evaluate_test(ckpt, data, cfg, out_dir)
     return _scores(result)
 
 

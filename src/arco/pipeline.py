@@ -165,3 +165,26 @@ def _train_stages(cfg: RunConfig, out: Path, stages: list[StageConfig], resume: 
             eval_compat=cfg.eval.compat,
         )
     return results
+
+
+def evaluate_test(ckpt: str | os.PathLike, data: Any, cfg: RunConfig, out_dir: Any = None, **kwargs: Any) -> Any:
+    """Score the predictor in checkpoint ``ckpt`` on ``data.test`` on the config's device, with the config's
+    evaluation conventions (one place for the demo and the studies); ``kwargs`` go to ``evaluate_model``."""
+    from arco._device import resolve_device
+    from arco.checkpoint import load_predictor
+    from arco.evaluation.report import evaluate_model
+
+    device = resolve_device(cfg.engine.device)
+    model, _ = load_predictor(ckpt, map_location=device)
+    return evaluate_model(
+        model.to(device),
+        data.test,
+        data.num_classes,
+        data.spatial_dims,
+        data.patch_size,
+        device=device,
+        class_names=data.class_names,
+        compat=cfg.eval.compat,
+        out_dir=out_dir,
+        **kwargs,
+    )

@@ -27,9 +27,8 @@ def evaluate_run(cfg: Any, run: Path, stage: str, data: Any) -> dict[str, Any]:
     """Evaluate ``run/<stage>``'s selected checkpoint on ``data.test`` into ``run/evaluation`` (cached: nothing
     is done when the cache matches the checkpoint). Returns the evaluation summary."""
     from arco._checks import ArcoError
-    from arco._device import resolve_device
-    from arco.checkpoint import load_predictor, resolve_checkpoint
-    from arco.evaluation.report import evaluate_model
+    from arco.checkpoint import resolve_checkpoint
+    from arco.pipeline import evaluate_test
 
     out = run / EVALUATION
     if evaluation_fresh(run, stage):
@@ -39,22 +38,8 @@ def evaluate_run(cfg: Any, run: Path, stage: str, data: Any) -> dict[str, Any]:
         raise ArcoError(f"{run}: the test split of {cfg.data.dataset!r} is empty; a study needs test cases")
     ckpt = resolve_checkpoint(run / stage)
     (out / "source.json").unlink(missing_ok=True)
-    device = resolve_device(cfg.engine.device)
-    model, _ = load_predictor(ckpt, map_location=device)
     t0 = time.perf_counter()
-    result = evaluate_model(
-        model.to(device),
-        data.test,
-        data.num_classes,
-        data.spatial_dims,
-        data.patch_size,
-        device=device,
-        class_names=data.class_names,
-        compat=cfg.eval.compat,
-        out_dir=out,
-        overlays=3,
-        batch_size=cfg.engine.val_batch,
-    )
+    result = evaluate_test(ckpt, data, cfg, out, overlays=3, batch_size=cfg.engine.val_batch)
     atomic_write_text(out / "source.json", json.dumps(checkpoint_stamp(ckpt), indent=2))
     logger.info(
         "%s: test mean Dice %.4f over %d cases (%s, %.1f s)",
