@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from arco.augment import color_jitter, cutmix, gaussian_blur
+from arco.augment import color_jitter, cutmix, gaussian_blur, random_similarity, warp
 from arco.data.transforms import weak_2d, weak_3d
 
 
@@ -117,3 +117,31 @@ def test_gaussian_blur(spatial):
     assert torch.allclose(gaussian_blur(x, g, p=0.0), x, atol=1e-5)
     const = torch.full((2, 1, *spatial), 0.3)
     assert torch.allclose(gaussian_blur(const, g, p=1.0), const, atol=1e-5)
+
+
+def test_warp_identity_and_exact_quarter_turn():
+    x = torch.arange(2 * 16.0).view(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    ident = random_similarity(2, 2, g, x.device, rotate=0.0, scale=(1.0, 1.0), translate=0.0, mirror=False)
+    assert torch.allclose(warp(x, ident), x, atol=1e-5)
+    quarter = torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]]).repeat(2, 1, 1)  # pixel centres map onto centres
+    assert torch.equal(warp(x, quarter, mode="nearest"), torch.rot90(x, 1, dims=(2, 3)))
+    assert torch.allclose(warp(x, quarter), warp(x, quarter, mode="nearest"), atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_random_similarity_ranges(spatial_dims):
+    n = 4000
+    t = random_similarity(n, spatial_dims, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert t.shape == (n, spatial_dims, spatial_dims + 1)
+    block = t[:, :2, :2]
+    zoom = 1 / block.det().abs().sqrt()  # the content grows by the zoom factor
+    assert zoom.min() >= 0.8 - 1e-5 and zoom.max() <= 1.2 + 1e-5
+    angle = torch.rad2deg(torch.atan2(-t[:, 0, 1], t[:, 1, 1]))  # column 1 (the y axis) is never mirrored
+    assert angle.abs().max() <= 60 + 1e-3 and angle.abs().max() > 55  # +-60 degrees, reached
+    mirrored = block.det() < 0
+    # mirror with probability 1/2: 4000 draws, 5 standard deviations = 0.04
+    assert abs(float(mirrored.float().mean()) - 0.5) < 0.04
+    assert t[:, :, -1].abs().max() <= 0.1 + 1e-6
+    if spatial_dims == 3:  # the depth axis is only zoomed, never rotated into the plane
+        assert torch.allclose(t[:, 2, :2], torch.zeros(n, 2)) and torch.allclose(t[:, :2, 2], torch.zeros(n, 2))

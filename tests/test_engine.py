@@ -143,3 +143,22 @@ def test_summary_json(tmp_path):
     run_method(tmp_path, "supervised", data, 3)
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["stage"] == "supervised" and s["completed_iterations"] == 3 and s["method"] == "supervised"
+
+
+def test_grad_clip_bounds_one_spiking_step_and_leaves_small_ones_alone():
+    # The ARCO heads' BatchNorm over two rows can give one step a gradient 500x the usual (docs/diagnosis.md section
+    # 6); optim.grad_clip caps the global norm of that step and does nothing to ordinary steps.
+    from arco.engine.optim import Optimizers
+
+    def update(scale: float, clip: float) -> float:
+        w = torch.nn.Parameter(torch.ones(10))
+        opt = Optimizers([{"params": [w]}], OptimConfig(weight_decay=0.0, grad_clip=clip), lr=0.1)
+        opt.zero_grad()
+        (scale * w).sum().backward()  # gradient norm = scale * sqrt(10)
+        opt.step(torch.amp.GradScaler("cpu", enabled=False))
+        return float((w.detach() - 1).norm())
+
+    spike = 500.0 / 10**0.5
+    assert update(spike, 0.0) == pytest.approx(0.1 * 500.0, rel=1e-5)  # unclipped: lr x norm
+    assert update(spike, 12.0) == pytest.approx(0.1 * 12.0, rel=1e-5)  # clipped to the bound
+    assert update(1.0 / 10**0.5, 12.0) == pytest.approx(0.1 * 1.0, rel=1e-5)  # below the bound: unchanged

@@ -66,6 +66,24 @@ def test_methods_drop_stages_fast_and_reference(tmp_path):
     assert (short.engine.val_every, short.engine.log_every) == (50, 2)
 
 
+def test_an_axis_value_sets_a_stage_only_where_the_run_has_it(tmp_path):
+    # arco-vs-supervised's mni152 value sets finetune.lambda_eqv for the ARCO arm next to a supervised arm.
+    grid = {
+        "dataset": {"p": [], "m": ["data.rotation=60", "finetune.lambda_eqv=0.5"]},
+        "method": {"sup": {"method": "supervised"}, "arco": {"method": "arco"}},
+    }
+    runs = {
+        r.arm.name: r.config
+        for r in expand(load_study(str(write_study(tmp_path / "s.yaml", tmp_path / "d", grid))), tmp_path / "o")
+    }
+    assert runs["m_arco"].stage("finetune").params.lambda_eqv == 0.5 and runs["m_arco"].data.rotation == 60
+    assert runs["m_sup"].data.rotation == 60 and [s.name for s in runs["m_sup"].stages] == ["supervised"]
+    assert runs["p_arco"].stage("finetune").params.lambda_eqv == 0.0  # the demo's value, untouched
+    typo = {"dataset": {"m": ["finetun.lambda_eqv=0"]}, "method": {"sup": {"method": "supervised"}}}
+    with pytest.raises(ConfigError, match="'finetun.lambda_eqv=0' names a stage that no run of the study has"):
+        expand(load_study(str(write_study(tmp_path / "t.yaml", tmp_path / "d", typo))), tmp_path / "o")
+
+
 def test_bad_study_files_fail_early_with_clear_errors(tmp_path):
     path = write_study(tmp_path / "s.yaml", tmp_path / "d", {"m": {"a": {"method": "no-such-method"}}})
     with pytest.raises(ConfigError, match=r"not registered: no-such-method\..*Known methods: .*arco-sag"):

@@ -1,7 +1,8 @@
 """Batched, on-device augmentations that training methods apply to whole batches (no Python loop over items).
 
 CutMix (one box per item, pasted from another item, applied identically to the image and to every target such as
-pseudo-labels and confidences), photometric colour jitter and Gaussian blur. Inputs are ``(B, C, *S)`` with ``S``
+pseudo-labels and confidences), photometric colour jitter, Gaussian blur, and random similarity warps (rotation,
+scale, shift, mirror) for equivariance terms. Inputs are ``(B, C, *S)`` with ``S``
 2D or 3D on any device; randomness comes from an explicit ``torch.Generator`` so a method's augmentation is
 reproducible and resumable. The per-sample weak augmentation of the data loaders is in :mod:`arco.data.transforms`.
 """
@@ -13,7 +14,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cutmix", "box_mask", "color_jitter", "brightness_contrast", "gaussian_blur", "uniform"]
+__all__ = [
+    "cutmix",
+    "box_mask",
+    "color_jitter",
+    "brightness_contrast",
+    "gaussian_blur",
+    "uniform",
+    "random_similarity",
+    "warp",
+]
 
 
 def uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -162,3 +172,41 @@ def gaussian_blur(
             xp = F.pad(xp, zp)
         out = conv(xp, k.view(shape), groups=b * c)
     return out.view_as(image)
+
+
+def random_similarity(
+    n: int,
+    spatial_dims: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+    rotate: float = 60.0,
+    scale: tuple[float, float] = (0.8, 1.2),
+    translate: float = 0.1,
+    mirror: bool = True,
+) -> torch.Tensor:
+    """``n`` random similarity transforms as ``affine_grid`` matrices ``(n, d, d + 1)`` (output -> input coordinates).
+
+    Rotation uniform in ±``rotate`` degrees in the last two axes' plane (the axial plane of a 3D volume), isotropic
+    zoom uniform in ``scale`` (the content grows by the factor), shift uniform in ±``translate`` of the half-extent per
+    axis, and a mirror of the last axis with probability 0.5 when ``mirror``. These are the ARCO reference code's
+    equivariance warps (``RandTPS(mode='affine')``: ±60°, zoom 0.8-1.2, shift 0.1; its 0.01 TPS jitter is left out).
+    """
+    r = uniform(n * (3 + spatial_dims), generator, device).view(3 + spatial_dims, n)
+    angle = torch.deg2rad(torch.as_tensor(rotate, device=device)) * (2 * r[0] - 1)
+    zoom = scale[0] + (scale[1] - scale[0]) * r[1]
+    flip = torch.where((r[2] < 0.5) & mirror, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(n, spatial_dims, spatial_dims + 1, device=device)
+    eye = torch.arange(spatial_dims, device=device)
+    theta[:, eye, eye] = 1.0 / zoom[:, None]
+    # affine_grid's coordinate order is (x = last axis, y = second last, ...): rotate (x, y), mirror x
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    theta[:, :, -1] = translate * (2 * r[3:] - 1).T
+    return theta
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Resample ``x (B, C, *S)`` with the transforms ``theta`` of :func:`random_similarity`; zeros outside."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)

@@ -27,13 +27,16 @@ class OptimConfig:
         momentum: SGD momentum (0.9).
         weight_decay: L2 weight decay (1e-4).
         nesterov: Nesterov momentum (the reference code's stage 2 uses it; SSL4MIS does not).
-        grad_clip: max global gradient norm (0 = no clipping).
+        grad_clip: max global gradient norm (0 = no clipping; default 12, nnU-Net's value). Typical steps have norms
+            of 0.5-4 and are untouched; it caps the rare spikes that a BatchNorm over very few rows produces (ARCO's
+            projection heads see only the unlabeled batch: docs/diagnosis.md section 6). The reference code and the
+            paper do not clip.
     """
 
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
-    grad_clip: float = 0.0
+    grad_clip: float = 12.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.grad_clip < 0:

@@ -3,7 +3,8 @@
 - ``arco-pretrain`` (stage 1, relational semi-supervised pre-training):
   ``L = L_sup + L_inst_global + L_inst_local``.
 - ``arco-finetune`` (stage 2, anatomical contrastive fine-tuning):
-  ``L = L_sup + λ1·L_contrast + λ2·L_unsup + λ3·L_nn`` with λ = (0.01, 1, 1).
+  ``L = L_sup + λ1·L_contrast + λ2·L_unsup + λ3·L_nn`` with λ = (0.01, 1, 1), plus the reference code's
+  equivariance term ``λ_eqv·L_eqv`` that the paper does not mention (off by default, ``lambda_eqv``).
 
 Both keep an EMA teacher (in eval mode) of the student and of the heads. Module names are shared between the
 stages (``student``, ``teacher``, ``projector``, ``predictor``, ``teacher_projector``) so stage 2 starts from
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arco._checks import choice
-from arco.augment import brightness_contrast, color_jitter, cutmix, gaussian_blur
+from arco.augment import brightness_contrast, color_jitter, cutmix, gaussian_blur, random_similarity, warp
 from arco.losses import (
     NearestNeighbourLoss,
     PixelContrastiveLoss,
@@ -122,6 +123,13 @@ class ArcoFinetuneConfig:
         rampup: fraction of the stage over which lambda_contrast, lambda_unsup and lambda_nn ramp up from 0
             (sigmoid, Laine & Aila); 0 = constant weights, as the paper and the reference code.
         strong_bn: ``joint``, ``separate`` or ``clean``, as in stage 1.
+        lambda_eqv: weight of the reference code's equivariance term ``L_eqv`` (its ``k2`` = 1; the paper has no such
+            term, so 0 here): the student's prediction on a randomly rotated / zoomed / shifted / mirrored copy of
+            the labeled and (freshly jittered) strong images must match the same warp of its own detached prediction
+            on the unwarped images (KL), on foreground pixels whose label or pseudo-label confidence is at least
+            ``eqv_confidence`` (the reference's ``weak_threshold`` 0.7). See docs/diagnosis.md.
+        eqv_confidence: that confidence threshold.
+        eqv_rotate: the warps' maximal rotation in degrees (reference: 60).
     """
 
     sampler: str = "sg"
@@ -145,6 +153,9 @@ class ArcoFinetuneConfig:
     sup_weight: float = 1.0
     rampup: float = 0.0
     strong_bn: str = "clean"
+    lambda_eqv: float = 0.0
+    eqv_confidence: float = 0.7
+    eqv_rotate: float = 60.0
 
     def __post_init__(self) -> None:
         # Fail when the config is read, not at the first training step.
@@ -158,12 +169,19 @@ class ArcoFinetuneConfig:
             )
         choice("finetune.unsup_weighting", self.unsup_weighting, UNSUP_WEIGHTINGS)
         _check_common("finetune", self.ema, self.sup_weight, self.rampup)
-        if min(self.lambda_contrast, self.lambda_unsup, self.lambda_nn) < 0 or not 0 <= self.cutmix_p <= 1:
+        if (
+            min(self.lambda_contrast, self.lambda_unsup, self.lambda_nn, self.lambda_eqv) < 0
+            or not 0 <= self.cutmix_p <= 1
+        ):
             raise ValueError("finetune: the lambdas must be >= 0 and cutmix_p in [0, 1]")
-        if not 0 <= self.confidence <= 1.01 or self.tau <= 0 or self.nn_k > self.nn_bank:
+        if not 0 <= self.confidence <= 1.01 or not 0 <= self.eqv_confidence <= 1.01:
             raise ValueError(
-                f"finetune: confidence must be in [0, 1], tau > 0 and nn_k <= nn_bank; got {self.confidence}, "
-                f"{self.tau}, {self.nn_k} > {self.nn_bank}"
+                f"finetune: confidence and eqv_confidence must be in [0, 1]; got {self.confidence}, "
+                f"{self.eqv_confidence}"
+            )
+        if self.tau <= 0 or self.nn_k > self.nn_bank:
+            raise ValueError(
+                f"finetune: tau must be > 0 and nn_k <= nn_bank; got {self.tau}, {self.nn_k} > {self.nn_bank}"
             )
 
 
@@ -221,6 +239,7 @@ class StrongViews(NamedTuple):
     confidence: torch.Tensor  # (B_u, *S) teacher confidence, CutMix applied
     teacher_embed: torch.Tensor  # (B_u, dim) pooled teacher embedding of the weak view (L_nn bank)
     teacher_feats: list[torch.Tensor]  # teacher decoder features of cat(labeled, strong)
+    mixed: torch.Tensor  # (B_u, C, *S) the CutMix image before the photometric part (the equivariance term's input)
 
 
 class _ArcoBase(MethodBase):
@@ -320,7 +339,7 @@ class ArcoFinetuneMethod(_ArcoBase):
     config_class = ArcoFinetuneConfig
     description = "ARCO stage 2: L_sup + sampled pixel contrast (NS/SG/SAG) + pseudo-labels + nearest neighbours"
     paper = _PAPER
-    loss_names = ("loss_sup", "loss_contrast", "loss_unsup", "loss_nn")
+    loss_names = ("loss_sup", "loss_contrast", "loss_unsup", "loss_nn", "loss_eqv")
     metric_names = ("confident",)
     init_modules = _SHARED
 
@@ -361,13 +380,35 @@ class ArcoFinetuneMethod(_ArcoBase):
         image_s, pseudo_s, conf_s = cutmix(
             batch.image_u, pseudo, confidence, generator=g, p=cfg.cutmix_p, area=cfg.cutmix_area
         )
-        image_s = _strong(image_s, g, cfg.strong_view, cfg.jitter)
+        mixed = image_s
+        image_s = _strong(mixed, g, cfg.strong_view, cfg.jitter)
         t_feats = self.teacher(torch.cat([batch.image_l, image_s])).features
-        return StrongViews(image_s, pseudo_s, conf_s, t_embed, t_feats)
+        return StrongViews(image_s, pseudo_s, conf_s, t_embed, t_feats, mixed)
 
     def student_forward(self, image_l: torch.Tensor, image_s: torch.Tensor) -> SegOutput:
         """The student on the labeled and strong batches, as ``strong_bn`` says (see :func:`_student_forward`)."""
         return _student_forward(self.student, image_l, image_s, self.cfg.strong_bn)
+
+    def equivariance_loss(
+        self, image_l: torch.Tensor, mixed: torch.Tensor, logits: torch.Tensor, label: torch.Tensor, conf: torch.Tensor
+    ) -> torch.Tensor:
+        """The reference code's ``loss_eqv``: KL(warp(p) || p_student(warp(x))) on confident foreground pixels.
+
+        ``x`` is the labeled batch and a fresh photometric draw of the CutMix images ``mixed``; ``logits`` are the
+        student's on the unwarped labeled + strong batch (detached: the target), ``label``/``conf`` their labels or
+        pseudo-labels and confidences (1 on labeled pixels). One random similarity per image (rotation ±``eqv_rotate``
+        degrees, zoom 0.8-1.2, shift 0.1, mirror); the warped forward follows ``strong_bn`` like the strong one.
+        """
+        cfg, g = self.cfg, self.generator
+        x = torch.cat([image_l, _strong(mixed, g, cfg.strong_view, cfg.jitter)])
+        theta = random_similarity(x.shape[0], self.dims, g, x.device, rotate=cfg.eqv_rotate)
+        with frozen_bn_stats(self.student) if cfg.strong_bn == "clean" else contextlib.nullcontext():
+            pred = self.student(warp(x, theta)).logits.float()
+        target = torch.softmax(warp(logits.detach().float(), theta), dim=1)
+        mask = warp(((label != 0) & (conf >= cfg.eqv_confidence)).unsqueeze(1).float(), theta)
+        kl = (target * (target.clamp_min(1e-12).log() - F.log_softmax(pred, dim=1))).sum(1, keepdim=True)
+        per_image = (kl * mask).flatten(1).sum(1) / (mask.flatten(1).sum(1) + 1e-7)
+        return per_image.mean()
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         cfg, g = self.cfg, self.generator
@@ -396,14 +437,20 @@ class ArcoFinetuneMethod(_ArcoBase):
         s_embed = self.predictor_head(self.projector(_pool(out.bottleneck[bl:])))
         loss_nn = self.nn_loss(s_embed)
         self._pending = t_embed.detach()
+        if cfg.lambda_eqv > 0:
+            conf = torch.cat([torch.ones_like(conf_s), conf_s])
+            loss_eqv = self.equivariance_loss(batch.image_l, views.mixed, out.logits, label, conf)
+        else:
+            loss_eqv = loss_sup.new_zeros(())
         ramp = rampup_weight(1.0, step, self.total_steps, cfg.rampup)
         aux = cfg.lambda_contrast * loss_contrast + cfg.lambda_unsup * loss_unsup + cfg.lambda_nn * loss_nn
-        loss = loss_sup + ramp * aux
+        loss = loss_sup + ramp * (aux + cfg.lambda_eqv * loss_eqv)
         logs = {
             "loss_sup": loss_sup.detach(),
             "loss_contrast": loss_contrast.detach(),
             "loss_unsup": loss_unsup.detach(),
             "loss_nn": loss_nn.detach(),
+            "loss_eqv": loss_eqv.detach(),
             "confident": valid[bl:].float().mean(),
         }
         return StepOutput(loss, logs)

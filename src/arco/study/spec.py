@@ -18,8 +18,9 @@ A study file (built-in: ``arco study --list``)::
     compare_to: {sampler: ns}                       # reference arm of the paired differences
     select_by_val: [lambda]                         # optional: pick these axes' values by validation Dice
 
-Overrides under ``set`` (and ``--set``) that name a stage apply to the runs that have that stage; an arm's own
-overrides must fit its runs. An arm's ``drop_stages`` removes stages from its runs (a stage that started from a
+Overrides under ``set`` (and ``--set``) and an arm's own overrides that name a stage apply to the runs that have that
+stage (a ``dataset`` value may set ``finetune.*`` for the ARCO arms next to a supervised one); an override that fits
+no run of the study is an error. An arm's ``drop_stages`` removes stages from its runs (a stage that started from a
 dropped stage starts from fresh weights): ``drop_stages: [pretrain]`` is ARCO without stage 1.
 """
 
@@ -350,11 +351,14 @@ def expand(spec: StudySpec, out: str | Path, fast: bool = False) -> list[RunSpec
     out = Path(out).resolve()
     raw, base_dir = read_yaml(spec.base)
     runs = []
+    used: dict[str, bool] = {}  # arm override -> fits at least one arm
     for arm in spec.arms():
         method = arm.method or spec.method
+        where = f"study {spec.name}, arm {arm.name}"
+        arm_sets = _fitting(arm.overrides, raw, [], method, base_dir, out, where)
+        for o, fitted in zip(arm.overrides, [o.replace("{out}", str(out)) for o in arm.overrides]):
+            used[o] = used.get(o, False) or fitted in arm_sets
         for seed in spec.seeds:
-            where = f"study {spec.name}, arm {arm.name}"
-            arm_sets = [o.replace("{out}", str(out)) for o in arm.overrides]
             sets = [*_fitting(spec.overrides, raw, arm_sets, method, base_dir, out, where), *arm_sets]
             sets += [f"engine.seed={seed}", "engine.progress=false"]
             try:
@@ -369,4 +373,10 @@ def expand(spec: StudySpec, out: str | Path, fast: bool = False) -> list[RunSpec
             if fast:
                 cfg = shorten(cfg, 10)
             runs.append(RunSpec(arm, seed, cfg, out / "runs" / arm.name / f"seed{seed}"))
+    unused = [o for o, fits in used.items() if not fits]
+    if unused:
+        raise ConfigError(
+            f"study {spec.name}: {', '.join(map(repr, unused))} names a stage that no run of the study has; check the "
+            "stage name (arco train --config BASE --print-config lists a run's stages)"
+        )
     return runs
