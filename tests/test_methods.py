@@ -267,13 +267,14 @@ def test_equivariance_term_is_the_reference_masked_kl(monkeypatch):
     original = m.strong_views
     monkeypatch.setattr(m, "strong_views", lambda b, g: views_seen.append(original(b, g)) or views_seen[-1])
     seen = _capture_student(m)
-    b = batch()
+    g = torch.Generator().manual_seed(3)  # 3 labeled + 2 unlabeled images: the two batch sizes differ
+    b = Batch(torch.randn(3, 1, 32, 32, generator=g), torch.randint(0, 3, (3, 32, 32), generator=g), batch().image_u)
     out = m.training_step(b, 0)
     views = views_seen[-1]
     assert len(seen) == 3 and torch.equal(views.mixed, views.image)  # strong_view "none": no photometric part
     logits = torch.cat([seen[0], seen[1]])
     label = torch.cat([b.label_l, views.pseudo])
-    conf = torch.cat([torch.ones_like(views.confidence), views.confidence])
+    conf = torch.cat([torch.ones_like(b.label_l, dtype=views.confidence.dtype), views.confidence])
     rot = lambda t: torch.rot90(t, 1, dims=(-2, -1))  # noqa: E731
     target = torch.softmax(rot(logits), dim=1)
     kl = (target * (target.log() - F.log_softmax(seen[2], dim=1))).sum(1)

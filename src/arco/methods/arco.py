@@ -438,7 +438,7 @@ class ArcoFinetuneMethod(_ArcoBase):
         loss_nn = self.nn_loss(s_embed)
         self._pending = t_embed.detach()
         if cfg.lambda_eqv > 0:
-            conf = torch.cat([torch.ones_like(conf_s), conf_s])
+            conf = torch.cat([torch.ones_like(batch.label_l, dtype=conf_s.dtype), conf_s])
             loss_eqv = self.equivariance_loss(batch.image_l, views.mixed, out.logits, label, conf)
         else:
             loss_eqv = loss_sup.new_zeros(())
