@@ -356,11 +356,11 @@ def expand(spec: StudySpec, out: str | Path, fast: bool = False) -> list[RunSpec
         method = arm.method or spec.method
         where = f"study {spec.name}, arm {arm.name}"
         arm_sets = _fitting(arm.overrides, raw, [], method, base_dir, out, where)
-        for o, fitted in zip(arm.overrides, [o.replace("{out}", str(out)) for o in arm.overrides]):
-            used[o] = used.get(o, False) or fitted in arm_sets
+        for o in arm.overrides:
+            used[o] = used.get(o, False) or o.replace("{out}", str(out)) in arm_sets
+        shared = [*_fitting(spec.overrides, raw, arm_sets, method, base_dir, out, where), *arm_sets]
         for seed in spec.seeds:
-            sets = [*_fitting(spec.overrides, raw, arm_sets, method, base_dir, out, where), *arm_sets]
-            sets += [f"engine.seed={seed}", "engine.progress=false"]
+            sets = [*shared, f"engine.seed={seed}", "engine.progress=false"]
             try:
                 cfg = build_config(raw, sets, method=method, base_dir=base_dir)
             except ConfigError as exc:
