@@ -293,3 +293,29 @@ def test_equivariance_weight_enters_the_objective_and_is_off_by_default():
     weighted, eqv = step(lambda_eqv=2.0)
     assert eqv0 == 0.0 and eqv > 0  # the paper's objective has no equivariance term
     assert weighted - base == pytest.approx(2.0 * eqv, rel=1e-4)
+
+
+@pytest.mark.parametrize("stage", ["arco-pretrain", "arco-finetune"])
+def test_head_rows_sets_the_rows_the_heads_batchnorm_sees(stage):
+    # 3 labeled + 2 unlabeled images: "unlabeled" normalises the projector's hidden layer over the 2 unlabeled rows
+    # only (the reference code), "all" over all 5; the loss still uses the unlabeled rows' embeddings alone.
+    def rows_seen(mode: str) -> tuple[list[int], float]:
+        m = build(stage, head_rows=mode)
+        seen: list[int] = []
+        bn = m.modules()["projector"][1]
+        bn.register_forward_hook(lambda mod, inp, _o: seen.append(inp[0].shape[0]) if mod.training else None)
+        g = torch.Generator().manual_seed(3)
+        labels = torch.randint(0, 3, (3, 32, 32), generator=g)
+        b = Batch(torch.randn(3, 1, 32, 32, generator=g), labels, batch().image_u)
+        m.training_step(b, 0)
+        m.after_optimizer_step(0)  # fills the instance queue / nearest-neighbour bank
+        out = m.training_step(b, 1)
+        key = "loss_inst_global" if stage == "arco-pretrain" else "loss_nn"
+        return seen, float(out.logs[key])
+
+    only_u, loss_u = rows_seen("unlabeled")
+    every, loss_all = rows_seen("all")
+    assert only_u[0] == 2 and every[0] == 5
+    assert loss_u != pytest.approx(loss_all)  # the statistics differ, so the embeddings do
+    with pytest.raises(ValueError, match="head_rows"):
+        params_for(stage, head_rows="labeled")

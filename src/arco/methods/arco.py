@@ -14,6 +14,7 @@ stage 1's weights. The recipes ``arco`` (SG, the paper's best), ``arco-sag`` and
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -60,6 +61,10 @@ class ArcoPretrainConfig:
         strong_view: the two views' photometric augmentation, one of :data:`STRONG_VIEWS` (reference code: jitter
             strength 0.2 and blur, each with p 0.5).
         jitter: brightness/contrast strength of the ``reference`` view (0.2 in the reference pre-training).
+        head_rows: which rows the student's projector/predictor (BatchNorm1d) see: ``unlabeled`` (only the unlabeled
+            embeddings the instance losses use, as the reference code) or ``all`` (the labeled ones too, outputs of
+            the labeled rows discarded), so that BatchNorm does not normalise over as few as 2 rows. See
+            docs/diagnosis.md section 9.
     """
 
     queue_size: int = 36
@@ -73,9 +78,11 @@ class ArcoPretrainConfig:
     strong_bn: str = "clean"
     strong_view: str = "reference"
     jitter: float = 0.2
+    head_rows: str = "unlabeled"
 
     def __post_init__(self) -> None:
         _check_common("pretrain", self.ema, self.sup_weight, self.rampup)
+        choice("pretrain.head_rows", self.head_rows, HEAD_ROWS)
         choice("pretrain.strong_bn", self.strong_bn, STRONG_BN)
         choice("pretrain.strong_view", self.strong_view, STRONG_VIEWS)
         if self.queue_size < 1 or self.local_grid < 1 or self.tau_s <= 0 or self.tau_t <= 0 or self.lambda_inst < 0:
@@ -87,6 +94,16 @@ class ArcoPretrainConfig:
 
 #: How a strongly augmented batch passes the student's BatchNorm layers (see ``_student_forward``).
 STRONG_BN = ("joint", "separate", "clean")
+#: Which rows the student's projector/predictor normalise over (see ``_heads_on``).
+HEAD_ROWS = ("unlabeled", "all")
+
+
+def _heads_on(heads: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, skip: int, mode: str) -> torch.Tensor:
+    """``heads`` on ``rows[skip:]``: alone (``unlabeled``) or with the first ``skip`` rows in the same batch
+    (``all``: their outputs discarded), which only changes the rows BatchNorm1d's statistics come from."""
+    if mode == "all":
+        return heads(rows)[skip:]
+    return heads(rows[skip:])
 
 
 def _check_common(stage: str, ema: float, sup_weight: float, rampup: float) -> None:
@@ -130,6 +147,7 @@ class ArcoFinetuneConfig:
             ``eqv_confidence`` (the reference's ``weak_threshold`` 0.7). See docs/diagnosis.md.
         eqv_confidence: that confidence threshold.
         eqv_rotate: the warps' maximal rotation in degrees (reference: 60).
+        head_rows: ``unlabeled`` or ``all``, as in stage 1 (the projector/predictor feed L_nn).
     """
 
     sampler: str = "sg"
@@ -156,10 +174,12 @@ class ArcoFinetuneConfig:
     lambda_eqv: float = 0.0
     eqv_confidence: float = 0.7
     eqv_rotate: float = 60.0
+    head_rows: str = "unlabeled"
 
     def __post_init__(self) -> None:
         # Fail when the config is read, not at the first training step.
         choice("finetune.sampler", self.sampler, STRATEGIES)
+        choice("finetune.head_rows", self.head_rows, HEAD_ROWS)
         choice("finetune.strong_bn", self.strong_bn, STRONG_BN)
         choice("finetune.strong_view", self.strong_view, STRONG_VIEWS)
         if not 0 < self.cutmix_area[0] <= self.cutmix_area[1] <= 1 or not 0 <= self.jitter < 1:
@@ -302,8 +322,14 @@ class ArcoPretrainMethod(_ArcoBase):
         x2 = _strong(batch.image_u, g, cfg.strong_view, cfg.jitter)
         out = _student_forward(self.student, batch.image_l, x1, self.cfg.strong_bn)
         loss_sup = self.sup(out.logits[:bl], batch.label_l)
-        s_global = self.predictor_head(self.projector(_pool(out.bottleneck[bl:])))
-        s_local = self.local_predictor(self.local_projector(self._windows(out.features[-1][bl:])))
+        rows = cfg.head_rows
+        s_global = _heads_on(lambda z: self.predictor_head(self.projector(z)), _pool(out.bottleneck), bl, rows)
+        s_local = _heads_on(
+            lambda z: self.local_predictor(self.local_projector(z)),
+            self._windows(out.features[-1]),
+            bl * self.slots,
+            rows,
+        )
         with torch.no_grad():
             t_out = self.teacher(x2)
             t_global = self.teacher_projector(_pool(t_out.bottleneck))
@@ -434,7 +460,7 @@ class ArcoFinetuneMethod(_ArcoBase):
                 return self.teacher_rep_head.forward_at(t_feats, index, spatial, ok)
 
         loss_contrast = self.contrast(label, valid, rep_student, rep_teacher, g)
-        s_embed = self.predictor_head(self.projector(_pool(out.bottleneck[bl:])))
+        s_embed = _heads_on(lambda z: self.predictor_head(self.projector(z)), _pool(out.bottleneck), bl, cfg.head_rows)
         loss_nn = self.nn_loss(s_embed)
         self._pending = t_embed.detach()
         if cfg.lambda_eqv > 0:
