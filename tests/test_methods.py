@@ -255,6 +255,12 @@ def _capture_student(m) -> list[torch.Tensor]:
     return seen
 
 
+def _three_labeled_batch() -> Batch:
+    """3 labeled + 2 unlabeled images: the two batch sizes differ, so a mix-up of the two shows."""
+    g = torch.Generator().manual_seed(3)
+    return Batch(torch.randn(3, 1, 32, 32, generator=g), torch.randint(0, 3, (3, 32, 32), generator=g), batch().image_u)
+
+
 def test_equivariance_term_is_the_reference_masked_kl(monkeypatch):
     # A quarter turn maps pixel centres onto pixel centres, so the warp is an exact rot90 and the expected value can
     # be computed by hand from the student's three forwards (labeled, strong, warped).
@@ -267,8 +273,7 @@ def test_equivariance_term_is_the_reference_masked_kl(monkeypatch):
     original = m.strong_views
     monkeypatch.setattr(m, "strong_views", lambda b, g: views_seen.append(original(b, g)) or views_seen[-1])
     seen = _capture_student(m)
-    g = torch.Generator().manual_seed(3)  # 3 labeled + 2 unlabeled images: the two batch sizes differ
-    b = Batch(torch.randn(3, 1, 32, 32, generator=g), torch.randint(0, 3, (3, 32, 32), generator=g), batch().image_u)
+    b = _three_labeled_batch()
     out = m.training_step(b, 0)
     views = views_seen[-1]
     assert len(seen) == 3 and torch.equal(views.mixed, views.image)  # strong_view "none": no photometric part
@@ -304,9 +309,7 @@ def test_head_rows_sets_the_rows_the_heads_batchnorm_sees(stage):
         seen: list[int] = []
         bn = m.modules()["projector"][1]
         bn.register_forward_hook(lambda mod, inp, _o: seen.append(inp[0].shape[0]) if mod.training else None)
-        g = torch.Generator().manual_seed(3)
-        labels = torch.randint(0, 3, (3, 32, 32), generator=g)
-        b = Batch(torch.randn(3, 1, 32, 32, generator=g), labels, batch().image_u)
+        b = _three_labeled_batch()
         m.training_step(b, 0)
         m.after_optimizer_step(0)  # fills the instance queue / nearest-neighbour bank
         out = m.training_step(b, 1)

@@ -276,6 +276,10 @@ class _ArcoBase(MethodBase):
         self.teacher_projector = self.add_teacher("teacher_projector", "projector")
         self.sup = SupervisedLoss(weight=cfg.sup_weight)  # CE + Dice, a plain sum in the reference code (SPEC §4)
 
+    def student_global(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The student's global embedding of pooled bottleneck rows: projector, then predictor."""
+        return self.predictor_head(self.projector(pooled))
+
 
 @register_method
 class ArcoPretrainMethod(_ArcoBase):
@@ -323,7 +327,7 @@ class ArcoPretrainMethod(_ArcoBase):
         out = _student_forward(self.student, batch.image_l, x1, self.cfg.strong_bn)
         loss_sup = self.sup(out.logits[:bl], batch.label_l)
         rows = cfg.head_rows
-        s_global = _heads_on(lambda z: self.predictor_head(self.projector(z)), _pool(out.bottleneck), bl, rows)
+        s_global = _heads_on(self.student_global, _pool(out.bottleneck), bl, rows)
         s_local = _heads_on(
             lambda z: self.local_predictor(self.local_projector(z)),
             self._windows(out.features[-1]),
@@ -460,7 +464,7 @@ class ArcoFinetuneMethod(_ArcoBase):
                 return self.teacher_rep_head.forward_at(t_feats, index, spatial, ok)
 
         loss_contrast = self.contrast(label, valid, rep_student, rep_teacher, g)
-        s_embed = _heads_on(lambda z: self.predictor_head(self.projector(z)), _pool(out.bottleneck), bl, cfg.head_rows)
+        s_embed = _heads_on(self.student_global, _pool(out.bottleneck), bl, cfg.head_rows)
         loss_nn = self.nn_loss(s_embed)
         self._pending = t_embed.detach()
         if cfg.lambda_eqv > 0:
