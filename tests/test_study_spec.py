@@ -114,6 +114,19 @@ def test_builtin_studies_expand(tmp_path, name):
     assert len(runs) == len(spec.arms()) * len(spec.seeds)
 
 
+def test_arco_vs_supervised_reports_the_fully_labeled_ceiling(tmp_path):
+    # The `full` arm is the supervised baseline on every training subject (UNet-F), compared to the one-subject
+    # baseline on each dataset; the other arms keep the demo's one labeled subject.
+    spec = load_study("arco-vs-supervised")
+    runs = {r.arm.name: r.config for r in expand(spec, tmp_path / "out") if r.seed == spec.seeds[0]}
+    for dataset in ("phantom2d", "mni152"):
+        full, sup, arco = (runs[f"{dataset}_{m}"] for m in ("full", "supervised", "arco"))
+        assert full.data.labeled == "all" and sup.data.labeled == arco.data.labeled == "1"
+        assert [s.method for s in full.stages] == [s.method for s in sup.stages] == ["supervised"]
+        assert full.stages[0].schedule == sup.stages[0].schedule and full.data.dataset == sup.data.dataset
+    assert {a.name: spec.reference(a) for a in spec.arms()}["mni152_full"] == "mni152_supervised"
+
+
 def test_config_round_trip_through_worker_spec(tmp_path):
     spec = load_study(str(write_study(tmp_path / "s.yaml", tmp_path / "d", GRID)))
     cfg = expand(spec, tmp_path / "o")[0].config
