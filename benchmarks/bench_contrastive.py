@@ -1,10 +1,9 @@
 """Cost of the stage-2 pixel contrastive loss (L_contrast incl. the representation head at sampled pixels),
 new forms versus the previous implementation, measured in the same run.
 
-Variants: ``old`` (the previous implementation: similarities of every query to the whole concatenated pool,
-a channels-last copy of every feature level per head call, placeholder draws inside the head's BatchNorm) and
-``dense``/``sampled``/``auto`` (the current ``pixel_contrastive_loss`` forms; default: old and auto). Each
-variant runs in a fresh process (peak RSS is per variant).
+Variants: ``dense``/``sampled``/``auto`` (the forms of ``pixel_contrastive_loss``, the ``batch`` loss; default:
+dense and auto), with ARCO's fused representation at the sampled pixels. Each variant runs in a fresh process (peak
+RSS is per variant). (The ``reference`` loss's cost is measured by bench_step.py.)
 
     python benchmarks/bench_contrastive.py                      # the issue's CPU shapes, 2 threads
     python benchmarks/bench_contrastive.py --step               # also whole stage-2 steps and the L_contrast share
@@ -27,81 +26,12 @@ import statistics
 import time
 from typing import Any
 
-VARIANTS = ("old", "dense", "sampled", "auto")
-
-
-def _old_loss(query, key, ok, bank, bank_valid, num_negatives=512, tau=0.5, generator=None, form=None):
-    """The previous ``pixel_contrastive_loss`` (before the sampled form), verbatim, as the baseline."""
-    import torch
-    import torch.nn.functional as F
-
-    c, q_num, dim = query.shape
-    okf = ok.to(query.dtype)
-    count = okf.sum(1)
-    positive = F.normalize((key * okf.unsqueeze(-1)).sum(1), dim=-1)
-    arange = torch.arange(c, device=query.device)
-    pool = torch.cat([key.reshape(-1, dim), bank.reshape(-1, dim).to(key.dtype)])
-    pool_class = torch.cat([arange.repeat_interleave(q_num), arange.repeat_interleave(bank.shape[1])])
-    pool_ok = torch.cat([ok.reshape(-1), bank_valid.reshape(-1)])
-    allowed = pool_ok.unsqueeze(0) & (pool_class.unsqueeze(0) != arange.unsqueeze(1))
-    cum = allowed.long().cumsum(1)
-    total = cum[:, -1:]
-    has_neg = total.squeeze(1) > 0
-    u = torch.rand(c, q_num * num_negatives, generator=generator, device=query.device)
-    rank = (u * total).long().minimum(total - 1) + 1
-    neg_idx = torch.searchsorted(cum, rank).clamp_max(pool.shape[0] - 1)
-    sim = torch.einsum("cqd,pd->cqp", query, pool)
-    negatives = sim.gather(2, neg_idx.view(c, q_num, num_negatives))
-    pos_sim = (query * positive.unsqueeze(1)).sum(-1, keepdim=True)
-    logits = torch.cat([pos_sim, negatives], dim=-1) / tau
-    per_query = logits.logsumexp(-1) - logits[..., 0]
-    per_class = (per_query * okf).sum(1) / count.clamp_min(1.0)
-    use = ((count > 0) & has_neg).to(per_class.dtype)
-    return (per_class * use).sum() / use.sum().clamp_min(1.0)
-
-
-def _old_gather_interpolated(feature, index, spatial_shape):
-    """The previous ``gather_interpolated`` (a channels-last copy of the map, one index_select per corner)."""
-    import itertools
-
-    c, small = feature.shape[1], feature.shape[2:]
-    rows = feature.movedim(1, -1).reshape(-1, c)
-    rest, coords = index, []
-    for size in reversed(spatial_shape):
-        coords.append(rest % size)
-        rest = rest // size
-    coords.reverse()
-    lo, hi, frac = [], [], []
-    for pos, full, n in zip(coords, spatial_shape, small):
-        src = ((pos.float() + 0.5) * (n / full) - 0.5).clamp_min(0)
-        i0 = src.floor().long().clamp_max(n - 1)
-        lo.append(i0)
-        hi.append((i0 + 1).clamp_max(n - 1))
-        frac.append((src - i0.to(src.dtype)).clamp(0, 1))
-    out = feature.new_zeros(index.shape[0], c)
-    for corner in itertools.product((0, 1), repeat=len(small)):
-        flat, weight = rest, None
-        for axis, bit in enumerate(corner):
-            flat = flat * small[axis] + (hi[axis] if bit else lo[axis])
-            w = frac[axis] if bit else 1 - frac[axis]
-            weight = w if weight is None else weight * w
-        out = out + rows.index_select(0, flat) * weight.to(rows.dtype).unsqueeze(1)
-    return out
+VARIANTS = ("dense", "sampled", "auto")
 
 
 def _use_variant(variant: str, loss: Any) -> None:
-    """Select the variant: the previous loss, interpolation and head (BatchNorm over all draws; process-wide),
-    or a form of the current loss."""
-    import arco.losses.contrastive as contrastive
-    import arco.models.heads as heads
-
-    if variant == "old":
-        contrastive.pixel_contrastive_loss = _old_loss
-        heads.gather_interpolated = _old_gather_interpolated
-        at = heads.RepresentationHead.forward_at
-        heads.RepresentationHead.forward_at = lambda self, f, i, s, valid=None: at(self, f, i, s)
-    else:
-        loss.form = variant
+    """Select the form of the loss."""
+    loss.form = variant
 
 
 def _labels(b: int, size: int, generator: Any) -> Any:
@@ -144,7 +74,7 @@ def _measure_loss(variant: str, a: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from arco.losses import PixelContrastiveLoss
-    from arco.models import MODELS, RepresentationHead, make_teacher
+    from arco.models import MODELS, FusedRepresentation, make_teacher
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -152,8 +82,9 @@ def _measure_loss(variant: str, a: dict[str, Any]) -> dict[str, Any]:
     net = MODELS.build("unet", in_channels=1, num_classes=c)
     label = _labels(b, s, g)
     with torch.no_grad():
-        feats = [f.detach().requires_grad_(True) for f in net(label.float()[:, None] / 3).features]
-    head = RepresentationHead(net.feature_channels, a["dim"]).train()
+        out = net(label.float()[:, None] / 3)
+        feats = [f.detach().requires_grad_(True) for f in (out.bottleneck, *out.features)]
+    head = FusedRepresentation([net.bottleneck_channels, *net.feature_channels], a["dim"]).train()
     teacher = make_teacher(head)
     fn = PixelContrastiveLoss(c, a["dim"], num_queries=a["queries"], num_negatives=a["negatives"], bank_size=a["bank"])
     _fill_bank(fn, g)
@@ -163,8 +94,8 @@ def _measure_loss(variant: str, a: dict[str, Any]) -> dict[str, Any]:
         loss = fn(
             label,
             None,
-            lambda i, v: head.forward_at(feats, i, (s, s), v),
-            lambda i, v: teacher.forward_at(feats, i, (s, s), v),
+            lambda i: head.forward_at(feats, i),
+            lambda i: teacher.forward_at(feats, i),
             g,
         )
         loss.backward()
@@ -176,11 +107,13 @@ def _measure_step(variant: str, a: dict[str, Any]) -> dict[str, Any]:
     """Whole stage-2 steps; the L_contrast share by bench_step's definition and by difference."""
     import torch
 
-    from arco.methods import ArcoFinetuneConfig, ArcoFinetuneMethod, Batch, ModelConfig
+    from arco.methods import Batch, ModelConfig
+    from arco.methods.arco import ArcoFinetuneConfig, ArcoFinetuneMethod
 
     cfg = ArcoFinetuneConfig(
-        sampler="sg", num_queries=a["queries"], num_negatives=a["negatives"], bank_size=a["bank"], confidence=0.0
-    )
+        contrast="batch", sampler="sg", num_queries=a["queries"], num_negatives=a["negatives"], bank_size=a["bank"],
+        confidence=0.0,
+    )  # fmt: skip
     torch.manual_seed(0)
     m = ArcoFinetuneMethod(cfg, 4, 2, ModelConfig(arch="unet", dim=a["dim"], hidden_dim=a["dim"]))
     m.setup(torch.device("cpu"), 0)
@@ -294,7 +227,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--variants", nargs="+", default=["old", "auto"], choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=["dense", "auto"], choices=VARIANTS)
     ap.add_argument("--step", action="store_true", help="also time whole stage-2 steps")
     ap.add_argument(
         "--crossover", nargs="*", type=float, help="table rows per negative for dense vs sampled (no other runs)"
@@ -331,8 +264,8 @@ def _line(r: dict[str, Any], results: list[dict[str, Any]]) -> str:
             f"(cpu {r['dense_cpu_ms']:.0f}), sampled {r['sampled_ms']:.1f} ms (cpu {r['sampled_cpu_ms']:.0f}), "
             f"dense/sampled {r['dense_ms'] / r['sampled_ms']:.2f} (cpu {r['dense_cpu_ms'] / r['sampled_cpu_ms']:.2f})"
         )
-    base = next((o for o in results if o["what"] == r["what"] and o["variant"] == "old"), None)
-    ratio = f", old/this {base['ms'] / r['ms']:.1f}x (cpu {base['cpu_ms'] / r['cpu_ms']:.1f}x)" if base else ""
+    base = next((o for o in results if o["what"] == r["what"] and o["variant"] == "dense"), None)
+    ratio = f", dense/this {base['ms'] / r['ms']:.1f}x (cpu {base['cpu_ms'] / r['cpu_ms']:.1f}x)" if base else ""
     extra = ""
     if r["what"] == "step":
         extra = (

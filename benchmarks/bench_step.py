@@ -1,13 +1,17 @@
-"""ARCO stage-2 (arco-finetune) training step per sampler, against the network-only floor measured in the same run.
+"""ARCO stage-2 (arco-finetune) training step per L_contrast and sampler, against the network-only floor measured in
+the same run.
 
-For each sampler it reports ms per step (the engine's own step: forward under the engine's precision, backward,
-fused SGD, EMA teachers and bank updates), the peak memory and the *contrastive share*: the fraction of the step
-spent in the pixel contrastive loss call (sampling + representation head at the sampled pixels + InfoNCE against
-the banks), timed around that call with device synchronisation. The *network-only* row is the floor: the student's
-forward/backward on the labeled + strong unlabeled batch (a supervised loss on it), the teacher's forwards on the weak
-and the mixed batch, the SGD step and the EMA update, no ARCO loss. The banks are full (random unit keys, all
-valid) before timing, as after the first ``bank / queries`` steps of a run; every pseudo-label counts (confidence 0),
-the heaviest case for the contrastive loss.
+For each loss (``finetune.contrast``: ``reference``, the reference code's hard-negative loss with its full-size banks
+of 50 000 / 30 000 keys per class; ``batch``, arco 0.1's loss with a bank of ``--bank`` keys per class) and each
+sampler it reports ms per step (the engine's own step: forward under the engine's precision, backward, fused SGD,
+EMA teachers and bank updates), the peak memory and the *contrastive share*: the fraction of the step spent in
+L_contrast's call (``ArcoFinetuneMethod.contrast_loss``: the masks, the teacher's dense map and the bank push for
+``reference``; sampling, the representation at the sampled pixels and InfoNCE against the banks for both), timed
+around that call with device synchronisation. The *network-only* row is the floor: the student's forward/backward on
+the labeled + strong unlabeled batch (a supervised loss on it), the teacher's forwards on the weak and the mixed
+batch, the SGD step and the EMA update, no ARCO loss. The banks are full (random unit keys, all valid) before timing,
+as after the first steps of a run; every pseudo-label counts (confidence 0) and every candidate may be an anchor
+(``delta_p`` 0), the heaviest case for both losses.
 
 The contrastive share times the loss *call* (its forward; sampling, head and InfoNCE), not its backward, which runs
 inside the step's ``backward()``. ``--ablate`` adds, per sampler, the same step with the contrastive loss replaced by
@@ -18,7 +22,8 @@ step holds: weights, optimiser state, banks, activations) and, on CPU, the growt
 resident set after set-up (model, optimiser, banks and batches built; the peak counter reset there where Linux
 allows it), warm-up steps included.
 
-    python benchmarks/bench_step.py                                  # CPU preset, ns/sg/sag + network floor
+    python benchmarks/bench_step.py                                  # CPU preset, both losses x ns/sg/sag + floor
+    python benchmarks/bench_step.py --contrast reference --sampler sg   # one loss, one sampler
     python benchmarks/bench_step.py --preset paper --device cuda     # paper size: 4+4 x 256^2, 512-d, full banks
     python benchmarks/bench_step.py --size 128 --batch 2 --queries 256 --negatives 512 --bank 30000 --dim 512 \\
         --sampler sg --iters 3 --threads 2 --device cpu --json       # any shape; one JSON object per measurement
@@ -40,6 +45,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "paper": {"size": 256, "batch": 4, "dim": 512, "queries": 256, "negatives": 512, "bank": 30000, "iters": 20},
 }
 SAMPLERS = ("ns", "sg", "sag")
+CONTRASTS = ("reference", "batch")
 NUM_CLASSES = 4
 
 
@@ -97,10 +103,14 @@ def _fill_banks(method: Any) -> None:
     for module in method.modules().values():
         for name, buf in module.named_buffers():
             leaf = name.rsplit(".", 1)[-1]
-            if leaf in ("bank", "queue") and buf.is_floating_point():
+            if leaf in ("bank", "queue", "keys") and buf.is_floating_point():
                 buf.copy_(F.normalize(torch.randn(buf.shape, generator=g), dim=-1).to(buf.device, buf.dtype))
             elif leaf in ("bank_valid",):
                 buf.fill_(True)
+        banks = getattr(module, "banks", None)
+        if banks is not None:  # the reference loss's per-class FIFO banks: full, oldest at slot 0
+            banks.count.copy_(banks.capacity)
+            banks.ptr.zero_()
 
 
 class _Floor:
@@ -135,15 +145,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec
     from arco.engine.loop import _Trainer
-    from arco.losses.contrastive import PixelContrastiveLoss
     from arco.methods import ModelConfig
     from arco.methods.arco import ArcoFinetuneConfig, ArcoFinetuneMethod
 
     if spec["threads"] > 0:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    cfg = ArcoFinetuneConfig(sampler=spec["sampler"], num_queries=spec["queries"], num_negatives=spec["negatives"],
-                             bank_size=spec["bank"], confidence=0.0)  # fmt: skip
+    bank = spec["bank"] if spec["contrast"] == "batch" else None  # None: the reference's 50 000 / 30 000 keys
+    cfg = ArcoFinetuneConfig(contrast=spec["contrast"], sampler=spec["sampler"], num_queries=spec["queries"],
+                             num_negatives=spec["negatives"], bank_size=bank, confidence=0.0, delta_p=0.0)  # fmt: skip
     torch.manual_seed(0)
     method = ArcoFinetuneMethod(cfg, NUM_CLASSES, 2, ModelConfig(arch="unet", dim=spec["dim"], hidden_dim=spec["dim"]))
     data = argparse.Namespace(spatial_dims=2, val=[], labeled=None, unlabeled=None)
@@ -171,7 +181,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         step(batches[it % len(batches)], it)
     sync()
     in_loss = [0.0]
-    original = PixelContrastiveLoss.forward
+    original = ArcoFinetuneMethod.contrast_loss
 
     def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
         sync()
@@ -183,10 +193,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec["what"] == "arco-no-contrast":
 
-        def timed(self: Any, label: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: F811 - the ablation
-            return label.new_zeros((), dtype=torch.float32)
+        def timed(self: Any, views: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: F811 - the ablation
+            return views.image.new_zeros((), dtype=torch.float32)
 
-    PixelContrastiveLoss.forward = timed
+    ArcoFinetuneMethod.contrast_loss = timed
     try:
         sync()
         t0 = time.perf_counter()
@@ -195,7 +205,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         sync()
         total = time.perf_counter() - t0
     finally:
-        PixelContrastiveLoss.forward = original
+        ArcoFinetuneMethod.contrast_loss = original
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -225,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     for key in ("size", "batch", "queries", "negatives", "bank", "dim", "iters"):
         ap.add_argument(f"--{key}", type=int, default=None, help=f"override the preset's {key}")
     ap.add_argument("--sampler", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    ap.add_argument("--contrast", nargs="+", default=list(CONTRASTS), choices=CONTRASTS, help="L_contrast (both)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocations, autotuning)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -246,16 +257,19 @@ def main() -> None:
     shape = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in PRESETS[preset].items()}
     common = {**shape, "preset": preset, "device": device, "threads": args.threads, "warmup": args.warmup,
               "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}  # fmt: skip
-    specs = [] if args.no_floor else [{**common, "what": "network", "sampler": args.sampler[0]}]
-    for s in args.sampler:
-        specs += [{**common, "what": "arco", "sampler": s}]
-        specs += [{**common, "what": "arco-no-contrast", "sampler": s}] if args.ablate else []
+    first = {"sampler": args.sampler[0], "contrast": args.contrast[0]}
+    specs = [] if args.no_floor else [{**common, "what": "network", **first}]
+    for c in args.contrast:
+        for s in args.sampler:
+            specs += [{**common, "what": "arco", "sampler": s, "contrast": c}]
+            specs += [{**common, "what": "arco-no-contrast", "sampler": s, "contrast": c}] if args.ablate else []
     rows = []
     if not args.json:
         print(f"device={device} threads={args.threads} precision={args.precision} torch={torch.__version__} "
               f"preset={preset} {shape}")  # fmt: skip
-        print("| step | sampler | ms/step | peak MB | contrastive call % | contrastive fwd+bwd % | x network floor |")
-        print("|---|---|---|---|---|---|---|")
+        print("| step | L_contrast | sampler | ms/step | peak MB | contrastive call % | contrastive fwd+bwd % "
+              "| x network floor |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
     for spec in specs:
         row = run(spec)
         floor = rows[0]["ms"] if rows and rows[0]["what"] == "network" else None
@@ -272,10 +286,14 @@ def main() -> None:
 def _table_row(row: dict[str, Any]) -> str:
     what = {"network": "network only", "arco": "ARCO stage 2", "arco-no-contrast": "ARCO without L_contrast"}
     sampler = "-" if row["what"] == "network" else row["sampler"]
+    contrast = "-" if row["what"] == "network" else row["contrast"]
     ratio = "-" if row["vs_floor"] is None else f"{row['vs_floor']:.2f}"
     call = f"{100 * row['contrast_share']:.1f}" if row["what"] == "arco" else "-"
     whole = f"{100 * row['ablated_share']:.1f}" if "ablated_share" in row else "-"
-    return f"| {what[row['what']]} | {sampler} | {row['ms']:.1f} | {row['peak_mb']:.0f} | {call} | {whole} | {ratio} |"
+    return (
+        f"| {what[row['what']]} | {contrast} | {sampler} | {row['ms']:.1f} | {row['peak_mb']:.0f} | {call} | {whole} "
+        f"| {ratio} |"
+    )
 
 
 if __name__ == "__main__":

@@ -88,22 +88,21 @@ def run_ranks(rank: int, world: int, out: Path, plan: dict[str, Any]) -> None:
     import arco.models.unet as unet
     from _tiny import params_for, run_method, tiny_data
     from arco.engine import EngineConfig
-    from arco.losses.contrastive import PixelContrastiveLoss
+    from arco.losses.banks import ClassBanks
 
     run_dir = Path(plan["run"])
     writes = audit_writes(run_dir)
     if plan.get("decomposable"):
         supervised.dice_loss = per_image_dice
         unet.UNET_DROPOUT = (0.0,) * len(unet.UNET_DROPOUT)
-    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = PixelContrastiveLoss.enqueue
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # each step's keys this rank pushes into the banks
+    original = ClassBanks.push
 
-    def recording(self: PixelContrastiveLoss) -> None:
-        if self._pending is not None:
-            pending.append((self._pending[0].clone(), self._pending[1].clone()))
-        original(self)
+    def recording(self: ClassBanks, keys: torch.Tensor, valid: torch.Tensor) -> None:
+        pending.append((keys.clone(), valid.clone()))
+        original(self, keys, valid)
 
-    PixelContrastiveLoss.enqueue = recording
+    ClassBanks.push = recording
     engine = EngineConfig(**{"device": "cpu", "log_every": 1, "val_every": 0, "progress": False, **plan["engine"]})
     name = plan["method"]
     method, summary = run_method(

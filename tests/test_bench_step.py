@@ -19,7 +19,7 @@ def _load(name: str):
 
 TINY = {"size": 32, "batch": 2, "queries": 8, "negatives": 8, "bank": 16, "dim": 8, "iters": 2, "warmup": 1,
         "threads": 1, "device": "cpu", "precision": "fp32", "channels_last": False, "compile": False,
-        "sampler": "sg", "preset": "test"}  # fmt: skip
+        "sampler": "sg", "preset": "test", "contrast": "batch"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,12 @@ def bench_step():
     return _load("bench_step")
 
 
-def test_step_rows_carry_time_memory_and_the_contrastive_share(bench_step):
-    arco = bench_step.measure({**TINY, "what": "arco"})
-    floor = bench_step.measure({**TINY, "what": "network"})
-    ablated = bench_step.measure({**TINY, "what": "arco-no-contrast"})
+@pytest.mark.parametrize("contrast", ["reference", "batch"])
+def test_step_rows_carry_time_memory_and_the_contrastive_share(bench_step, contrast):
+    tiny = {**TINY, "contrast": contrast}
+    arco = bench_step.measure({**tiny, "what": "arco"})
+    floor = bench_step.measure({**tiny, "what": "network"})
+    ablated = bench_step.measure({**tiny, "what": "arco-no-contrast"})
     for row in (arco, floor, ablated):
         assert row["ms"] > 0 and row["peak_mb"] >= 0 and 0 <= row["contrast_share"] < 1
     assert arco["contrast_share"] > 0  # the loss call was timed
@@ -44,6 +46,7 @@ def test_step_command_line_takes_any_shape(bench_step):
     )
     assert (args.size, args.batch, args.queries, args.negatives, args.bank, args.dim) == (128, 2, 256, 512, 30000, 512)
     assert args.sampler == ["sg"] and args.iters == 3 and args.threads == 2 and args.json
+    assert args.contrast == ["reference", "batch"]
 
 
 def test_full_banks_are_filled(bench_step):
@@ -52,11 +55,18 @@ def test_full_banks_are_filled(bench_step):
     from arco.methods import ModelConfig
     from arco.methods.arco import ArcoFinetuneConfig, ArcoFinetuneMethod
 
-    m = ArcoFinetuneMethod(ArcoFinetuneConfig(bank_size=16, nn_bank=8, nn_k=2), 4, 2, ModelConfig(dim=8, hidden_dim=8))
+    model = ModelConfig(dim=8, hidden_dim=8)
+    m = ArcoFinetuneMethod(ArcoFinetuneConfig(contrast="batch", bank_size=16, nn_bank=8, nn_k=2), 4, 2, model)
     with torch.no_grad():
         bench_step._fill_banks(m)
     assert bool(m.contrast.bank_valid.all()) and bool(m.nn_loss.bank_valid.all())
     norms = m.contrast.bank.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    ref = ArcoFinetuneMethod(ArcoFinetuneConfig(bank_size=[40, 24], nn_bank=8, nn_k=2), 4, 2, model)
+    with torch.no_grad():
+        bench_step._fill_banks(ref)
+    assert ref.contrast.banks.count.tolist() == [40, 24, 24, 24]
+    norms = ref.contrast.banks.keys[:, :24].norm(dim=-1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
 
 

@@ -27,12 +27,18 @@ def test_presets_load_and_acdc_has_paper_settings():
     assert [s.name for s in acdc.stages] == ["pretrain", "finetune"]
     pre, fine = acdc.stage("pretrain"), acdc.stage("finetune")
     assert (fine.schedule.batch_labeled, fine.schedule.batch_unlabeled) == (4, 4)
+    assert (pre.schedule.batch_labeled, pre.schedule.batch_unlabeled) == (3, 3)  # the reference's 3 + 3
     assert pre.schedule.iterations == fine.schedule.iterations == 30000
+    assert (pre.schedule.nesterov, fine.schedule.nesterov) == (False, True)  # Nesterov in stage 2 only
     f = fine.params
     assert (f.lambda_contrast, f.lambda_unsup, f.lambda_nn) == (0.01, 1.0, 1.0)
     assert (f.num_queries, f.num_negatives, f.tau, f.confidence, f.sampler) == (256, 512, 0.5, 0.97, "sg")
-    assert acdc.model.dim == 512 and pre.params.queue_size == 36
-    assert load_config("la").model.arch == "vnet"
+    assert (f.contrast, tuple(f.bank_size), f.unsup_weighting) == ("reference", (50000, 30000), "ratio")
+    assert acdc.model.dim == 496 and pre.params.queue_size == 36  # the five UNet levels fused: 256+128+64+32+16
+    la = load_config("la")
+    assert la.model.arch == "vnet" and la.model.dim == 16 and la.stage("finetune").params.sampler == "sag"
+    assert la.stage("pretrain").schedule.iterations == la.stage("finetune").schedule.iterations == 6000
+    assert (la.stage("pretrain").schedule.batch_labeled, la.stage("finetune").schedule.batch_labeled) == (1, 2)
 
 
 def test_flat_stage_overrides_reach_schedule_or_params():
@@ -79,8 +85,9 @@ def test_demo_extends_phantom2d_and_merges_stages_by_name():
     demo, base = load_config("demo"), load_config("phantom2d")
     assert demo.data.dataset == base.data.dataset == "phantom2d"
     assert demo.data.patch_size != base.data.patch_size
-    # demo does not restate grid: it comes from the defaults; bank_size 512 overrides phantom2d's 1024
-    assert demo.stage("finetune").params.bank_size == 512 and base.stage("finetune").params.bank_size == 1024
+    # demo does not restate grid or the banks: they come from the defaults; its queries override phantom2d's
+    assert demo.stage("finetune").params.bank_size is None and demo.stage("finetune").params.grid == 4
+    assert demo.stage("finetune").params.num_queries == 64 and base.stage("finetune").params.num_queries == 128
 
 
 @pytest.mark.parametrize(

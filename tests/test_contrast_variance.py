@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from _study import TINY_SET
 from arco._checks import CheckpointError
@@ -19,13 +20,31 @@ from arco.pipeline import train
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cv")
-    cfg = load_config("demo", [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false"])
+    # delta_p 0: every candidate may be an anchor (three iterations leave the teacher unsure of every pixel)
+    cfg = load_config("demo", [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false", "finetune.delta_p=0"])
     train(cfg, root / "run")
-    return root / "run"
+    batch = load_config("demo", [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false",
+                                 "finetune.contrast=batch"])  # fmt: skip
+    train(batch, root / "batch", only=["finetune"], init_from=root / "run" / "pretrain" / "checkpoints" / "best.pt")
+    return root
+
+
+def test_reference_loss_varies_anchors_and_negatives_and_leaves_the_banks(run_dir):
+    run = load_run(run_dir / "run" / "finetune")
+    assert run.method.cfg.contrast == "reference" and run.checkpoint.name == "last.pt"
+    banks = {k: v.clone() for k, v in run.method.contrast.banks.state_dict().items()}
+    rows = measure(run, ("ns", "sg", "sag"), draws=4, batches=1, seed=0)
+    assert [r["sampler"] for r in rows] == ["ns", "sg", "sag"] and rows[0]["grad_var_ratio"] == 1.0
+    for r in rows:
+        assert r["loss_var"] > 0 and r["grad_var"] > 0 and math.isfinite(r["loss_mean"]), r
+    for k, v in run.method.contrast.banks.state_dict().items():
+        assert torch.equal(v, banks[k]), f"measuring moved the bank's {k}"
+    with pytest.raises(ValueError, match="pixel-list samplers"):
+        measure(run, ("ns", "sg-ref"), draws=2, batches=1)
 
 
 def test_variance_over_draws_of_a_trained_run(run_dir, tmp_path):
-    run = load_run(run_dir / "finetune")
+    run = load_run(run_dir / "batch" / "finetune")
     rows = measure(run, ("ns", "sg", "sag", "sg-ref", "sag-ref"), draws=4, batches=1, seed=0)
     assert [r["sampler"] for r in rows] == ["ns", "sg", "sag", "sg-ref", "sag-ref"] and list(rows[0]) == list(COLUMNS)
     assert rows[0]["loss_var_ratio"] == 1.0 and rows[0]["grad_var_ratio"] == 1.0
@@ -46,7 +65,7 @@ def test_variance_over_draws_of_a_trained_run(run_dir, tmp_path):
 
 def test_cli_writes_table_and_plot_and_rejects_other_methods(run_dir, tmp_path, capsys):
     out = tmp_path / "v"
-    assert main(["variance", "--checkpoint", str(run_dir / "finetune"), "--draws", "3", "--batches", "1",
+    assert main(["variance", "--checkpoint", str(run_dir / "run" / "finetune"), "--draws", "3", "--batches", "1",
                  "--samplers", "ns", "sg", "--no-progress", "--out", str(out)]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "Var grad" in text and "sg " in text
@@ -54,5 +73,5 @@ def test_cli_writes_table_and_plot_and_rejects_other_methods(run_dir, tmp_path, 
         assert [r["sampler"] for r in csv.DictReader(fh)] == ["ns", "sg"]
     assert (out / "contrast_variance.png").stat().st_size > 1000
     with pytest.raises(CheckpointError, match="no pixel contrastive loss"):
-        load_run(run_dir / "pretrain")
-    assert main(["variance", "--checkpoint", str(run_dir / "finetune"), "--image", "x.png"]) == 2
+        load_run(run_dir / "run" / "pretrain")
+    assert main(["variance", "--checkpoint", str(run_dir / "run" / "finetune"), "--image", "x.png"]) == 2

@@ -90,6 +90,16 @@ def test_cutmix_same_box_for_image_and_targets(spatial):
     assert image[1, 0].eq(1).all()  # inputs untouched
 
 
+@pytest.mark.parametrize("b", [2, 3, 5])
+def test_cutmix_never_pastes_an_image_into_itself(b):
+    # The partner of image i is image (i + 1) mod B (the reference's): every mixed image shows its partner's box.
+    image, label, _ = _indexed(b, (12, 12))
+    for seed in range(10):
+        _, ym = cutmix(image, label, generator=torch.Generator().manual_seed(seed), p=1.0, area=(0.5, 0.5))
+        for i in range(b):
+            assert set(torch.unique(ym[i]).tolist()) == {i, (i + 1) % b}
+
+
 def test_cutmix_p0_identity_and_bad_shapes():
     image, label, conf = _indexed(3, (8, 8))
     out = cutmix(image, label, generator=torch.Generator().manual_seed(1), p=0.0)

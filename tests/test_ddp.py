@@ -74,6 +74,7 @@ def _enqueue_worker(rank: int, world: int, out: Path) -> None:
     banks["nn"].enqueue(inputs["nn"])
     banks["pixel"]._pending = inputs["pixel"]
     banks["pixel"].enqueue()
+    banks["hard"].push(*inputs["hard"])
     torch.manual_seed(0)
     selectors = ClassSelectors(2, 8)
     banks["memory"].update(*inputs["memory"], selectors)
@@ -84,10 +85,12 @@ def _enqueue_worker(rank: int, world: int, out: Path) -> None:
 
 def _banks() -> dict[str, torch.nn.Module]:
     from arco.losses import NearestNeighbourLoss, PixelContrastiveLoss, RelationalInstanceLoss
+    from arco.losses.banks import ClassBanks
     from arco.losses.separation import PrototypeMemory
 
     torch.manual_seed(0)
     return {
+        "hard": ClassBanks([7, 5, 5], 8),
         "inst": RelationalInstanceLoss(8, queue_size=6, slots=2),
         "nn": NearestNeighbourLoss(8, bank_size=5, k=2),
         "pixel": PixelContrastiveLoss(3, 8, num_queries=4, num_negatives=4, bank_size=6),
@@ -101,6 +104,7 @@ def _bank_inputs(rank: int) -> dict:
         "inst": torch.randn(2, 2, 8, generator=g),
         "nn": torch.randn(2, 8, generator=g),
         "pixel": (torch.randn(3, 4, 8, generator=g), torch.rand(3, 4, generator=g) < 0.7),
+        "hard": (torch.randn(3, 4, 8, generator=g), torch.rand(3, 4, generator=g) < 0.7),
         "memory": (
             torch.randn(6, 8, generator=g),
             torch.randint(0, 3, (6,), generator=g),
@@ -121,6 +125,7 @@ def test_banks_gather_every_rank_in_rank_order(tmp_path):
     ref["nn"].enqueue(torch.cat([a["nn"], b["nn"]]))
     ref["pixel"]._pending = tuple(torch.cat([x, y], dim=1) for x, y in zip(a["pixel"], b["pixel"]))
     ref["pixel"].enqueue()
+    ref["hard"].push(*(torch.cat([x, y], dim=1) for x, y in zip(a["hard"], b["hard"])))
     torch.manual_seed(0)
     ref["memory"].update(*(torch.cat([x, y]) for x, y in zip(a["memory"], b["memory"])), ClassSelectors(2, 8))
     for name, module in ref.items():
@@ -129,52 +134,6 @@ def test_banks_gather_every_rank_in_rank_order(tmp_path):
             assert torch.equal(got[1][name][key], value), (name, key)
     # The rows really differ between ranks (otherwise the check above could not fail on a missing gather).
     assert not torch.equal(a["nn"], b["nn"])
-
-
-# ------------------------------------------------------------------------------------------- masked sync BatchNorm
-def _masked_bn_inputs(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(200 + rank)
-    x = torch.randn(6, 3, generator=g) * (1 + rank) + rank
-    valid = torch.tensor([True, False, True, True, False, rank == 1])
-    return x, valid
-
-
-def _masked_bn_worker(rank: int, world: int, out: Path) -> None:
-    from arco.engine.replicas import SyncMaskedBatchNorm1d, convert_sync_bn
-    from arco.models.norm import MaskedBatchNorm1d
-
-    torch.manual_seed(0)
-    head = convert_sync_bn(torch.nn.Sequential(torch.nn.Linear(3, 3), MaskedBatchNorm1d(3)), torch.device("cpu"))
-    assert isinstance(head[1], SyncMaskedBatchNorm1d)
-    x, valid = _masked_bn_inputs(rank)
-    x.requires_grad_(True)
-    y = head[0](x)
-    out_y = head[1](y, valid)
-    # The loss of the global batch is the sum of the ranks' losses: each rank's gradient is its share of it.
-    (out_y * torch.arange(1.0, 4.0)).sum().backward()
-    torch.save({"y": out_y.detach(), "grad": x.grad, "bn": head[1].state_dict()}, out / f"mbn-rank{rank}.pt")
-
-
-def test_masked_batchnorm_syncs_over_the_valid_rows_of_every_rank(tmp_path):
-    """With sync_bn, the projection heads' masked BatchNorm normalises each rank's rows with the statistics of the
-    valid rows of the global batch, running statistics included, and back-propagates as one process would."""
-    from arco.models.norm import MaskedBatchNorm1d
-
-    spawn(_masked_bn_worker, 2, tmp_path)
-    got = [torch.load(tmp_path / f"mbn-rank{r}.pt") for r in range(2)]
-    torch.manual_seed(0)
-    head = torch.nn.Sequential(torch.nn.Linear(3, 3), MaskedBatchNorm1d(3))
-    (xa, va), (xb, vb) = _masked_bn_inputs(0), _masked_bn_inputs(1)
-    x = torch.cat([xa, xb]).requires_grad_(True)
-    y = head[1](head[0](x), torch.cat([va, vb]))
-    (y * torch.arange(1.0, 4.0)).sum().backward()
-    for r in range(2):
-        assert torch.allclose(got[r]["y"], y[6 * r : 6 * r + 6].detach(), atol=1e-5)
-        assert torch.allclose(got[r]["grad"], x.grad[6 * r : 6 * r + 6], atol=1e-5)
-        for key, value in head[1].state_dict().items():
-            assert torch.allclose(got[r]["bn"][key].double(), value.double(), atol=1e-5), key
-    # Per-rank statistics would differ: the ranks' valid rows have different means.
-    assert not torch.allclose(xa[va].mean(0), xb[vb].mean(0), atol=0.1)
 
 
 # ------------------------------------------------------------------------------------ 2 ranks == 1 rank, writes
@@ -186,8 +145,8 @@ def test_two_ranks_train_like_one_rank_with_the_same_global_batch(tmp_path):
     absolute 1e-6 on the norm of the difference: with the strong batch in its own forward (``strong_bn`` clean,
     the default) some decoder BatchNorm biases stay below 1e-4 in norm after two steps, and their float32 round-off
     (about 1e-7) is then 1e-3 of them. The
-    logged losses agree to the 6 digits log.csv keeps (rel 1e-5). Not compared: the pixel bank and the
-    representation heads' BatchNorm statistics, which hold each rank's own sampled pixels (checked by replay).
+    logged losses agree to the 6 digits log.csv keeps (rel 1e-5). Not compared: the hard-negative banks, which
+    hold each rank's own pixels in rank order (checked by replay).
     """
     base = {"method": "arco-finetune", "params": DECOMPOSABLE, "iterations": 2, "batch": 4, "decomposable": True}
     spawn(run_ranks, 1, tmp_path, {**base, "engine": {}, "run": str(tmp_path / "one"), "tag": "one"})
@@ -216,19 +175,19 @@ def test_two_ranks_train_like_one_rank_with_the_same_global_batch(tmp_path):
             assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-5, abs=1e-7), (a["iteration"], k)
     assert float(rows1[-1]["loss_unsup"]) > 0 and float(rows1[-1]["loss_nn"]) > 0  # both terms are trained on
 
-    # The pixel bank is each step's teacher keys of rank 0 then rank 1 (replayed in this process).
+    # The banks hold each step's hard negatives of rank 0 then rank 1 (replayed in this process).
     from _tiny import SMALL
-    from arco.losses.contrastive import PixelContrastiveLoss
+    from arco.losses.banks import ClassBanks
+    from arco.losses.hard_negative import expand_capacities
 
-    small = SMALL["arco-finetune"]
-    bank = PixelContrastiveLoss(3, 16, num_queries=small["num_queries"], num_negatives=4, bank_size=small["bank_size"])
+    banks = ClassBanks(expand_capacities(SMALL["arco-finetune"]["bank_size"], 3), 16)
     assert len(r0["pending"]) == len(r1["pending"]) == 2
     for (k0, ok0), (k1, ok1) in zip(r0["pending"], r1["pending"]):
-        assert not torch.equal(k0, k1)  # the ranks sampled different pixels
-        bank._pending = (torch.cat([k0, k1], dim=1), torch.cat([ok0, ok1], dim=1))
-        bank.enqueue()
-    for key in ("bank", "bank_valid", "ptr"):
-        assert torch.equal(r0["states"][f"contrast.{key}"], getattr(bank, key)), key
+        assert not torch.equal(k0, k1)  # the ranks saw different pixels
+        banks.push(torch.cat([k0, k1], dim=1), torch.cat([ok0, ok1], dim=1))
+    assert int(banks.count.sum()) > 0
+    for key in ("keys", "count", "ptr"):
+        assert torch.equal(r0["states"][f"contrast.banks.{key}"], getattr(banks, key)), key
 
     # Only rank 0 wrote into the run folder (the audit hook saw rank 0's writes, so it works).
     assert r1["writes"] == []

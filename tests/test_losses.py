@@ -126,6 +126,20 @@ def test_instance_hand_value_and_grad():
     assert student.grad.abs().sum() > 0
 
 
+def test_instance_teacher_and_student_temperatures_are_not_interchangeable():
+    # tau_s = 0.5 on the student's similarities, tau_t = 0.25 on the teacher's (sharper): swapping either moves it.
+    loss_fn = RelationalInstanceLoss(2, queue_size=2, tau_s=0.5, tau_t=0.25)
+    loss_fn.queue.copy_(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
+    student = torch.tensor([[1.0, 0.0]])  # sims (1, 0)
+    teacher = torch.tensor([[0.6, 0.8]])  # sims (.6, .8)
+    p_s = torch.softmax(torch.tensor([1.0, 0.0]) / 0.5, 0)
+    p_t = torch.softmax(torch.tensor([0.6, 0.8]) / 0.25, 0)
+    expected = float((p_t * (p_t / p_s).log()).sum())
+    assert float(loss_fn(student, teacher)) == pytest.approx(expected, rel=1e-6)
+    swapped = torch.softmax(torch.tensor([0.6, 0.8]) / 0.5, 0)
+    assert abs(expected - float((swapped * (swapped / p_s).log()).sum())) > 1e-3  # the check can fail
+
+
 def test_instance_queue_ring_and_slots():
     loss_fn = RelationalInstanceLoss(4, queue_size=4, slots=2)
     a, b = torch.randn(3, 2, 4), torch.randn(3, 2, 4)
@@ -177,7 +191,7 @@ def _label(classes=(0, 1, 2, 3), shape=(2, 16, 16), seed=0):
 def test_contrastive_exact_value_aligned_reps():
     label = _label()
     table = _setup(label)
-    loss = _loss_fn()(label, None, lambda i, v: table[i], lambda i, v: table[i], torch.Generator().manual_seed(0))
+    loss = _loss_fn()(label, None, lambda i: table[i], lambda i: table[i], torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(_exact(0.5, 32), rel=1e-5)
 
 
@@ -186,8 +200,8 @@ def test_contrastive_aligned_lower_than_random():
     aligned = _setup(label)
     rnd = torch.randn(aligned.shape, generator=torch.Generator().manual_seed(3))
     fn = _loss_fn()
-    good = fn(label, None, lambda i, v: aligned[i], lambda i, v: aligned[i])
-    bad = fn(label, None, lambda i, v: rnd[i], lambda i, v: rnd[i])
+    good = fn(label, None, lambda i: aligned[i], lambda i: aligned[i])
+    bad = fn(label, None, lambda i: rnd[i], lambda i: rnd[i])
     assert float(good) < float(bad) - 1.0
 
 
@@ -197,7 +211,7 @@ def test_contrastive_absent_class_skipped_and_identity_kept():
     label = _label(classes=(0, 1, 3))
     table = _setup(label)
     fn = _loss_fn()
-    loss = fn(label, None, lambda i, v: table[i], lambda i, v: table[i])
+    loss = fn(label, None, lambda i: table[i], lambda i: table[i])
     assert loss.item() == pytest.approx(_exact(0.5, 32), rel=1e-5)
     fn.enqueue()
     assert fn.bank_valid[2].sum() == 0 and int(fn.ptr[2]) == 0
@@ -210,14 +224,14 @@ def test_contrastive_ignores_invalid_pixels():
     label = _label()
     valid = torch.rand(label.shape, generator=torch.Generator().manual_seed(5)) > 0.5
     table = _setup(label, valid)
-    loss = _loss_fn()(label, valid, lambda i, v: table[i], lambda i, v: table[i])
+    loss = _loss_fn()(label, valid, lambda i: table[i], lambda i: table[i])
     assert loss.item() == pytest.approx(_exact(0.5, 32), rel=1e-5)
 
 
 def test_contrastive_single_class_empty_bank_is_zero_with_graph():
     label = torch.zeros(2, 8, 8, dtype=torch.long)
     table = _setup(label).requires_grad_(True)
-    loss = _loss_fn()(label, None, lambda i, v: table[i], lambda i, v: table[i].detach())
+    loss = _loss_fn()(label, None, lambda i: table[i], lambda i: table[i].detach())
     assert float(loss.detach()) == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.isfinite(table.grad).all()
@@ -228,17 +242,17 @@ def test_contrastive_bank_negatives_and_ring():
     # step 1: only class 1 -> no negatives -> 0; its keys go to the bank
     l1 = torch.ones(1, 8, 8, dtype=torch.long)
     t1 = _setup(l1)
-    assert float(fn(l1, None, lambda i, v: t1[i], lambda i, v: t1[i])) == 0.0
+    assert float(fn(l1, None, lambda i: t1[i], lambda i: t1[i])) == 0.0
     fn.enqueue()
     assert int(fn.ptr[1]) == 16 and int(fn.bank_valid[1].sum()) == 16
     # step 2: only class 0 -> negatives come from the bank (class 1 keys, orthogonal) -> exact value
     l0 = torch.zeros(1, 8, 8, dtype=torch.long)
     t0 = _setup(l0)
-    assert float(fn(l0, None, lambda i, v: t0[i], lambda i, v: t0[i])) == pytest.approx(_exact(0.5, 32), rel=1e-5)
+    assert float(fn(l0, None, lambda i: t0[i], lambda i: t0[i])) == pytest.approx(_exact(0.5, 32), rel=1e-5)
     fn.enqueue()
     assert int(fn.ptr[1]) == 16  # class 1 absent: its bank is kept
     # wrap-around: 16 + 16 > 24
-    fn(l1, None, lambda i, v: t1[i], lambda i, v: t1[i])
+    fn(l1, None, lambda i: t1[i], lambda i: t1[i])
     fn.enqueue()
     assert int(fn.ptr[1]) == (16 + 16) % 24 and bool(fn.bank_valid[1, :24].all())
     assert not bool(fn.bank_valid[:, 24:].any())  # trash slot never valid
@@ -252,24 +266,24 @@ def test_contrastive_calls_reps_once_teacher_without_grad():
     table = _setup(label)
     calls = []
 
-    def student(i, ok):
-        calls.append(("s", i.shape, ok.dtype, ok.shape, torch.is_grad_enabled()))
+    def student(i):
+        calls.append(("s", i.shape, torch.is_grad_enabled()))
         return table[i]
 
-    def teacher(i, ok):
-        calls.append(("t", i.shape, ok.dtype, ok.shape, torch.is_grad_enabled()))
+    def teacher(i):
+        calls.append(("t", i.shape, torch.is_grad_enabled()))
         return table[i]
 
     _loss_fn()(label, None, student, teacher)
-    assert calls == [("s", (64,), torch.bool, (64,), True), ("t", (64,), torch.bool, (64,), False)]
+    assert calls == [("s", (64,), True), ("t", (64,), False)]
 
 
 def test_contrastive_deterministic_and_grad():
     label = _label()
     rnd = torch.randn(label.numel(), DIM, generator=torch.Generator().manual_seed(0), requires_grad=True)
     fn = _loss_fn()
-    a = fn(label, None, lambda i, v: rnd[i], lambda i, v: rnd[i], torch.Generator().manual_seed(7))
-    b = fn(label, None, lambda i, v: rnd[i], lambda i, v: rnd[i], torch.Generator().manual_seed(7))
+    a = fn(label, None, lambda i: rnd[i], lambda i: rnd[i], torch.Generator().manual_seed(7))
+    b = fn(label, None, lambda i: rnd[i], lambda i: rnd[i], torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and a.dtype == torch.float32
     a.backward()
     assert rnd.grad.abs().sum() > 0
@@ -339,11 +353,12 @@ def test_loss_buffers_follow_dtype_and_device():
 
 @pytest.mark.parametrize("name, shape", [("unet", (2, 1, 32, 32)), ("vnet", (2, 1, 16, 16, 16))])
 def test_contrastive_end_to_end_with_backbone_and_head(name, shape):
-    from arco.models import MODELS, RepresentationHead, make_teacher
+    from arco.models import MODELS, FusedRepresentation, make_teacher
 
     torch.manual_seed(0)
     student = MODELS.build(name, in_channels=1, num_classes=2)
-    head = RepresentationHead(student.feature_channels, dim=16, spatial_dims=len(shape) - 2)
+    channels = [student.bottleneck_channels, *student.feature_channels]
+    head = FusedRepresentation(channels, dim=16, spatial_dims=len(shape) - 2)
     teacher, teacher_head = make_teacher(student), make_teacher(head)
     x = torch.randn(shape)
     s_out = student(x)
@@ -351,13 +366,12 @@ def test_contrastive_end_to_end_with_backbone_and_head(name, shape):
         t_out = teacher(x)
         label = t_out.logits.argmax(1)
         label[..., : shape[-1] // 2] = 1 - label[..., : shape[-1] // 2]  # make sure both classes exist
-    spatial = shape[2:]
     fn = PixelContrastiveLoss(2, 16, num_queries=16, num_negatives=32, bank_size=32)
     loss = fn(
         label,
         None,
-        lambda i, v: head.forward_at(s_out.features, i, spatial, v),
-        lambda i, v: teacher_head.forward_at(t_out.features, i, spatial, v),
+        lambda i: head.forward_at([s_out.bottleneck, *s_out.features], i),
+        lambda i: teacher_head.forward_at([t_out.bottleneck, *t_out.features], i),
     )
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0

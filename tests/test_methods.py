@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from _tiny import params_for
 from arco._checks import ConfigError
 from arco.methods import Batch, Method, ModelConfig, build_method, get_method, get_recipe, method_names, recipe_names
-from arco.models import RepresentationHead
 
 
 def build(name: str, spatial_dims: int = 2, **over):
@@ -144,7 +143,7 @@ def test_supervised_term_is_ce_plus_dice_with_the_methods_weight(name, weight):
     assert float(out.logs["loss_sup"]) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_finetune_contrast_draws_only_confident_pseudo_labels(monkeypatch):
+def test_batch_contrast_draws_only_confident_pseudo_labels(monkeypatch):
     from arco import sampling
     from arco.losses import contrastive
 
@@ -157,17 +156,19 @@ def test_finetune_contrast_draws_only_confident_pseudo_labels(monkeypatch):
         return index, ok
 
     monkeypatch.setattr(contrastive.sampling, "sample_per_class", spy, raising=True)
-    counts = {}
+    counts, labeled = {}, {}
     for threshold in (1.01, 0.0):  # nothing confident / everything confident
         drawn.clear()
-        m = build("arco-finetune", confidence=threshold)
+        m = build("arco-finetune", confidence=threshold, contrast="batch")
         out = m.training_step(batch(), 0)
         index, shape = drawn[-1]
         labeled_pixels = 2 * shape[1] * shape[2]  # the first two images of the batch are the labeled ones
         counts[threshold] = int((index >= labeled_pixels).sum())
+        labeled[threshold] = int((index < labeled_pixels).sum())
         if threshold > 1:
             assert float(out.logs["loss_unsup"]) == 0.0 and float(out.logs["confident"]) == 0.0
     assert counts[1.01] == 0, "unconfident unlabeled pixels entered the contrastive loss"
+    assert labeled[1.01] > 0, "labeled pixels must enter the contrastive loss whatever the confidence"
     assert counts[0.0] > 0  # the check above can fail: with every pixel valid, unlabeled pixels are drawn
 
 
@@ -213,30 +214,76 @@ def test_nearest_neighbour_term_trains_the_student_once_its_bank_is_full():
     assert differ, "L_nn carries no gradient to the student"
 
 
-def test_finetune_never_runs_a_dense_representation_head(monkeypatch):
-    def dense(*_a, **_k):
-        raise AssertionError("dense full-resolution representation head called in training")
+@pytest.mark.parametrize("contrast", ["reference", "batch"])
+def test_finetune_never_runs_the_students_representation_densely(monkeypatch, contrast):
+    # The student's representation is evaluated at the sampled anchors only; the reference loss needs the teacher's
+    # dense map (its positive averages every candidate, its banks take every negative pixel), the batch loss not.
+    from arco.models import FusedRepresentation
 
-    monkeypatch.setattr(RepresentationHead, "forward", dense)
-    m = build("arco-finetune")
+    m = build("arco-finetune", contrast=contrast)
+    calls = []
+    original = FusedRepresentation.dense
+
+    def dense(self, features):
+        calls.append(self is m.modules()["teacher_rep_head"])
+        return original(self, features)
+
+    monkeypatch.setattr(FusedRepresentation, "dense", dense)
     out = m.training_step(batch(), 0)
     assert torch.isfinite(out.loss)
+    assert calls == ([True] if contrast == "reference" else [])
 
 
-def test_finetune_head_gets_the_draw_validity(monkeypatch):
-    # Placeholder draws (short or absent classes) must reach the head as invalid rows, for student and teacher.
-    seen = []
-    original = RepresentationHead.forward_at
+@pytest.mark.parametrize("contrast", ["reference", "batch"])
+def test_teacher_keys_come_from_the_mixed_strong_view(monkeypatch, contrast):
+    # The teacher's representation (keys, positives, banks) is computed on the CutMix + photometric view the student
+    # sees, not on the un-mixed unlabeled images (the reference: ema_model(train_u_aug_data)).
+    from arco.methods._arco_common import levels
 
-    def spy(self, features, index, spatial_shape, valid=None):
-        seen.append((self.training, None if valid is None else (valid.dtype, tuple(valid.shape))))
-        return original(self, features, index, spatial_shape, valid)
+    m = build("arco-finetune", contrast=contrast, cutmix_p=1.0, strong_view="none")
+    views_seen = []
+    original = m.strong_views
+    monkeypatch.setattr(m, "strong_views", lambda b, g: views_seen.append(original(b, g)) or views_seen[-1])
+    b = batch()
+    m.training_step(b, 0)
+    views = views_seen[-1]
+    assert not torch.equal(views.image, b.image_u)  # CutMix changed the images
+    with torch.no_grad():
+        mixed = m.teacher(torch.cat([b.image_l, views.image]))
+        plain = m.teacher(torch.cat([b.image_l, b.image_u]))
+    for got, want in zip(views.teacher_levels, levels(mixed)):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(views.teacher_levels[-1], levels(plain)[-1])
+    torch.testing.assert_close(views.teacher_prob, torch.softmax(mixed.logits, dim=1))
 
-    monkeypatch.setattr(RepresentationHead, "forward_at", spy)
-    m = build("arco-finetune")
-    m.training_step(batch(), 0)
-    n = 3 * params_for("arco-finetune").num_queries
-    assert seen == [(True, (torch.bool, (n,))), (False, (torch.bool, (n,)))]
+
+def test_stage1_passes_each_temperature_to_its_side():
+    m = build("arco-pretrain", tau_s=0.2, tau_t=0.03)
+    for loss in (m.modules()["inst_global"], m.modules()["inst_local"]):
+        assert (loss.tau_s, loss.tau_t) == (0.2, 0.03)
+
+
+def test_stage1_instance_losses_cover_the_whole_batch(monkeypatch):
+    # The reference runs its instance discrimination on the whole batch: 3 labeled + 2 unlabeled rows here.
+    from arco.losses import RelationalInstanceLoss
+
+    rows = []
+    original = RelationalInstanceLoss.forward
+    monkeypatch.setattr(
+        RelationalInstanceLoss, "forward", lambda self, s, t: rows.append(s.shape[0]) or original(self, s, t)
+    )
+    build("arco-pretrain").training_step(_three_labeled_batch(), 0)
+    assert rows == [5, 5]
+
+
+@pytest.mark.parametrize("stage", ["arco-pretrain", "arco-finetune"])
+def test_arco_heads_hold_no_batchnorm(stage):
+    # The reference code's heads are linear (no BatchNorm): only the backbones normalise over the batch.
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    m = build(stage)
+    heads = {n: mod for n, mod in m.modules().items() if n not in ("student", "teacher")}
+    assert heads and not [n for n, mod in heads.items() for x in mod.modules() if isinstance(x, _BatchNorm)]
 
 
 def test_bad_arguments_are_named():
@@ -298,27 +345,3 @@ def test_equivariance_weight_enters_the_objective_and_is_off_by_default():
     weighted, eqv = step(lambda_eqv=2.0)
     assert eqv0 == 0.0 and eqv > 0  # the paper's objective has no equivariance term
     assert weighted - base == pytest.approx(2.0 * eqv, rel=1e-4)
-
-
-@pytest.mark.parametrize("stage", ["arco-pretrain", "arco-finetune"])
-def test_head_rows_sets_the_rows_the_heads_batchnorm_sees(stage):
-    # 3 labeled + 2 unlabeled images: "unlabeled" normalises the projector's hidden layer over the 2 unlabeled rows
-    # only (the reference code), "all" over all 5; the loss still uses the unlabeled rows' embeddings alone.
-    def rows_seen(mode: str) -> tuple[list[int], float]:
-        m = build(stage, head_rows=mode)
-        seen: list[int] = []
-        bn = m.modules()["projector"][1]
-        bn.register_forward_hook(lambda mod, inp, _o: seen.append(inp[0].shape[0]) if mod.training else None)
-        b = _three_labeled_batch()
-        m.training_step(b, 0)
-        m.after_optimizer_step(0)  # fills the instance queue / nearest-neighbour bank
-        out = m.training_step(b, 1)
-        key = "loss_inst_global" if stage == "arco-pretrain" else "loss_nn"
-        return seen, float(out.logs[key])
-
-    only_u, loss_u = rows_seen("unlabeled")
-    every, loss_all = rows_seen("all")
-    assert only_u[0] == 2 and every[0] == 5
-    assert loss_u != pytest.approx(loss_all)  # the statistics differ, so the embeddings do
-    with pytest.raises(ValueError, match="head_rows"):
-        params_for(stage, head_rows="labeled")

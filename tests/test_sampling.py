@@ -278,6 +278,28 @@ def test_sample_per_class_is_stratified_within_each_class(strategy):
             assert all(math.floor(s) <= counts.get(k, 0) <= math.ceil(s) for k, s in shares.items())
 
 
+def test_sample_per_class_sag_draws_mirror_pairs_and_sg_does_not():
+    # Two classes filling the two halves of the image, 4x4 cells: SAG's draws of each class are (almost) closed
+    # under mirroring through the cell centres, SG's are not; a SAG silently equal to SG fails here.
+    label = torch.zeros(2, 16, 16, dtype=torch.long)
+    label[:, :, 8:] = 1
+    _, mirror = ref_cells((2, 16, 16), (4, 4))
+    g = torch.Generator().manual_seed(0)
+    paired = {}
+    for strategy in ("sg", "sag"):
+        hits = total = 0
+        for _ in range(20):
+            index, ok = sample_per_class(label, 2, 64, strategy, grid=4, generator=g)
+            for c in range(2):
+                chosen = set(index[c][ok[c]].tolist())
+                hits += sum(mirror[p] in chosen for p in chosen)
+                total += len(chosen)
+        paired[strategy] = hits / total
+    # SAG: 4 draws per 16-pixel cell, 2 primaries whose mirrors are kept unless they collide (P = 1/15): >= 0.8.
+    # SG: 4 uniform draws per cell: a drawn pixel's mirror is among the other 3 with probability 3/15 = 0.2.
+    assert paired["sag"] > 0.8 and paired["sg"] < 0.35
+
+
 def test_sample_per_class_matches_sample_distribution_of_group_counts():
     # The per-class draw of class c and sample() on (label == c) allocate identically in expectation.
     label = torch.randint(0, 2, (1, 9, 9), generator=torch.Generator().manual_seed(1))

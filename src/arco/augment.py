@@ -59,11 +59,12 @@ def cutmix(
     p: float = 1.0,
     area: tuple[float, float] = (0.25, 0.5),
 ) -> tuple[torch.Tensor, ...]:
-    """CutMix inside a batch: for each item (with probability ``p``) paste a random box taken from another
-    item.
+    """CutMix inside a batch: for each item (with probability ``p``) paste a random box taken from the next item,
+    ``(i + 1) mod B`` (the reference code's ``generate_unsup_data`` partner), so that no image is pasted into
+    itself when ``B >= 2`` (a batch of one is left as it is: its only partner is itself).
 
-    The same boxes and the same partner permutation are applied to ``image (B, C, *S)`` and to every target
-    ``(B, *S)`` (pseudo-label, confidence, ...), so pasted pixels keep their own labels.
+    The same boxes and the same partners are applied to ``image (B, C, *S)`` and to every target ``(B, *S)``
+    (pseudo-label, confidence, ...), so pasted pixels keep their own labels.
 
     Returns:
         ``(image, *targets)`` mixed (new tensors; inputs untouched).
@@ -83,8 +84,7 @@ def cutmix(
                 f"cutmix(): each target must have shape {(image.shape[0], *spatial)}, got {tuple(t.shape)}"
             )
     b, device = image.shape[0], image.device
-    gdev = generator.device if generator is not None else device
-    perm = torch.randperm(b, generator=generator, device=gdev).to(device)
+    perm = (torch.arange(b, device=device) + 1) % b
     mask = box_mask((b, *spatial), generator, device, area)
     mask &= (uniform(b, generator, device) < p).view(b, *([1] * len(spatial)))
     out = [torch.where(mask[:, None], image[perm], image)]

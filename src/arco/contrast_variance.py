@@ -1,18 +1,20 @@
 """The variance claim where it matters: the spread of L_contrast and of its gradient over sampler draws, measured on
 a trained ARCO stage-2 run (paper Thm 3.2: SG's estimate never has a higher variance than NS's).
 
-``measure`` takes the run's own data and weights, builds real training batches (the teacher's pseudo-labels and
-the strong view exactly as the stage-2 step builds them, computed once per batch), and then, at those fixed weights,
-features and batch, draws the queries of L_contrast again and again with different generator seeds, once per
-sampler. The negative keys are drawn with one fixed generator from the draws put in a canonical order, so the
-sampler's choice of pixels is the only source of randomness. For
-each sampler it reports the variance of the loss value and the total variance (trace of the covariance) of its
-gradient with respect to the representation head (``wrt="rep-head"``: features detached) or to every student
-parameter (``wrt="student"``), averaged over batches, with their ratios to NS.
+``measure`` takes the run's own data, weights and banks (from ``last.pt``), builds real training batches (the
+teacher's pseudo-labels and the strong view exactly as the stage-2 step builds them, computed once per batch), and
+then, at those fixed weights, features, banks and batch, evaluates L_contrast again and again with different
+generator seeds, once per sampler. For each sampler it reports the variance of the loss value and the total variance
+(trace of the covariance) of its gradient with respect to the student's representation head (``wrt="rep-head"``:
+the fused map and the linear pair, features detached) or to every student parameter (``wrt="student"``), averaged
+over batches, with their ratios to NS.
 
-``sg-ref``/``sag-ref`` (the reference code's list-position samplers) are plugged into the same loss through
-:func:`arco.sampling.sample`, one class at a time; they draw with replacement and always exactly ``num_queries``
-positions per present class (the paper's samplers: ``min(num_queries, |P_c|)`` without replacement).
+- ``finetune.contrast: reference``: the sampler draws the anchors and the negatives from the banks (both vary with
+  the seed, as in training); the banks are not updated between draws. ``sg-ref``/``sag-ref`` do not apply.
+- ``finetune.contrast: batch``: only the queries are redrawn; the negative keys are drawn with one fixed generator
+  from the draws put in a canonical order, so the sampler's choice of pixels is the only source of randomness.
+  ``sg-ref``/``sag-ref`` (the reference code's list-position samplers) are plugged in through
+  :func:`arco.sampling.sample`, one class at a time (with replacement, exactly ``num_queries`` per present class).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class LoadedRun:
     method: Any
     data: Any
     checkpoint: Path
+    iteration: int = 0
 
 
 def load_run(checkpoint: str | os.PathLike, device: str = "cpu", data_root: str | None = None) -> LoadedRun:
@@ -69,10 +72,12 @@ def load_run(checkpoint: str | os.PathLike, device: str = "cpu", data_root: str 
     from arco.config import build_config
     from arco.data import build_data
     from arco.engine.state import load_modules
-    from arco.losses import PixelContrastiveLoss
+    from arco.methods.arco import ArcoFinetuneMethod
     from arco.pipeline import build_stage_method
 
     path = resolve_checkpoint(checkpoint)
+    if path.name == "best.pt" and (path.parent / "last.pt").is_file():
+        path = path.parent / "last.pt"  # the banks and the step of the end of training
     state = load_checkpoint(path)
     if not isinstance(state.get("config"), dict) or "modules" not in state or "stage" not in state:
         raise CheckpointError(f"{path} holds no run config or module weights; give a run folder written by arco train")
@@ -82,15 +87,15 @@ def load_run(checkpoint: str | os.PathLike, device: str = "cpu", data_root: str 
     stage = cfg.stage(state["stage"])
     data = build_data(cfg.data)
     method = build_stage_method(cfg, stage, data)
-    if not isinstance(getattr(method, "contrast", None), PixelContrastiveLoss) or not hasattr(method, "rep_head"):
+    if not isinstance(method, ArcoFinetuneMethod):
         raise CheckpointError(
             f"{path} is a {stage.method!r} stage, which has no pixel contrastive loss; give an ARCO stage-2 run "
             "(the finetune stage of arco, arco-ns or arco-sag)"
         )
-    method.setup(resolve_device(device), cfg.engine.seed)
+    method.setup(resolve_device(device), cfg.engine.seed, stage.schedule.iterations)
     load_modules(method, state["modules"], None, path)
     method.train(True)
-    return LoadedRun(cfg, stage, method, data, path)
+    return LoadedRun(cfg, stage, method, data, path, int(state.get("iteration", stage.schedule.iterations)))
 
 
 def _batches(run: LoadedRun, count: int, seed: int) -> list[Any]:
@@ -108,11 +113,14 @@ def _inputs(run: LoadedRun, batch: Any, seed: int, with_grad: bool) -> dict[str,
     g = torch.Generator(device=m.device).manual_seed(seed)
     views = m.strong_views(batch, g)  # the method's own construction of the stage-2 inputs
     with torch.set_grad_enabled(with_grad):
-        s_feats = m.student_forward(batch.image_l, views.image).features
+        out = m.student_forward(batch.image_l, views.image)
+    if not with_grad:
+        out = out._replace(
+            logits=out.logits.detach(), features=[f.detach() for f in out.features], bottleneck=out.bottleneck.detach()
+        )
     label = torch.cat([batch.label_l, views.pseudo])
     valid = torch.cat([torch.ones_like(batch.label_l, dtype=torch.bool), views.confidence >= cfg.confidence])
-    spatial = tuple(batch.image_l.shape[2:])
-    return {"label": label, "valid": valid, "s": s_feats, "t": views.teacher_feats, "spatial": spatial}
+    return {"label": label, "valid": valid, "out": out, "views": views, "label_l": batch.label_l}
 
 
 def _draw(label: torch.Tensor, valid: torch.Tensor, c: int, num: int, strategy: str, grid: int, gen) -> tuple:
@@ -131,29 +139,37 @@ def _draw(label: torch.Tensor, valid: torch.Tensor, c: int, num: int, strategy: 
     return index, ok
 
 
-def _one_sampler(run: LoadedRun, inp: dict[str, Any], strategy: str, draws: int, params: list, seed: int) -> dict:
-    """Loss values and gradient moments over ``draws`` sampler draws at fixed weights and batch."""
+def _batch_loss(run: LoadedRun, inp: dict[str, Any], strategy: str, gen: torch.Generator) -> torch.Tensor:
+    """The ``batch`` loss with the sampler's queries drawn by ``gen`` and the negatives by one fixed generator."""
     from arco.losses.contrastive import pixel_contrastive_loss
+    from arco.methods._arco_common import levels
 
     m, cfg = run.method, run.method.cfg
-    c, q = m.num_classes, cfg.num_queries
-    bank, bank_ok = m.contrast.bank[:, : cfg.bank_size], m.contrast.bank_valid[:, : cfg.bank_size]
+    c, q, k = m.num_classes, cfg.num_queries, m.contrast.bank_size
+    neg = torch.Generator(device=m.device).manual_seed(_NEGATIVE_SEED)
+    index, ok = _draw(inp["label"], inp["valid"], c, q, strategy, cfg.grid, gen)
+    # Canonical order (the loss does not depend on it, but the fixed negative draws index the pool by position):
+    # the same drawn set then always meets the same negatives.
+    index = torch.where(ok, index, index.new_full((), inp["label"].numel())).sort(dim=1).values
+    flat = torch.where(ok, index, 0).reshape(-1)
+    query = F.normalize(m.rep_pair(m.rep_head.forward_at(levels(inp["out"]), flat)).float(), dim=-1)
+    with torch.no_grad():
+        key = F.normalize(m.teacher_rep_head.forward_at(inp["views"].teacher_levels, flat).float(), dim=-1)
+    bank, bank_ok = m.contrast.bank[:, :k], m.contrast.bank_valid[:, :k]
+    return pixel_contrastive_loss(query.view(c, q, -1), key.view(c, q, -1), ok, bank, bank_ok, cfg.num_negatives,
+                                  cfg.tau, neg)  # fmt: skip
+
+
+def _one_sampler(run: LoadedRun, inp: dict[str, Any], strategy: str, draws: int, params: list, seed: int) -> dict:
+    """Loss values and gradient moments over ``draws`` sampler draws at fixed weights and batch."""
+    m = run.method
     losses, g_sum, g_sq = [], None, None
     for r in range(draws):
         gen = torch.Generator(device=m.device).manual_seed(seed * 1_000_003 + r)
-        neg = torch.Generator(device=m.device).manual_seed(_NEGATIVE_SEED)
-        index, ok = _draw(inp["label"], inp["valid"], c, q, strategy, cfg.grid, gen)
-        # Canonical order (the loss does not depend on it, but the fixed negative draws index the pool by position):
-        # the same drawn set then always meets the same negatives.
-        index = torch.where(ok, index, index.new_full((), inp["label"].numel())).sort(dim=1).values
-        index = torch.where(ok, index, 0)
-        flat = index.reshape(-1)
-        valid = ok.reshape(-1)  # placeholder draws stay out of the head's BatchNorm, as in training
-        query = F.normalize(m.rep_head.forward_at(inp["s"], flat, inp["spatial"], valid).float(), dim=-1)
-        query = query.view(c, q, -1)
-        with torch.no_grad():
-            key = F.normalize(m.teacher_rep_head.forward_at(inp["t"], flat, inp["spatial"], valid).float(), dim=-1)
-        loss = pixel_contrastive_loss(query, key.view(c, q, -1), ok, bank, bank_ok, cfg.num_negatives, cfg.tau, neg)
+        if m.cfg.contrast == "reference":
+            loss = m.contrast_loss(inp["views"], inp["out"], inp["label_l"], run.iteration, gen, False, strategy)
+        else:
+            loss = _batch_loss(run, inp, strategy, gen)
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         g = torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten() for gr, p in zip(grads, params)])
         g = g.double()
@@ -191,7 +207,13 @@ def measure(
     if draws < 2 or batches < 1:
         raise ValueError(f"measure(): draws must be >= 2 and batches >= 1, got {draws}, {batches}")
     m = run.method
-    params = [p for p in (m.rep_head if wrt == "rep-head" else m.student).parameters() if p.requires_grad]
+    if m.cfg.contrast == "reference" and set(samplers) & set(REF_STRATEGIES):
+        raise ValueError(
+            f"measure(): {sorted(set(samplers) & set(REF_STRATEGIES))} are pixel-list samplers of the batch loss; "
+            "this run's loss (finetune.contrast=reference) samples its banks too: use ns, sg and sag"
+        )
+    heads = [*m.rep_head.parameters(), *m.rep_pair.parameters()]
+    params = [p for p in (heads if wrt == "rep-head" else m.student.parameters()) if p.requires_grad]
     acc: dict[str, dict[str, float]] = {s: {} for s in samplers}
     devices = [m.device] if m.device.type == "cuda" else []
     # Dropout in the forward passes: seeded, without touching the caller's random state.

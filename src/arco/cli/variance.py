@@ -17,11 +17,12 @@ uses 3D sampling. Writes variance.csv and variance.png to --out.
   arco variance --checkpoint runs/t3/runs/sg/seed0/finetune --out runs/var-run          # a trained stage-2 run
   arco variance --checkpoint RUN --samplers ns sg sag --draws 128 --batches 8 --wrt student --out v/
 
-With --checkpoint the run's data and weights are rebuilt; on real training batches (pseudo-labels and strong
-views as in training, computed once) the queries of L_contrast are drawn --draws times per sampler at the same
-weights and batch; the table gives the variance of the loss and the total variance of its gradient (w.r.t. the
-representation head, or every student weight with --wrt student) and their ratio to NS. sg-ref/sag-ref are the
-reference code's list-position samplers, plugged into the same loss. Writes contrast_variance.csv/.png."""
+With --checkpoint the run's data, weights and banks are rebuilt (from last.pt); on real training batches
+(pseudo-labels and strong views as in training, computed once) L_contrast is evaluated --draws times per sampler at
+the same weights, banks and batch (the reference loss: anchors and negatives redrawn; the batch loss: queries
+redrawn); the table gives the variance of the loss and the total variance of its gradient (w.r.t. the
+representation head, or every student weight with --wrt student) and their ratio to NS. sg-ref/sag-ref (the
+reference code's list-position samplers) apply to the batch loss only. Writes contrast_variance.csv/.png."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r = p.add_argument_group("a trained run (--checkpoint)")
     r.add_argument("--checkpoint", help="ARCO stage-2 run folder or checkpoint: measure L_contrast's sampler variance")
     r.add_argument(
-        "--samplers", nargs="+", default=["ns", "sg", "sag", "sg-ref", "sag-ref"], help="samplers to compare"
+        "--samplers", nargs="+", help="samplers to compare (default: ns sg sag, and sg-ref sag-ref for the batch loss)"
     )
     r.add_argument("--draws", type=int, default=64, help="sampler draws per batch and sampler (default: 64)")
     r.add_argument("--batches", type=int, default=4, help="training batches averaged over (default: 4)")
@@ -66,10 +67,14 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     if args.draws < 2 or args.batches < 1:
         raise ValueError(f"--draws must be >= 2 and --batches >= 1, got {args.draws} and {args.batches}")
     run = load_run(args.checkpoint, device=args.device, data_root=args.data_root)
+    if not args.samplers:
+        batch = run.method.cfg.contrast == "batch"
+        args.samplers = ["ns", "sg", "sag", *(("sg-ref", "sag-ref") if batch else ())]
     total = args.draws * args.batches * len(args.samplers)
     with tqdm(total=total, desc="variance", unit="draw", disable=args.no_progress, leave=False) as bar:
         rows = measure(run, args.samplers, args.draws, args.batches, args.seed, args.wrt, progress=bar.update)
-    print(f"{run.checkpoint} ({run.stage.method}, trained with sampler {run.method.cfg.sampler!r})")
+    cfg = run.method.cfg
+    print(f"{run.checkpoint} ({run.stage.method}, L_contrast {cfg.contrast!r}, trained with sampler {cfg.sampler!r})")
     print(format_table(rows, args.wrt))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     title = "/".join(Path(run.checkpoint).parts[-5:-2])  # e.g. sg/seed0/finetune

@@ -60,6 +60,8 @@ class ScheduleConfig:
         lr_schedule: ``poly`` ((1 - t/T)^lr_power, the reference code), ``step`` (x lr_gamma every lr_step
             iterations, the paper) or ``constant``.
         lr_power, lr_step, lr_gamma: parameters of those schedules (0.9, 2500, 0.1).
+        nesterov: Nesterov momentum for this stage (``None``: ``optim.nesterov``); the reference code's ARCO stage 2
+            uses it, its stage 1 does not.
     """
 
     iterations: int = 30000
@@ -70,6 +72,7 @@ class ScheduleConfig:
     lr_power: float = 0.9
     lr_step: int = 2500
     lr_gamma: float = 0.1
+    nesterov: bool | None = None
 
     def __post_init__(self) -> None:
         for key in ("iterations", "batch_labeled", "batch_unlabeled", "lr_step"):

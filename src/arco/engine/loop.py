@@ -18,6 +18,7 @@ trainable modules are wrapped in DDP (:mod:`arco.engine.replicas`) and rank 0 al
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -118,6 +119,8 @@ class _Trainer:
         if self.world > 1:
             seed_everything(self.seed)
         method.setup(self.device, self.seed, self.schedule.iterations)
+        if self.schedule.nesterov is not None:
+            optim = dataclasses.replace(optim, nesterov=self.schedule.nesterov)
         self.optimizers = Optimizers(method.param_groups(), optim, self.schedule.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.progress = _Progress()

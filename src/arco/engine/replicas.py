@@ -30,9 +30,7 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from arco.models.norm import MaskedBatchNorm1d
-
-__all__ = ["CpuSyncBatchNorm", "Replicas", "SyncMaskedBatchNorm1d", "convert_sync_bn"]
+__all__ = ["CpuSyncBatchNorm", "Replicas", "convert_sync_bn"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +51,15 @@ class _AllReduceSum(torch.autograd.Function):
         return out
 
 
-def _global_batch_norm(bn: _BatchNorm, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Training-mode BatchNorm of ``x`` with the statistics of the global batch (all ranks), over the rows marked by
-    ``valid`` ((N,) bool, 2D input only; ``None``: all). Per-rank sums and sums of squares are all-reduced in
-    float64 by a differentiable all-reduce, so the gradient is that of BatchNorm over the global batch. Running
-    statistics move towards the global ones only when at least two rows count (as :class:`MaskedBatchNorm1d`)."""
+def _global_batch_norm(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode BatchNorm of ``x`` with the statistics of the global batch (all ranks). Per-rank sums and sums
+    of squares are all-reduced in float64 by a differentiable all-reduce, so the gradient is that of BatchNorm over
+    the global batch. Running statistics move towards the global ones only when at least two rows count."""
     c = x.shape[1]
     xf = x.double()
-    if valid is None:
-        dims = [0, *range(2, x.dim())]
-        s1, s2 = xf.sum(dims), (xf * xf).sum(dims)
-        count = xf.new_full((1,), float(x.numel() // c))
-    else:
-        w = valid.double()
-        s1, s2, count = w @ xf, w @ (xf * xf), w.sum().reshape(1)
+    dims = [0, *range(2, x.dim())]
+    s1, s2 = xf.sum(dims), (xf * xf).sum(dims)
+    count = xf.new_full((1,), float(x.numel() // c))
     stats = _AllReduceSum.apply(torch.cat([s1, s2, count]))
     n = stats[-1]
     mean = stats[:c] / n.clamp_min(1.0)
@@ -108,19 +101,7 @@ class CpuSyncBatchNorm(_BatchNorm):
         self._check_input_dim(x)
         if not _in_group_training(self):
             return super().forward(x)
-        return _global_batch_norm(self, x, None)
-
-
-class SyncMaskedBatchNorm1d(MaskedBatchNorm1d):
-    """:class:`MaskedBatchNorm1d` whose training statistics are those of the valid rows of all ranks (any device:
-    the projection heads' BatchNorm sees placeholder draws, which torch's SyncBatchNorm cannot leave out)."""
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if not _in_group_training(self):
-            return super().forward(x, valid)
-        if valid is not None and (x.dim() != 2 or valid.shape != x.shape[:1] or valid.dtype != torch.bool):
-            return super().forward(x, valid)  # raises its shape/dtype error
-        return _global_batch_norm(self, x, valid)
+        return _global_batch_norm(self, x)
 
 
 def _sync_copy(cls: type[_BatchNorm], bn: _BatchNorm) -> _BatchNorm:
@@ -135,12 +116,9 @@ def _sync_copy(cls: type[_BatchNorm], bn: _BatchNorm) -> _BatchNorm:
 
 def convert_sync_bn(module: nn.Module, device: torch.device) -> nn.Module:
     """Replace the BatchNorm layers of ``module`` in place by synchronised ones sharing their parameters and buffers
-    (:class:`SyncMaskedBatchNorm1d` for masked ones; otherwise torch's on CUDA, :class:`CpuSyncBatchNorm`
-    elsewhere); returns ``module`` (a new one if it is itself a BN)."""
-    if isinstance(module, (CpuSyncBatchNorm, SyncMaskedBatchNorm1d, nn.SyncBatchNorm)):
+    (torch's on CUDA, :class:`CpuSyncBatchNorm` elsewhere); returns ``module`` (a new one if it is itself a BN)."""
+    if isinstance(module, (CpuSyncBatchNorm, nn.SyncBatchNorm)):
         return module
-    if isinstance(module, MaskedBatchNorm1d):
-        return _sync_copy(SyncMaskedBatchNorm1d, module)
     if isinstance(module, _BatchNorm):
         if device.type == "cuda":
             return nn.SyncBatchNorm.convert_sync_batchnorm(module)

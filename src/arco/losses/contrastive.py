@@ -1,4 +1,5 @@
-"""Stage-2 anatomical pixel contrastive loss L_contrast (paper eq. E.2/E.3, SPEC §5).
+"""arco 0.1's stage-2 pixel contrastive loss (``finetune.contrast: batch``; the reference code's loss is
+:mod:`arco.losses.hard_negative`).
 
 For every class c present in the batch, ``num_queries`` pixels of class c are drawn with the chosen sampler
 (NS/SG/SAG, :func:`arco.sampling.sample_per_class`). Queries are the student representations at those pixels;
@@ -33,9 +34,8 @@ from arco.losses.sampled_dot import masked_count, sampled_dot
 
 __all__ = ["PixelContrastiveLoss", "pixel_contrastive_loss", "FORMS", "SAMPLED_ABOVE"]
 
-# rep_fn(index, valid) -> (N, dim): representations at flat positions ``index``; ``valid`` (bool, (N,)) marks
-# the real draws, the others are placeholders that must not shape BatchNorm statistics.
-RepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# rep_fn(index) -> (N, dim): representations at flat positions ``index``.
+RepFn = Callable[[torch.Tensor], torch.Tensor]
 
 # How the query-negative similarities are computed; both forms are exact and give the same draws.
 FORMS = ("auto", "dense", "sampled")
@@ -189,12 +189,12 @@ class PixelContrastiveLoss(nn.Module):
 
     ``forward(label, valid, rep_student, rep_teacher, generator=None)``:
         label ``(B, *S)`` int64 (GT on labeled, pseudo-labels on unlabeled images), valid ``(B, *S)`` bool or
-        None (labeled or confident pixels), ``rep_student(index, ok) -> (N, dim)`` with grad and
-        ``rep_teacher(index, ok)`` (called under ``no_grad``) map flat positions into ``(B, *S)`` to
-        representations. Each is called once, on all ``C * num_queries`` draws; ``ok`` (bool ``(N,)``) is False
-        for the placeholder slots of classes with fewer candidates than queries, which must not enter BatchNorm
-        statistics (``RepresentationHead.forward_at(..., valid=ok)``). The teacher keys are stored for
-        :meth:`enqueue`. ``generator`` (on the label's device) drives the sampler and the negative draws.
+        None (labeled or confident pixels), ``rep_student(index) -> (N, dim)`` with grad and
+        ``rep_teacher(index)`` (called under ``no_grad``) map flat positions into ``(B, *S)`` to
+        representations. Each is called once, on all ``C * num_queries`` draws (the slots of classes with fewer
+        candidates than queries hold placeholders, left out of the loss). The teacher keys are stored for
+        :meth:`enqueue` (unless ``store=False``). ``generator`` (on the label's device) drives the sampler and the
+        negative draws; ``strategy`` overrides the sampler for one call (diagnostics).
 
     ``enqueue()`` (after the optimiser step) writes this step's valid teacher keys of each class into that
     class's ring buffer (at most ``min(num_queries, bank_size)`` per class; a class absent this step keeps its
@@ -242,6 +242,8 @@ class PixelContrastiveLoss(nn.Module):
         rep_student: RepFn,
         rep_teacher: RepFn,
         generator: torch.Generator | None = None,
+        strategy: str | None = None,
+        store: bool = True,
     ) -> torch.Tensor:
         if label.dtype != torch.long or label.dim() not in (3, 4):
             raise ValueError(
@@ -254,16 +256,18 @@ class PixelContrastiveLoss(nn.Module):
                 f"of shape {tuple(valid.shape)}"
             )
         c, q_num = self.num_classes, self.num_queries
+        strategy = self.strategy if strategy is None else strategy
         index, ok = sampling.sample_per_class(
-            label, c, q_num, self.strategy, grid=self.grid, valid=valid, generator=generator
+            label, c, q_num, strategy, grid=self.grid, valid=valid, generator=generator
         )
-        flat, flat_ok = index.reshape(-1), ok.reshape(-1)
-        query = F.normalize(rep_student(flat, flat_ok).float(), dim=-1).view(c, q_num, -1)
+        flat = index.reshape(-1)
+        query = F.normalize(rep_student(flat).float(), dim=-1).view(c, q_num, -1)
         with torch.no_grad():
-            key = F.normalize(rep_teacher(flat, flat_ok).float(), dim=-1).view(c, q_num, -1)
+            key = F.normalize(rep_teacher(flat).float(), dim=-1).view(c, q_num, -1)
         if query.shape[-1] != self.dim:
             raise ValueError(f"PixelContrastiveLoss: representations have {query.shape[-1]} channels, dim={self.dim}")
-        self._pending = (key, ok)
+        if store:
+            self._pending = (key, ok)
         bs = self.bank_size
         return pixel_contrastive_loss(
             query,

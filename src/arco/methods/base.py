@@ -39,6 +39,8 @@ class ModelConfig:
         hidden_dim: hidden width of the projector/predictor MLPs.
         in_channels: image channels (set from the data when a run is built).
         n_filters: base width of the VNet (16 as in UA-MT; smaller for quick CPU tests). Ignored by the UNet.
+        heads: ARCO's global (and stage-1 local) heads: ``linear`` (two linear layers, the reference code) or
+            ``nonlinear`` (a ReLU between them, the paper's "non-linear projector"); no BatchNorm in either.
     """
 
     arch: str = "unet"
@@ -46,6 +48,7 @@ class ModelConfig:
     hidden_dim: int = 512
     in_channels: int = 1
     n_filters: int = 16
+    heads: str = "linear"
 
 
 def build_backbone(

@@ -11,8 +11,9 @@ Example:
 from __future__ import annotations
 
 from arco.models.ema import ema_update, make_teacher
-from arco.models.heads import PredictionHead, ProjectionHead, RepresentationHead, gather_interpolated
-from arco.models.norm import MaskedBatchNorm1d, frozen_bn_stats
+from arco.models.fused import FusedRepresentation, LinearPair
+from arco.models.heads import LinearHead, PredictionHead, ProjectionHead, RepresentationHead, gather_interpolated
+from arco.models.norm import frozen_bn_stats
 from arco.models.unet import SegOutput, UNet
 from arco.models.vnet import VNet
 from arco.registry import Registry
@@ -23,10 +24,12 @@ __all__ = [
     "UNet",
     "VNet",
     "RepresentationHead",
+    "FusedRepresentation",
+    "LinearPair",
+    "LinearHead",
     "ProjectionHead",
     "PredictionHead",
     "gather_interpolated",
-    "MaskedBatchNorm1d",
     "ema_update",
     "make_teacher",
     "frozen_bn_stats",

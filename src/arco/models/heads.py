@@ -1,9 +1,14 @@
-"""Training-only heads: the FPN-style representation head psi_r, the projector and the predictor (SPEC §3).
+"""Training-only heads: an FPN-style representation head, projectors and predictors.
 
-The representation head's layers after the per-level interpolation are pointwise, so it can be evaluated only
-at the pixels a sampler picked (``forward_at``): that is what the training loop uses. Evaluating it densely at
-full resolution (``forward``) costs ``B*H*W*dim`` floats (512 MB for 4x256x256x512 float32) and exists for
-tests.
+- :class:`RepresentationHead` (``Linear - BN - ReLU - Linear`` on the concatenated decoder levels): ACTION's head
+  (ReCo's), kept for that method. ARCO's own representation is :class:`arco.models.fused.FusedRepresentation`,
+  the reference code's ``FeatureExtractor``.
+- :class:`LinearHead`: ``Linear -> Linear`` (the reference code's projector and predictor, no BatchNorm, no
+  activation) or ``Linear -> ReLU -> Linear`` (the paper's "non-linear" projector): ARCO's global heads.
+- :class:`ProjectionHead` / :class:`PredictionHead`: ``Linear - BN - ReLU - Linear`` (SS-Net's heads).
+
+The heads' layers after the per-level interpolation are pointwise, so a representation can be evaluated only at
+the pixels a sampler picked (``forward_at``, through :func:`gather_interpolated`).
 """
 
 from __future__ import annotations
@@ -15,21 +20,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arco.models.norm import MaskedBatchNorm1d
-
-__all__ = ["RepresentationHead", "ProjectionHead", "PredictionHead", "gather_interpolated"]
+__all__ = ["RepresentationHead", "LinearHead", "ProjectionHead", "PredictionHead", "gather_interpolated"]
 
 
-def gather_interpolated(feature: torch.Tensor, index: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+def gather_interpolated(
+    feature: torch.Tensor, index: torch.Tensor, spatial_shape: Sequence[int], align_corners: bool = False
+) -> torch.Tensor:
     """Values of ``feature`` up-sampled to ``spatial_shape`` at flat positions ``index`` (sparse up-sampling).
 
-    Matches ``F.interpolate(feature, size=spatial_shape, mode="bilinear"/"trilinear", align_corners=False)``
+    Matches ``F.interpolate(feature, size=spatial_shape, mode="bilinear"/"trilinear", align_corners=...)``
     (including PyTorch's edge clamping) at the requested positions.
 
     Args:
         feature: ``(B, C, *s)`` map, ``len(s)`` in (2, 3).
         index: ``(N,)`` long flat positions into ``(B, *spatial_shape)``.
         spatial_shape: full-resolution spatial size ``S``.
+        align_corners: PyTorch's flag (the reference code's ``FeatureExtractor`` up-samples with ``True``).
 
     Returns:
         ``(N, C)`` tensor with ``feature``'s dtype and device (differentiable w.r.t. ``feature``).
@@ -50,7 +56,10 @@ def gather_interpolated(feature: torch.Tensor, index: torch.Tensor, spatial_shap
     lo, hi, frac = [], [], []
     for pos, full, n in zip(coords, spatial_shape, small):
         # float32 coordinates even under autocast: half precision cannot index 256+ pixels exactly.
-        src = ((pos.float() + 0.5) * (n / full) - 0.5).clamp_min(0)
+        if align_corners:
+            src = pos.float() * ((n - 1) / (full - 1) if full > 1 else 0.0)
+        else:
+            src = ((pos.float() + 0.5) * (n / full) - 0.5).clamp_min(0)
         i0 = src.floor().long().clamp_max(n - 1)
         lo.append(i0)
         hi.append((i0 + 1).clamp_max(n - 1))
@@ -74,9 +83,8 @@ class RepresentationHead(nn.Module):
 
     Each pyramid level is brought to full resolution by (bi/tri)linear interpolation and the levels are
     concatenated (equivalently: a 1x1 conv per level, then added), followed by pointwise
-    ``Linear - BN - ReLU - Linear`` layers. Because interpolation commutes with the pointwise layers,
-    ``forward_at`` evaluates the head only at sampled pixels. The BatchNorm is a :class:`MaskedBatchNorm1d`
-    (``state_dict`` keys of ``nn.BatchNorm1d``), so placeholder draws can be kept out of its statistics.
+    ``Linear - BN - ReLU - Linear`` layers (ACTION's / ReCo's head). Because interpolation commutes with the
+    pointwise layers, ``forward_at`` evaluates the head only at sampled pixels.
 
     Args:
         in_channels: channels of each feature level, coarse -> fine (e.g. ``model.feature_channels``).
@@ -108,7 +116,7 @@ class RepresentationHead(nn.Module):
         self.spatial_dims = spatial_dims
         self.mlp = nn.Sequential(
             nn.Linear(sum(self.in_channels), hidden),
-            MaskedBatchNorm1d(hidden),
+            nn.BatchNorm1d(hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, dim),
         )
@@ -123,28 +131,16 @@ class RepresentationHead(nn.Module):
             )
 
     def forward_at(
-        self,
-        features: Sequence[torch.Tensor],
-        index: torch.Tensor,
-        spatial_shape: Sequence[int],
-        valid: torch.Tensor | None = None,
+        self, features: Sequence[torch.Tensor], index: torch.Tensor, spatial_shape: Sequence[int]
     ) -> torch.Tensor:
         """Representations ``(N, dim)`` at flat positions ``index`` (long, ``(N,)``) into ``(B,
-        *spatial_shape)``.
-
-        In training mode BatchNorm normalises over the ``N`` points, or, given ``valid`` (bool ``(N,)``), over
-        the valid ones only: invalid rows (placeholder draws) still get an output but leave the batch and
-        running statistics untouched. Fewer than two valid rows update nothing.
-        """
+        *spatial_shape)``; in training mode BatchNorm normalises over the ``N`` points."""
         self._check(features)
         spatial_shape = tuple(int(s) for s in spatial_shape)
         if len(spatial_shape) != self.spatial_dims:
             raise ValueError(f"RepresentationHead: spatial_shape must have {self.spatial_dims} entries")
         rows = torch.cat([gather_interpolated(f, index, spatial_shape) for f in features], dim=1)
-        if valid is None:
-            return self.mlp(rows)
-        fuse, norm, act, out = self.mlp
-        return out(act(norm(fuse(rows), valid)))
+        return self.mlp(rows)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Dense ``(B, dim, *S)`` map at the finest level's resolution (tests and small inputs only)."""
@@ -157,6 +153,23 @@ class RepresentationHead(nn.Module):
         x = torch.cat(up, dim=1)
         rows = self.mlp(x.movedim(1, -1).reshape(-1, x.shape[1]))
         return rows.reshape(*x.shape[:1], *size, self.dim).movedim(-1, 1)
+
+
+class LinearHead(nn.Sequential):
+    """``Linear(in, hidden) -> [ReLU] -> Linear(hidden, out)`` on ``(B, in_dim)`` rows, no normalisation.
+
+    ``activation=False`` is the reference code's projector and predictor (``MLP.f1 -> f2`` and
+    ``latent_predictor``: two linear layers, the predictor's BatchNorm and ReLU commented out); ``True`` is the
+    paper's "non-linear" projector. Without BatchNorm every row is embedded on its own, whatever the batch.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, activation: bool = False) -> None:
+        if min(in_dim, hidden_dim, out_dim) < 1:
+            raise ValueError(f"LinearHead: dims must be >= 1, got {in_dim}, {hidden_dim}, {out_dim}")
+        layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim)]
+        if activation:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers, nn.Linear(hidden_dim, out_dim))
 
 
 class ProjectionHead(nn.Sequential):
