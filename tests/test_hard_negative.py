@@ -238,3 +238,16 @@ def test_gradient_reaches_the_student_only():
     loss = fn(LABEL, 1, _prob(), ENTROPY, 0.0, keys, lambda i: table[LABEL.reshape(-1)[i]], None)
     loss.backward()
     assert table.grad.abs().sum() > 0 and keys.grad is None
+
+
+def test_anchor_losses_average_to_the_class_loss():
+    # The per-anchor losses of the hand-worked batch (its anchors, its positives) average to the loss.
+    loss, fn = _loss()
+    anchors = torch.tensor([0, 3, 4, 2])  # l0, l3 (class 0), u0 (class 1), l2 (class 2)
+    classes = LABEL.reshape(-1)[anchors]
+    positive = torch.tensor([[1.0, 0, 0], [0.3, 0.9, 0], [0.6, 0, 0.8]])
+    per = fn.anchor_losses(_student(anchors), classes, positive, torch.Generator().manual_seed(1))
+    by_class = torch.stack([per[classes == c].mean() for c in range(3)])
+    assert float(by_class.mean()) == pytest.approx(float(loss), rel=1e-5)
+    empty = HardNegativeContrastiveLoss(3, 3, capacities=8)
+    assert torch.isnan(empty.anchor_losses(torch.eye(3), torch.arange(3), torch.eye(3))).all()

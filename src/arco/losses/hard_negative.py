@@ -239,6 +239,30 @@ class HardNegativeContrastiveLoss(nn.Module):
         total = torch.where(use, per_class, 0).sum() / valid_classes.clamp_min(1)
         return torch.where(valid_classes > 1, total, total * 0)
 
+    def anchor_losses(
+        self,
+        query: torch.Tensor,
+        classes: torch.Tensor,
+        positive: torch.Tensor,
+        generator: torch.Generator | None = None,
+        strategy: str | None = None,
+    ) -> torch.Tensor:
+        """``(N,)``: the loss each anchor would contribute: ``query (N, dim)`` (any scale) of class ``classes (N,)``
+        against ``positive (C, dim)`` and ``num_negatives`` keys drawn from its class's bank by the sampler (as in
+        :meth:`forward`; the banks are read, not updated). NaN for an anchor whose bank is empty. Used by
+        ``arco landscape pixels`` (every pixel of a slice as an anchor)."""
+        n, k = query.shape[0], self.num_negatives
+        q = F.normalize(query.float(), dim=-1)
+        sizes = self.banks.count[classes]
+        strategy = self.strategy if strategy is None else strategy
+        pos = sample_bank(sizes, k, strategy, self.bank_blocks, generator)
+        rows = self.banks.physical(classes[:, None], pos)
+        neg = sampled_dot(q, self.banks.table().float(), rows, (sizes > 0)[:, None].expand(n, k))
+        pos_sim = (q * F.normalize(positive.float(), dim=-1)[classes]).sum(-1, keepdim=True)
+        logits = torch.cat([pos_sim, neg], dim=-1) / self.tau
+        loss = logits.logsumexp(-1) - logits[:, 0]
+        return torch.where(sizes > 0, loss, torch.nan)
+
     def bank_order(self, has_candidates: torch.Tensor) -> torch.Tensor:
         """``(C,)``: the bank row i's anchors are contrasted with. ``intended``: its own class. ``literal``: the
         i-th class that has candidates (the reference indexes ``memobank[valid_classes[i]]`` while taking anchors
