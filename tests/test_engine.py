@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from _tiny import MODEL3D, read_log, run_method, tiny_data
+from _tiny import MODEL2D, MODEL3D, params_for, read_log, run_method, tiny_data
 from arco._checks import ArcoError, CheckpointError
 from arco.checkpoint import load_checkpoint, load_predictor
-from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, lr_factor
+from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, lr_factor
 from arco.methods import get_method
 
 
@@ -21,7 +21,8 @@ def test_stage_2d_learns_and_writes_run_folder(tmp_path, name):
     rows = read_log(tmp_path / "log.csv")
     cls = get_method(name)
     # The log's columns come from the method's declaration, nothing else.
-    assert list(rows[0]) == ["iteration", "stage", "lr", "loss", *cls.loss_names, *cls.metric_names, "val_dice"]
+    names = [*cls.loss_names, *cls.metric_names, "grad_norm", "grad_norm_max"]
+    assert list(rows[0]) == ["iteration", "stage", "lr", "loss", *names, "val_dice"]
     first, last = float(rows[0]["loss_sup"]), float(rows[-1]["loss_sup"])
     assert last < 0.8 * first, (first, last)
     for f in ("config.yaml", "split.json", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
@@ -146,19 +147,37 @@ def test_summary_json(tmp_path):
 
 
 def test_grad_clip_bounds_one_spiking_step_and_leaves_small_ones_alone():
-    # The ARCO heads' BatchNorm over two rows can give one step a gradient 500x the usual (docs/diagnosis.md section
-    # 6); optim.grad_clip caps the global norm of that step and does nothing to ordinary steps.
+    # A clip caps the global norm of a spiking step and does nothing to ordinary steps; the norm before clipping is
+    # returned (the engine logs it).
     from arco.engine.optim import Optimizers
 
     def update(scale: float, clip: float) -> float:
         w = torch.nn.Parameter(torch.ones(10))
-        opt = Optimizers([{"params": [w]}], OptimConfig(weight_decay=0.0, grad_clip=clip), lr=0.1)
+        opt = Optimizers([{"params": [w]}], OptimConfig(weight_decay=0.0), lr=0.1)
         opt.zero_grad()
         (scale * w).sum().backward()  # gradient norm = scale * sqrt(10)
-        opt.step(torch.amp.GradScaler("cpu", enabled=False))
+        norm = opt.step(torch.amp.GradScaler("cpu", enabled=False), clip)
+        assert float(norm) == pytest.approx(scale * 10**0.5, rel=1e-5)
         return float((w.detach() - 1).norm())
 
     spike = 500.0 / 10**0.5
     assert update(spike, 0.0) == pytest.approx(0.1 * 500.0, rel=1e-5)  # unclipped: lr x norm
     assert update(spike, 12.0) == pytest.approx(0.1 * 12.0, rel=1e-5)  # clipped to the bound
     assert update(1.0 / 10**0.5, 12.0) == pytest.approx(0.1 * 1.0, rel=1e-5)  # below the bound: unchanged
+
+
+def test_grad_clip_comes_from_the_method_unless_the_config_sets_it(tmp_path):
+    # optim.grad_clip None (default) takes the method's own default (0 for the built-in methods); a number overrides.
+    from arco.engine.loop import _Trainer
+    from arco.methods.supervised import SupervisedMethod
+
+    data = tiny_data(2)
+
+    def clip(optim: OptimConfig, method_default: float) -> float:
+        monkey = type("Clipped", (SupervisedMethod,), {"grad_clip": method_default})
+        method = monkey(params_for("supervised"), 3, 2, MODEL2D)
+        stage = StageSpec("s", ScheduleConfig(iterations=1, batch_labeled=1, batch_unlabeled=1))
+        return _Trainer(method, data, stage, optim, EngineConfig(device="cpu"), tmp_path, {}, "default").grad_clip
+
+    assert clip(OptimConfig(), 0.0) == 0.0 and clip(OptimConfig(), 5.0) == 5.0
+    assert clip(OptimConfig(grad_clip=12.0), 0.0) == 12.0 and clip(OptimConfig(grad_clip=0.0), 5.0) == 0.0

@@ -102,7 +102,7 @@ def test_a_plugin_method_from_a_file_outside_arco_trains_through_the_cli(tmp_pat
     assert main(args) == 0
     run = tmp_path / "run" / "plugin-cli-consistency"
     header = (run / "log.csv").read_text().splitlines()[0]
-    assert header == "iteration,stage,lr,loss,loss_sup,loss_cons,val_dice"
+    assert header == "iteration,stage,lr,loss,loss_sup,loss_cons,grad_norm,grad_norm_max,val_dice"
     assert json.loads((run / "summary.json").read_text())["completed_iterations"] == 4
     assert main(["train", "--plugin", str(plugin), "--list-methods"]) == 0
     assert "plugin-cli-consistency" in capsys.readouterr().out

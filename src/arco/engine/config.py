@@ -27,19 +27,18 @@ class OptimConfig:
         momentum: SGD momentum (0.9).
         weight_decay: L2 weight decay (1e-4).
         nesterov: Nesterov momentum (the reference code's stage 2 uses it; SSL4MIS does not).
-        grad_clip: max global gradient norm (0 = no clipping; default 12, nnU-Net's value). Typical steps have norms
-            of 0.5-4 and are untouched; it caps the rare spikes that a BatchNorm over very few rows produces (ARCO's
-            projection heads see only the unlabeled batch: docs/diagnosis.md section 6). The reference code and the
-            paper do not clip.
+        grad_clip: max global gradient norm (0 = no clipping); ``None`` (default) = the method's own default
+            (``MethodBase.grad_clip``: 0 for every built-in method, as their papers and codes; chosen by measurement,
+            docs/diagnosis.md section 11). The norm before clipping is logged (``grad_norm``, ``grad_norm_max``).
     """
 
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
-    grad_clip: float = 12.0
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.grad_clip < 0:
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0 or (self.grad_clip or 0) < 0:
             raise ValueError(
                 "optim: momentum must be in [0, 1), weight_decay and grad_clip >= 0; got "
                 f"momentum={self.momentum}, weight_decay={self.weight_decay}, grad_clip={self.grad_clip}"

@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 
 def log_columns(names: Sequence[str]) -> tuple[str, ...]:
-    """The ``log.csv`` header for a method logging ``names``."""
-    return ("iteration", "stage", "lr", "loss", *names, "val_dice")
+    """The ``log.csv`` header for a method logging ``names`` (``grad_norm``: the mean global gradient norm before
+    clipping over the logged iterations, ``grad_norm_max`` its maximum)."""
+    return ("iteration", "stage", "lr", "loss", *names, "grad_norm", "grad_norm_max", "val_dice")
 
 
 def _fmt(v: Any) -> str:

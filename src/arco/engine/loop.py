@@ -91,6 +91,7 @@ class _Progress:
     """Device-side sums of the logged scalars since the last log row, and the best validation so far."""
 
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    maxima: dict[str, torch.Tensor] = field(default_factory=dict)
     count: int = 0
     last_logged: int = 0
     best_dice: float = -math.inf
@@ -122,6 +123,7 @@ class _Trainer:
         if self.schedule.nesterov is not None:
             optim = dataclasses.replace(optim, nesterov=self.schedule.nesterov)
         self.optimizers = Optimizers(method.param_groups(), optim, self.schedule.lr)
+        self.grad_clip = float(getattr(method, "grad_clip", 0.0) if optim.grad_clip is None else optim.grad_clip)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.progress = _Progress()
         self.names = (*method.loss_names, *method.metric_names)
@@ -259,17 +261,17 @@ class _Trainer:
         self.scaler.scale(loss).backward()
         if self.replicas is not None:
             self.replicas.sync_grads()
-        self.optimizers.step(self.scaler)
+        norm = self.optimizers.step(self.scaler, self.grad_clip)
         if self.replicas is not None:  # before the EMA teachers are updated from the students
             self.replicas.sync_buffers()
         self.method.after_optimizer_step(it)
-        self._accumulate({"loss": loss.detach(), **out.logs})
+        self._accumulate({"loss": loss.detach(), "grad_norm": norm, **out.logs}, {"grad_norm_max": norm})
         return loss.detach()
 
-    def _accumulate(self, logs: dict[str, torch.Tensor]) -> None:
+    def _accumulate(self, logs: dict[str, torch.Tensor], maxima: dict[str, torch.Tensor]) -> None:
         p = self.progress
         if p.count == 0:
-            unknown = sorted(set(logs) - {"loss", *self.names})
+            unknown = sorted(set(logs) - {"loss", "grad_norm", *self.names})
             if unknown:
                 raise ValueError(
                     f"method {self.method.name!r} logged {unknown} but declares loss_names/metric_names "
@@ -278,6 +280,9 @@ class _Trainer:
         for k, v in logs.items():
             v = v.detach().float()
             p.sums[k] = p.sums[k] + v if k in p.sums else v
+        for k, v in maxima.items():
+            v = v.detach().float()
+            p.maxima[k] = torch.maximum(p.maxima[k], v) if k in p.maxima else v
         p.count += 1
 
     def report(self, it: int, validate: bool, log: RunLogger | None, bar: Any) -> None:
@@ -285,6 +290,7 @@ class _Trainer:
         keep ``best.pt`` and ``last.pt``. Every rank calls it; rank 0 validates and writes."""
         p = self.progress
         local = {k: v.double() / p.count for k, v in p.sums.items()}
+        local.update({k: v.double() for k, v in p.maxima.items()})
         check = dist.state_checksum(self.method.modules()) if self.world > 1 else torch.zeros(())
         means = dist.reduce_logs(local, check.to(self.device), self.stage.name)
         if not all(math.isfinite(v) for v in means.values()):
@@ -295,7 +301,7 @@ class _Trainer:
                 "engine.precision=fp32, or optim.grad_clip > 0."
             )
         row = {"iteration": it, "stage": self.stage.name, "lr": self.optimizers.lr, **means, "val_dice": None}
-        p.sums, p.count, p.last_logged = {}, 0, it
+        p.sums, p.maxima, p.count, p.last_logged = {}, {}, 0, it
         if bar is not None:
             bar.update(it - bar.n)
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.startswith("loss")})

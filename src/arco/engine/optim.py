@@ -12,6 +12,8 @@ parameters), else the multi-tensor ``foreach`` one; never the per-parameter Pyth
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import torch
@@ -93,14 +95,17 @@ class Optimizers:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
 
-    def step(self, scaler: torch.amp.GradScaler) -> None:
-        if self.cfg.grad_clip > 0:
-            for opt in self.optimizers:
-                scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+    def step(self, scaler: torch.amp.GradScaler, clip: float = 0.0) -> torch.Tensor:
+        """Unscale, clip the global gradient norm to ``clip`` (0: no clipping), step; returns the norm before
+        clipping (a device tensor, no host sync), which the engine logs."""
+        for opt in self.optimizers:
+            scaler.unscale_(opt)
+        grads = [p for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(grads, clip if clip > 0 else math.inf) if grads else torch.zeros(())
         for opt in self.optimizers:
             scaler.step(opt)
         scaler.update()
+        return norm.detach()
 
     def state_dict(self) -> dict[str, Any]:
         return {kind: opt.state_dict() for kind, opt in zip(self.kinds, self.optimizers)}

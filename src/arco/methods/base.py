@@ -162,6 +162,8 @@ class MethodBase:
     predict_module: ClassVar[str] = "student"
     needs_unlabeled: ClassVar[bool] = True
     spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
+    #: Default max global gradient norm when ``optim.grad_clip`` is not set (0: no clipping, as the papers' codes).
+    grad_clip: ClassVar[float] = 0.0
 
     def __init__(self, cfg: Any, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         if int(num_classes) < 2:
