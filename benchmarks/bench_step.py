@@ -11,7 +11,9 @@ around that call with device synchronisation. The *network-only* row is the floo
 the labeled + strong unlabeled batch (a supervised loss on it), the teacher's forwards on the weak and the mixed
 batch, the SGD step and the EMA update, no ARCO loss. The banks are full (random unit keys, all valid) before timing,
 as after the first steps of a run; every pseudo-label counts (confidence 0) and every candidate may be an anchor
-(``delta_p`` 0), the heaviest case for both losses.
+(``delta_p`` 0), the heaviest case for both losses. Besides the wall time per step the table gives the process CPU
+time per step (with ``--threads 1`` the two agree on an idle machine; on a shared one the CPU time is the steadier
+figure) and the ratio to the network floor in CPU time.
 
 The contrastive share times the loss *call* (its forward; sampling, head and InfoNCE), not its backward, which runs
 inside the step's ``backward()``. ``--ablate`` adds, per sampler, the same step with the contrastive loss replaced by
@@ -199,19 +201,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     ArcoFinetuneMethod.contrast_loss = timed
     try:
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for it in range(spec["iters"]):
             step(batches[it % len(batches)], spec["warmup"] + it)
         sync()
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         ArcoFinetuneMethod.contrast_loss = original
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = max(_status_kib("VmHWM") - base_kib, 0) / 1024
-    return {**spec, "ms": 1000 * total / spec["iters"], "peak_mb": round(peak_mb, 1),
-            "contrast_share": in_loss[0] / total, "torch": torch.__version__}  # fmt: skip
+    return {**spec, "ms": 1000 * total / spec["iters"], "cpu_ms": 1000 * cpu / spec["iters"],
+            "peak_mb": round(peak_mb, 1), "contrast_share": in_loss[0] / total, "torch": torch.__version__}  # fmt: skip
 
 
 def _worker(spec: dict[str, Any], queue: Any) -> None:
@@ -267,13 +269,13 @@ def main() -> None:
     if not args.json:
         print(f"device={device} threads={args.threads} precision={args.precision} torch={torch.__version__} "
               f"preset={preset} {shape}")  # fmt: skip
-        print("| step | L_contrast | sampler | ms/step | peak MB | contrastive call % | contrastive fwd+bwd % "
-              "| x network floor |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
+        print("| step | L_contrast | sampler | ms/step | CPU ms/step | peak MB | contrastive call % "
+              "| contrastive fwd+bwd % | x network floor (CPU time) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
     for spec in specs:
         row = run(spec)
-        floor = rows[0]["ms"] if rows and rows[0]["what"] == "network" else None
-        row["vs_floor"] = None if floor is None else row["ms"] / floor
+        floor = rows[0]["cpu_ms"] if rows and rows[0]["what"] == "network" else None
+        row["vs_floor"] = None if floor is None else row["cpu_ms"] / floor
         if row["what"] == "arco-no-contrast":  # the whole cost of the loss, from the step measured just before
             row["ablated_share"] = 1 - row["ms"] / rows[-1]["ms"]
         rows.append(row)
@@ -291,8 +293,8 @@ def _table_row(row: dict[str, Any]) -> str:
     call = f"{100 * row['contrast_share']:.1f}" if row["what"] == "arco" else "-"
     whole = f"{100 * row['ablated_share']:.1f}" if "ablated_share" in row else "-"
     return (
-        f"| {what[row['what']]} | {contrast} | {sampler} | {row['ms']:.1f} | {row['peak_mb']:.0f} | {call} | {whole} "
-        f"| {ratio} |"
+        f"| {what[row['what']]} | {contrast} | {sampler} | {row['ms']:.1f} | {row['cpu_ms']:.1f} "
+        f"| {row['peak_mb']:.0f} | {call} | {whole} | {ratio} |"
     )
 
 
