@@ -9,6 +9,7 @@ import math
 import pytest
 
 from _study import TINY_SET
+from _tiny import make_phantom
 from arco._checks import CheckpointError
 from arco.cli import main
 from arco.config import load_config
@@ -19,7 +20,9 @@ from arco.pipeline import train
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cv")
-    cfg = load_config("demo", [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false"])
+    sets = [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false"]
+    make_phantom("demo", sets)
+    cfg = load_config("demo", sets)
     train(cfg, root / "run")
     return root / "run"
 

@@ -115,7 +115,7 @@ def build_acdc(cfg: DataConfig) -> SegmentationData:
 
 @DATASETS.register("phantom2d")
 def build_phantom2d(cfg: DataConfig) -> SegmentationData:
-    from arco.data.phantom import ensure_phantom
+    from arco.data.phantom import require_phantom
 
-    ensure_phantom(cfg.root, "phantom2d", cfg.generate, cfg.subjects, cfg.seed, cfg.image_size)
+    require_phantom(cfg.root, "phantom2d", cfg.subjects, cfg.seed, cfg.image_size)
     return load_acdc_layout(cfg, "phantom2d")

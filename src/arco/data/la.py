@@ -88,7 +88,7 @@ def build_la(cfg: DataConfig) -> SegmentationData:
 
 @DATASETS.register("phantom3d")
 def build_phantom3d(cfg: DataConfig) -> SegmentationData:
-    from arco.data.phantom import ensure_phantom
+    from arco.data.phantom import require_phantom
 
-    ensure_phantom(cfg.root, "phantom3d", cfg.generate, cfg.subjects, cfg.seed, cfg.image_size)
+    require_phantom(cfg.root, "phantom3d", cfg.subjects, cfg.seed, cfg.image_size)
     return load_la_layout(cfg, "phantom3d")
