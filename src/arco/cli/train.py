@@ -125,6 +125,22 @@ def _train_ranks(cfg: Any, out: Any, only: tuple[str, ...] | None, args: argpars
     return results if rank == 0 else None
 
 
+def _train_or_tidy(cfg: Any, out: Any, only: tuple[str, ...] | None, args: argparse.Namespace) -> dict:
+    """``pipeline.train``; when it fails before writing anything, the run folder this call created (holding only
+    its lock file) is removed again, so bad data or config leaves no empty run behind."""
+    from arco._lock import LOCK_NAME
+    from arco.pipeline import train
+
+    new = not out.exists()
+    try:
+        return train(cfg, out, only=only, resume=args.resume, init_from=args.init)
+    except Exception:
+        if new and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -132,7 +148,6 @@ def run(args: argparse.Namespace) -> int:
 
     from arco._io import check_out_dir
     from arco.config import load_config, presets, to_dict
-    from arco.pipeline import train
 
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1 (the number of training processes), got {args.nproc}")
@@ -161,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         _check_global_batches(cfg, only, args.nproc)
         return relaunch(list(getattr(args, "argv", sys.argv[1:])), args.nproc)
     if world == 1:
-        results = train(cfg, out, only=only, resume=args.resume, init_from=args.init)
+        results = _train_or_tidy(cfg, out, only, args)
     else:
         results = _train_ranks(cfg, out, only, args)
         if results is None:

@@ -212,6 +212,19 @@ def _build_stage(raw: dict[str, Any], schedule: dict[str, Any]) -> StageConfig:
         raise ConfigError(str(exc)) from exc
 
 
+def _check_device_name(name: str) -> None:
+    """``engine.device`` is a device name (whether CUDA is there is checked where the run starts: a config may be
+    written on one machine and trained on another)."""
+    import torch
+
+    try:
+        ok = name == "auto" or torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"engine.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+
+
 def build_config(
     raw: dict[str, Any],
     overrides: list[str] | tuple[str, ...] = (),
@@ -256,6 +269,7 @@ def build_config(
     sections = {k: raw[k] for k in ("data", "model", "optim", "schedule", "engine", "eval") if k in raw}
     cfg = from_dict(RunConfig, sections)
     check_model_config(cfg.model)
+    _check_device_name(cfg.engine.device)
     built = tuple(_build_stage(s, schedule) for s in stages)
     return dataclasses.replace(
         cfg, method=str(method or raw.get("method") or "custom"), stages=built, plugins=all_plugins

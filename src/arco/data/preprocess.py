@@ -203,9 +203,15 @@ def _current_entry(
     return entry, False
 
 
-def _staging(out: Path) -> Path:
-    """The folder beside ``out`` that holds the cases of a run until every case succeeded."""
-    return out.parent / f".{out.name}.arco-partial"
+def _staging(out: Path, fresh: bool = False) -> Path:
+    """The folder beside ``out`` that holds the cases of a run until every case succeeded (created; emptied first
+    when ``fresh``)."""
+    stage = out.parent / f".{out.name}.arco-partial"
+    with writing(stage):
+        if fresh and stage.exists():
+            shutil.rmtree(stage)
+        (stage / "cases").mkdir(parents=True, exist_ok=True)
+    return stage
 
 
 _ARRAYS = ("image", "label", "locations")
@@ -270,6 +276,28 @@ def _run(tasks: list[dict], jobs: int, progress: Callable | None) -> list[dict]:
             raise
 
 
+def _plan(
+    cases: dict[str, tuple], out: Path, stage: Path, settings: PreprocessSettings, hash_mode: str, overwrite: bool
+) -> tuple[dict[str, dict], list[str], list[dict]]:
+    """``(entries of the cases already done, those of them waiting in the staging folder, tasks to run)``: a case
+    is done when the staging folder or ``out`` holds it complete, with these settings and its source unchanged."""
+    key = settings.key()
+    entries, staged, tasks = {}, [], []
+    for case, (img, lab, part) in sorted(cases.items()):
+        for folder in () if overwrite else (stage, out):
+            entry, refreshed = _current_entry(folder, case, img, lab, key, hash_mode, stage)
+            if entry is not None and entry.get("part") == part:
+                entries[case] = entry
+                if folder == stage or refreshed:
+                    staged.append(case)
+                break
+        if case in entries:
+            continue
+        task = {"case": case, "image": str(img), "label": str(lab), "part": part, "out": str(stage)}
+        tasks.append({**task, "settings": asdict(settings), "hash": hash_mode})
+    return entries, staged, tasks
+
+
 def preprocess_dataset(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -311,35 +339,16 @@ def preprocess_dataset(
     meta, class_names, cases = scan_source(src, dataset)
     _check_out(src, out, overwrite)
     settings = resolve_settings(dataset, meta, class_names, cases, **options)
-    key = settings.key()
-    stage = _staging(out)
-    with writing(stage):
-        if overwrite and stage.exists():
-            shutil.rmtree(stage)
-        (stage / "cases").mkdir(parents=True, exist_ok=True)
-    entries, staged, tasks = {}, [], []
-    for case, (img, lab, part) in sorted(cases.items()):
-        for folder in () if overwrite else (stage, out):
-            entry, refreshed = _current_entry(folder, case, img, lab, key, hash_mode, stage)
-            if entry is not None and entry.get("part") == part:
-                entries[case] = entry
-                if folder == stage or refreshed:
-                    staged.append(case)
-                break
-        if case in entries:
-            continue
-        task = {"case": case, "image": str(img), "label": str(lab), "part": part, "out": str(stage)}
-        tasks.append({**task, "settings": asdict(settings), "hash": hash_mode})
+    stage = _staging(out, fresh=overwrite)
+    entries, staged, tasks = _plan(cases, out, stage, settings, hash_mode, overwrite)
     skipped = len(entries)
     logger.info("preprocess %s -> %s: %d case(s) to do, %d unchanged", src, out, len(tasks), skipped)
     try:
         results = _run(tasks, int(jobs), progress)
     except ArcoError as exc:
         kept = len(list((stage / "cases").glob("*.json")))
-        raise DataError(
-            f"{exc}. {out} was left as it was; the {kept} case(s) finished so far wait in {stage} and are reused "
-            "when you rerun the same command after fixing the case"
-        ) from exc
+        raise DataError(f"{exc}. {out} was left as it was; the {kept} case(s) finished so far wait in {stage} and "
+                        "are reused when you rerun the same command after fixing the case") from exc  # fmt: skip
     for entry in results:
         entries[entry["case_id"]] = entry
         staged.append(entry["case_id"])
@@ -353,7 +362,7 @@ def preprocess_dataset(
         "class_names": list(class_names),
         "channel_names": meta.get("channel_names", meta.get("modality", {"0": "image"})),
         "settings": asdict(settings),
-        "settings_key": key,
+        "settings_key": settings.key(),
         "hash_mode": hash_mode,
         "cases": {c: entries[c] for c in sorted(entries)},
     }
