@@ -213,6 +213,6 @@ def check_dicom_series(path: str | os.PathLike, allow_gaps: bool = False) -> Dic
         raise DataError(
             f"{folder}: DICOM series with {problems[0]}{more}. A scan read with a gap would be segmented on the "
             "wrong geometry; re-export the complete series, or pass --allow-slice-gaps to accept it (the output "
-            "then has one slice per file, spaced as if the series were even)"
+            "then has one slice per file, spaced evenly from the first slice to the last)"
         )
     return DicomSeries(folder, tuple(files), tuple(float(p) for p in pos), tuple(problems))
