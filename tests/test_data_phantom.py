@@ -139,3 +139,15 @@ def test_cli_phantom(tmp_path, capsys):
     assert "phantom3d" in capsys.readouterr().out
     assert main(["data", "phantom", "--kind", "2d", "--out", str(tmp_path / "p"), "--subjects", "3"]) != 0
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_a_subjects_setting_the_phantom_on_disk_ignores_is_named(tmp_path, caplog):
+    generate_phantom2d(tmp_path / "p", subjects=5, seed=0, size=32)
+    cfg = DataConfig(dataset="phantom2d", root=str(tmp_path / "p"), subjects=9, labeled="1", patch_size=(32, 32))
+    with caplog.at_level("WARNING"):
+        build_data(cfg)
+    assert "data.subjects=9 is ignored" in caplog.text and "has 5 subjects" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_data(DataConfig(dataset="phantom2d", root=str(tmp_path / "p"), labeled="1", patch_size=(32, 32)))
+    assert "data.subjects" not in caplog.text  # the default is not a setting

@@ -19,6 +19,7 @@ count.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,8 @@ __all__ = [
     "PHANTOMS",
     "require_phantom",
 ]
+
+logger = logging.getLogger(__name__)
 
 PHANTOM2D_CLASSES = ("background", "RV", "Myo", "LV")
 PHANTOM3D_CLASSES = ("background", "LA")
@@ -317,6 +320,23 @@ PHANTOMS: dict[str, tuple[str, Callable[..., dict], int, str]] = {
 }
 
 
+def _check_subjects(path: Path, kind: str, subjects: int) -> None:
+    """Warn when a ``data.subjects`` that was set (not the default) disagrees with the phantom on disk: it only
+    applies when a phantom is generated."""
+    from arco.data.config import DataConfig
+
+    if subjects == DataConfig.subjects:
+        return
+    lists = [path / f"{part}.list" for part in ("train", "val", "test")]
+    found = sum(len([ln for ln in f.read_text().splitlines() if ln.strip()]) for f in lists if f.is_file())
+    if found and found != subjects:
+        logger.warning(
+            "data.subjects=%d is ignored: the %s phantom at %s has %d subjects (data.subjects only applies when a "
+            "phantom is generated); set data.subjects=%d to silence this",
+            subjects, kind, path, found, found,
+        )  # fmt: skip
+
+
 def require_phantom(root: str, kind: str, subjects: int = 40, seed: int = 0, size: int = 0) -> Path:
     """Return ``root`` when it holds a ``kind`` phantom (a `PHANTOMS` key); never generates one.
 
@@ -331,6 +351,7 @@ def require_phantom(root: str, kind: str, subjects: int = 40, seed: int = 0, siz
         raise ConfigError(f"data.root must name the {kind} folder (make one with `arco data phantom --kind {flag}`)")
     path = Path(root)
     if (path / marker).is_file():
+        _check_subjects(path, kind, subjects)
         return path
     opts = "".join(
         f" --{name} {value}"
