@@ -259,7 +259,9 @@ def class_names_from(labels: str | None, class_names: str | None) -> list[str] |
         return None
     path = Path(labels)
     if not path.is_file():
-        raise FileNotFoundError(f"--labels {path} does not exist; give a dataset.json with a 'labels' mapping")
+        from arco._checks import path_problem
+
+        raise FileNotFoundError(f"--labels {path} {path_problem(path)}; give a dataset.json with a 'labels' mapping")
     try:
         mapping = json.loads(path.read_text()).get("labels")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
