@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _tiny import read_log, run_method, tiny_data
+from _tiny import make_phantom, read_log, run_method, tiny_data
 from arco.checkpoint import load_checkpoint
 from arco.cli import main
 from arco.engine import EngineConfig
@@ -154,6 +154,7 @@ def cli_smoke(
     sets = [*tiny, *ENGINE, f"data.root={tmp_path / 'data'}", *extra]
     run = tmp_path / "run"
     args = ["train", "--config", config, "--method", method, "--iterations", str(iterations), "--out", str(run)]
+    make_phantom(config, sets)
     assert main([*args, *[a for kv in sets for a in ("--set", kv)]]) == 0
     stage_dir = run / (stage or method)
     state = load_checkpoint(stage_dir / "checkpoints" / "last.pt")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from _tiny import make_phantom
 from arco.cli import main
 
 TINY_2D = [
@@ -43,6 +44,7 @@ def train_and_evaluate(
     sets = [*tiny, *ENGINE, f"engine.val_every={iterations}", f"data.root={tmp_path / 'data'}", *extra]
     run = tmp_path / "run"
     args = ["train", "--config", config, "--method", method, "--iterations", str(iterations), "--out", str(run)]
+    make_phantom(config, sets)
     assert main([*args, *[a for kv in sets for a in ("--set", kv)]]) == 0
     from arco.methods import get_recipe
 

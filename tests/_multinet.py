@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from _tiny import MODEL3D, run_method, tiny_data
+from _tiny import MODEL3D, make_phantom, run_method, tiny_data
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.cli import main
 from arco.engine import EngineConfig
@@ -91,6 +91,7 @@ def cli_train_and_evaluate(tmp_path, name: str, dims: int = 2, sets: tuple[str, 
     kv = [*(SMOKE_2D if dims == 2 else SMOKE_3D), *COMMON, f"data.root={tmp_path / 'data'}", *sets]
     run = tmp_path / "run"
     args = ["train", "--config", config, "--method", name, "--iterations", "3", "--out", str(run)]
+    make_phantom(config, kv)
     assert main([*args, *[a for x in kv for a in ("--set", x)]]) == 0
     stage = run / name
     state = load_checkpoint(stage / "checkpoints" / "last.pt")

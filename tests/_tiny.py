@@ -171,9 +171,22 @@ TRAIN_CLI_BASE = (
 )
 
 
+def make_phantom(config: str, sets=()) -> None:
+    """Generate the phantom that ``arco train --config CONFIG --set SETS`` reads, as ``arco data phantom`` would
+    (``arco train`` never generates data: a missing data.root is an error). Only the ``data.*`` settings are read."""
+    from arco.config import load_config
+    from arco.data.phantom import PHANTOMS, ensure_phantom
+
+    d = load_config(config, [s for s in sets if s.strip().startswith("data.")]).data
+    if d.dataset in PHANTOMS:
+        ensure_phantom(d.root, d.dataset, True, d.subjects, d.seed, d.image_size)
+
+
 def train_argv(data, out, sets=(), extra=()) -> list[str]:
-    """``arco train`` arguments (after the program name) for :data:`TRAIN_CLI_BASE` plus ``sets`` into ``out``."""
+    """``arco train`` arguments (after the program name) for :data:`TRAIN_CLI_BASE` plus ``sets`` into ``out``;
+    generates the phantom under ``data`` first (:func:`make_phantom`)."""
     sets = [*TRAIN_CLI_BASE, *sets, f"data.root={data}"]
+    make_phantom("phantom2d", sets)
     return ["train", "--config", "phantom2d", *[a for kv in sets for a in ("--set", kv)], "--out", str(out), *extra]
 
 

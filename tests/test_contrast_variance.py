@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from _study import TINY_SET
+from _tiny import make_phantom
 from arco._checks import CheckpointError
 from arco.cli import main
 from arco.config import load_config
@@ -20,8 +21,10 @@ from arco.pipeline import train
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cv")
+    sets = [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false"]
+    make_phantom("demo", sets)
     # delta_p 0: every candidate may be an anchor (three iterations leave the teacher unsure of every pixel)
-    cfg = load_config("demo", [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false", "finetune.delta_p=0"])
+    cfg = load_config("demo", [*sets, "finetune.delta_p=0"])
     train(cfg, root / "run")
     batch = load_config("demo", [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false",
                                  "finetune.contrast=batch"])  # fmt: skip

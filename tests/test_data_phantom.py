@@ -6,9 +6,16 @@ import h5py
 import numpy as np
 import pytest
 
+from arco._checks import DataError
 from arco.cli import main
 from arco.data import DataConfig, build_data
-from arco.data.phantom import generate_phantom2d, generate_phantom3d, phantom2d_subject, phantom3d_subject
+from arco.data.phantom import (
+    ensure_phantom,
+    generate_phantom2d,
+    generate_phantom3d,
+    phantom2d_subject,
+    phantom3d_subject,
+)
 
 
 def test_phantom2d_subject_deterministic_and_seed_dependent():
@@ -79,7 +86,8 @@ def test_generate_phantom3d_layout_ua_mt_axis_order(tmp_path):
         assert fh["image"].shape == (32, 32, 24)  # (X, Y, Z) as UA-MT stores it
 
 
-def test_build_phantom_generates_when_absent(tmp_path):
+def test_loaders_never_generate_only_ensure_phantom_does(tmp_path):
+    # A missing root is an error that gives the command making it; nothing is created there.
     cfg = DataConfig(
         dataset="phantom2d",
         root=str(tmp_path / "gen"),
@@ -88,6 +96,10 @@ def test_build_phantom_generates_when_absent(tmp_path):
         labeled="1",
         patch_size=(32, 32),
     )
+    with pytest.raises(DataError, match=r"arco data phantom --kind 2d --out \S*gen --subjects 4 --size 32"):
+        build_data(cfg)
+    assert not (tmp_path / "gen").exists()
+    ensure_phantom(cfg.root, "phantom2d", True, 4, 0, 32)  # what `arco demo` and `arco study` call
     data = build_data(cfg)
     assert (tmp_path / "gen" / "train_slices.list").is_file()
     assert data.spatial_dims == 2 and data.num_classes == 4 and data.class_names[1] == "RV"
@@ -99,6 +111,9 @@ def test_build_phantom_generates_when_absent(tmp_path):
         labeled="1",
         patch_size=(16, 16, 16),
     )
+    with pytest.raises(DataError, match="no phantom3d dataset"):
+        build_data(cfg3)
+    ensure_phantom(cfg3.root, "phantom3d", True, 4, 0, 32)
     d3 = build_data(cfg3)
     assert d3.labeled[0]["image"].shape == (1, 16, 16, 16)
 
@@ -124,3 +139,15 @@ def test_cli_phantom(tmp_path, capsys):
     assert "phantom3d" in capsys.readouterr().out
     assert main(["data", "phantom", "--kind", "2d", "--out", str(tmp_path / "p"), "--subjects", "3"]) != 0
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_a_subjects_setting_the_phantom_on_disk_ignores_is_named(tmp_path, caplog):
+    generate_phantom2d(tmp_path / "p", subjects=5, seed=0, size=32)
+    cfg = DataConfig(dataset="phantom2d", root=str(tmp_path / "p"), subjects=9, labeled="1", patch_size=(32, 32))
+    with caplog.at_level("WARNING"):
+        build_data(cfg)
+    assert "data.subjects=9 is ignored" in caplog.text and "has 5 subjects" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_data(DataConfig(dataset="phantom2d", root=str(tmp_path / "p"), labeled="1", patch_size=(32, 32)))
+    assert "data.subjects" not in caplog.text  # the default is not a setting

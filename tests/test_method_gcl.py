@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from _cli_runs import train_and_evaluate
-from _tiny import params_for, run_method, tiny_data
+from _tiny import make_phantom, params_for, run_method, tiny_data
 from arco.checkpoint import load_checkpoint
 from arco.engine import EngineConfig
 from arco.losses.gcl import global_contrastive_loss, local_contrastive_loss, local_regions, region_corners
@@ -124,6 +124,7 @@ def test_slice_positions_travel_from_the_dataset_to_the_batch(tmp_path):
         "data.image_size=32",
         "data.patch_size=[32, 32]",
     ]
+    make_phantom("phantom2d", sets)
     data = build_data(load_config("phantom2d", sets).data)
     expected = slice_positions([*data.labeled.ids, *data.unlabeled.ids])
     assert float(data.labeled[1]["position"]) == pytest.approx(expected[1])

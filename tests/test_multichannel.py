@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from _tiny import make_phantom
 from arco._checks import ConfigError, DataError
 from arco.augment import color_jitter
 from arco.cli import main
 from arco.data import DataConfig, build_data, inspect_dataset
 from arco.data.cases import collect_cases
+from arco.data.phantom import ensure_phantom
 from arco.data.phantom_mp import MP_CHANNELS, phantom_mp_subject
 from arco.data.transforms import weak_2d, weak_3d
 from arco.data.volume import channel_scheme, resolve_normalization
@@ -198,7 +200,7 @@ def test_phantom_mp_subject_deterministic():
     assert not np.array_equal(phantom_mp_subject(1, 2, 32)[0], a)
 
 
-def test_generate_phantom_mp_and_on_demand_dataset(tmp_path, capsys):
+def test_generate_phantom_mp_and_the_dataset_made_when_asked(tmp_path, capsys):
     assert (
         main(["data", "phantom", "--kind", "mp", "--out", str(tmp_path / "mp"), "--subjects", "5", "--size", "32"]) == 0
     )
@@ -209,6 +211,9 @@ def test_generate_phantom_mp_and_on_demand_dataset(tmp_path, capsys):
         f"mp_005_000{c}.nii.gz" for c in range(3)
     ]
     cfg = DataConfig(dataset="phantom_mp", root=str(tmp_path / "gen"), subjects=5, image_size=32, labeled="1")
+    with pytest.raises(DataError, match="arco data phantom --kind mp --out .*gen --subjects 5 --size 32"):
+        build_data(cfg)  # loaders never generate
+    ensure_phantom(cfg.root, "phantom_mp", True, 5, 0, 32)  # as `arco demo` / `arco study` do
     d = build_data(cfg)
     assert (tmp_path / "gen" / "dataset.json").is_file() and d.spatial_dims == 2 and d.patch_size == (64, 64)
     assert d.channel_names == MP_CHANNELS and d.channel_normalization == ("zscore",) * 3
@@ -255,6 +260,7 @@ def test_mpmri_train_evaluate_predict_end_to_end(tmp_path, capsys):
         "engine.val_every=4",
         "engine.progress=false",
     ]
+    make_phantom("mpmri", sets)
     assert (
         main(
             [

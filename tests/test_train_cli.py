@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from _tiny import make_phantom
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.cli import main
 from test_config import PLUGIN
@@ -42,6 +43,7 @@ ARCO_TINY = [
 
 def _args(tmp_path, *extra, arco=True):
     sets = [*TINY, *(ARCO_TINY if arco else []), f"data.root={tmp_path / 'data'}"]
+    make_phantom("phantom2d", sets)
     return ["train", "--config", "phantom2d", *[a for kv in sets for a in ("--set", kv)], "--out",
             str(tmp_path / "run"), *extra]  # fmt: skip
 
@@ -164,5 +166,6 @@ def test_phantom3d_vnet_pipeline_learns(tmp_path):
             "engine.progress=false",
         ],
     )
+    make_phantom("phantom3d", [f"data.root={tmp_path / 'data'}", "data.subjects=8", "data.image_size=32"])
     out = train(cfg, tmp_path / "run")
     assert out["finetune"]["best_val_dice"] > 0.5, out["finetune"]

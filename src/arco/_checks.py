@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["ArcoError", "DataError", "ConfigError", "CheckpointError", "did_you_mean", "choice"]
+__all__ = ["ArcoError", "DataError", "ConfigError", "CheckpointError", "did_you_mean", "choice", "path_problem"]
 
 
 class ArcoError(Exception):
@@ -42,3 +45,32 @@ def choice(argname: str, value: str, options: Iterable[str], where: str = "") ->
         known = ", ".join(repr(o) for o in options)
         raise ValueError(f"{prefix}{argname} must be one of {known}, got {value!r}{did_you_mean(value, options)}")
     return value
+
+
+def path_problem(path: str | os.PathLike) -> str:
+    """Why ``path`` cannot be opened, as the end of a sentence that starts with the path: ``"does not exist"``,
+    ``"is a symlink loop ..."``, ``"is a broken symlink to X ..."``, ``"lies under F, which is a file ..."``.
+
+    For error messages about inputs that look missing: a link pointing back to itself is not "missing".
+    """
+    p = Path(path)
+    try:
+        os.stat(p)
+    except OSError as exc:
+        code = exc.errno
+    else:
+        return "exists but is not what was expected here"
+    if code == errno.ELOOP:
+        return (
+            "is a symlink loop (a link that points back to itself, directly or through other links); replace it "
+            "with the real file or folder"
+        )
+    if code == errno.ENOTDIR:
+        parent = next((a for a in p.parents if os.path.lexists(a) and not a.is_dir()), None)
+        if parent is not None:
+            return f"lies under {parent}, which is a file, not a folder"
+    if code == errno.EACCES:
+        return "cannot be reached: permission denied on one of its folders"
+    if os.path.islink(p):
+        return f"is a broken symlink to {os.readlink(p)}, which does not exist"
+    return "does not exist"

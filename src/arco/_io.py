@@ -15,12 +15,13 @@ import errno
 import io
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from arco._checks import ArcoError
+from arco._checks import ArcoError, path_problem
 
 __all__ = [
     "WriteError",
@@ -29,8 +30,12 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_out_dir",
     "fsync_dir",
+    "read_error",
+    "read_text",
     "remove_stale_temporaries",
+    "staged_outputs",
     "write_error",
     "writing",
 ]
@@ -221,3 +226,137 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
+
+
+# ------------------------------------------------------------------------------------------------ reading
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data (e.g. a .nii.gz image)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"PK\x03\x04", "a zip archive (e.g. a .pt checkpoint)"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+)
+
+
+def _sniff(data: bytes) -> str:
+    if len(data) >= 348 and data[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "a NIfTI image"
+    return next((what for magic, what in _MAGIC if data.startswith(magic)), "binary data")
+
+
+def read_error(path: str | os.PathLike, exc: OSError, what: str = "file", error: type = ArcoError) -> ArcoError:
+    """An ``error`` naming ``path`` (described as ``what``) for ``exc`` raised while reading it."""
+    path = Path(path)
+    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+        reason = path_problem(path)
+    elif exc.errno == errno.EISDIR:
+        reason = "is a folder, not a file"
+    elif exc.errno == errno.EACCES:
+        reason = "is not readable (permission denied)"
+    else:
+        reason = f"cannot be read: {exc.strerror or exc}"
+    return error(f"{what} {path} {reason}")
+
+
+def read_text(path: str | os.PathLike, what: str = "file", error: type = ArcoError, expected: str = "") -> str:
+    """The UTF-8 text of ``path``; an ``error`` naming the file (and what it looks like) when it cannot be read or
+    is binary. ``what`` describes the file (``"config file"``), ``expected`` the fix (``"give a YAML file"``)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise read_error(path, exc, what, error) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fix = f"; {expected}" if expected else ""
+        raise error(
+            f"{what} {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}; it looks like "
+            f"{_sniff(data)}{fix}"
+        ) from exc
+
+
+# ------------------------------------------------------------------------------------------------ output folders
+def check_out_dir(out: str | os.PathLike, what: str = "--out") -> Path:
+    """Check that folder ``out`` exists or can be created, without creating anything.
+
+    Raises:
+        WriteError: ``out`` (or a folder above it) is a file, a symlink loop or a broken symlink, or the nearest
+            existing folder is not writable.
+    """
+    out = Path(out)
+    node = out
+    while not os.path.lexists(node) and node.parent != node:
+        node = node.parent
+    if os.path.lexists(node) and not node.exists():  # a link to nowhere or to itself
+        raise WriteError(f"{what} {out}: {node} {path_problem(node)}; choose another {what}", out, errno.ENOENT)
+    if node.exists() and not node.is_dir():
+        if node == out:
+            msg = f"{what} {out} is a file, not a folder; give a new or existing folder"
+        else:
+            msg = f"{what} {out} cannot be created: {node} is a file, not a folder; choose another {what}"
+        raise WriteError(msg, out, errno.ENOTDIR)
+    if node.exists() and not os.access(node, os.W_OK | os.X_OK):
+        where = "is" if node == out else f"cannot be created: {node} is"
+        raise WriteError(
+            f"{what} {out} {where} not writable for this user; choose another {what} or fix the permissions",
+            out,
+            errno.EACCES,
+        )
+    return out
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the folders created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)][::-1]
+    for p in missing:
+        p.mkdir()
+    return missing
+
+
+def _publish_into(tmp: Path, out: Path) -> None:
+    """Move every file under ``tmp`` to the same relative path under the existing folder ``out``."""
+    for src in sorted(f for f in tmp.rglob("*") if not f.is_dir()):
+        dest = out / src.relative_to(tmp)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+    for folder in {out / d.relative_to(tmp) for d in tmp.rglob("*") if d.is_dir()} | {out}:
+        fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def staged_outputs(out: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+    """Write a command's outputs all or nothing: yield an empty temporary folder on ``out``'s file system; when the
+    block succeeds its files move into ``out`` (a new ``out`` is the renamed folder; in an existing one each file
+    replaces its namesake), when it raises the temporary folder is removed and ``out`` is exactly as it was
+    (folders this created are removed again).
+
+    Raises:
+        WriteError: ``out`` cannot be a folder (`check_out_dir`) or the files cannot be moved into it.
+    """
+    out = check_out_dir(out, what)
+    created: list[Path] = []
+    with writing(out):
+        if out.is_dir():
+            tmp = Path(tempfile.mkdtemp(prefix=".arco-staging-", dir=out))
+        else:
+            created = _make_parents(out.parent)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.arco-staging-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders; a renamed one becomes ``out``
+    try:
+        yield tmp
+        with writing(out):
+            if out.exists():
+                _publish_into(tmp, out)
+            else:
+                os.replace(tmp, out)
+                fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -109,6 +109,7 @@ def run_demo(
     import torch
 
     from arco.data import build_data
+    from arco.data.phantom import PHANTOMS, ensure_phantom
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -116,7 +117,10 @@ def run_demo(
     sup_cfg = demo_config(out, fast, overrides, method="supervised")
     if cfg.engine.threads > 0:
         torch.set_num_threads(cfg.engine.threads)
-    data = build_data(cfg.data)  # generates the phantom once, before the workers start
+    d = cfg.data  # the demo generates its phantom explicitly, once, before the workers start
+    if d.dataset in PHANTOMS:
+        ensure_phantom(d.root, d.dataset, True, d.subjects, d.seed, d.image_size)
+    data = build_data(d)
     jobs = {"supervised": (sup_cfg, out / "supervised"), "arco": (cfg, out / "arco")}
     timings: dict[str, float] = {}
     if parallel:

@@ -36,12 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int = 2) -> int:
+    """Print ``message`` as one paragraph on stderr and return ``code``; a rank of ``arco train --nproc`` hands it to
+    the launching process instead (which prints one paragraph for all ranks)."""
+    import traceback
+
+    from arco.cli._launch import record_rank_error
+
     text = " ".join(str(message).split())
+    if record_rank_error(text, code, traceback.format_exc()):
+        return code
     print(
         textwrap.fill(f"arco: error: {text}", width=110, break_on_hyphens=False, break_long_words=False),
         file=sys.stderr,
     )
     return code
+
+
+def _describe(exc: BaseException) -> str:
+    """The message of ``exc``; an operating-system error also says which path and why in words (``[Errno 20] Not a
+    directory: 'out/images'`` -> which part of the path is a file)."""
+    if not isinstance(exc, OSError) or exc.errno is None or not exc.filename:
+        return str(exc)
+    import errno
+    import os
+
+    from arco._checks import path_problem
+
+    name = os.fsdecode(exc.filename)
+    if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
+        return f"{name} {path_problem(name)} ({exc.strerror}); check the path"
+    return f"{name}: {exc.strerror} ({errno.errorcode.get(exc.errno, exc.errno)}); check the path and its permissions"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,10 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except UnicodeDecodeError as exc:  # a text file that is binary; the readers name the file, this is the net
+        if args.debug:
+            raise
+        return _fail(f"a file is not UTF-8 text ({exc}); rerun with --debug to see which file was being read")
     except (ArcoError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, OSError) as exc:
         if args.debug:
             raise
-        return _fail(str(exc))
+        return _fail(_describe(exc), getattr(exc, "exit_code", 2))
     except Exception as exc:  # noqa: BLE001 - last resort: keep the one-paragraph contract, hint at --debug
         if args.debug:
             raise

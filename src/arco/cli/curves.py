@@ -21,15 +21,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from arco._checks import DataError, path_problem
+    from arco._io import check_out_dir, read_text
     from arco.evaluation import plot_training_curves
 
     src = Path(args.run_dir)
     log_csv = src if src.is_file() else src / "log.csv"
     if not log_csv.is_file():
-        raise FileNotFoundError(f"no training log at {log_csv}; give a run folder written by `arco train`")
+        where = f"{src} {path_problem(src)}" if not src.exists() else f"{log_csv} {path_problem(log_csv)}"
+        raise FileNotFoundError(f"no training log: {where}; give a run folder written by `arco train`")
+    read_text(log_csv, "training log", DataError, "give the log.csv that `arco train` wrote")  # binary: named
     out = Path(args.out) if args.out else log_csv.parent / "curves.png"
     if not out.name.lower().endswith(".png"):
         raise ValueError(f"--out must be a .png file, got {out}")
+    check_out_dir(out.parent, "--out's folder")
     plot_training_curves(log_csv, out)
     print(f"wrote {out}")
     return 0

@@ -29,8 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from arco._io import check_out_dir
     from arco.demo import run_demo
 
+    check_out_dir(args.out)
     s = run_demo(args.out, fast=args.fast, overrides=tuple(args.overrides))
     print(
         f"\nTest split ({len(s['test_cases'])} cases), best-on-val checkpoints; labeled subjects: "

@@ -11,7 +11,9 @@ Two modes:
   names, or all names starting with the background); they also fix the number of classes.
 
 Both write ``per_case.csv``, ``summary.json``, ``summary.md`` and overlay PNGs into ``--out`` and print the
-summary.
+summary. Outputs are all or nothing: they are written to a temporary folder and moved into ``--out`` only when
+every case was scored, so a failure leaves ``--out`` as it was. ``--data-root`` must be an existing dataset
+folder: a missing one is an error (arco never generates a phantom in its place).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from arco.evaluation import check_writable
+    from arco._io import check_out_dir, staged_outputs
 
     if bool(args.checkpoint) == bool(args.pred or args.gt):
         raise ValueError("give either --checkpoint RUN_OR_PT, or --pred DIR together with --gt DIR")
@@ -115,8 +117,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--overlays must be >= 0, got {args.overlays}")
     if not args.checkpoint and not (args.pred and args.gt):
         raise ValueError("--pred and --gt go together: give both folders")
-    out = check_writable(args.out)
-    result = _run_checkpoint(args, out) if args.checkpoint else _run_files(args, out)
+    out = check_out_dir(args.out)
+    with staged_outputs(out) as tmp:
+        result = _run_checkpoint(args, tmp) if args.checkpoint else _run_files(args, tmp)
+    result.files = {k: out / Path(v).name for k, v in result.files.items()}
     print(result.to_markdown())
     n_overlays = sum(k.startswith("overlay") for k in result.files)
     print(f"\nwrote per_case.csv, summary.json, summary.md and {n_overlays} overlay PNG(s) to {out}")
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_checkpoint(args: argparse.Namespace, out: Path) -> Any:
     from tqdm import tqdm
 
-    from arco._checks import CheckpointError
+    from arco._checks import CheckpointError, DataError
     from arco.data import DataConfig, build_data
     from arco.evaluation import evaluate_model
 
@@ -137,7 +141,17 @@ def _run_checkpoint(args: argparse.Namespace, out: Path) -> Any:
     if not cfg:
         raise CheckpointError(f"checkpoint {meta['path']} holds no data config; re-save it with `arco train`")
     if args.data_root:
-        cfg["root"] = str(args.data_root)
+        root = Path(args.data_root)
+        if not root.is_dir():
+            from arco._checks import path_problem
+
+            problem = path_problem(root) if not root.exists() else "is a file, not a folder"
+            raise DataError(
+                f"--data-root {root} {problem}; give the folder of the {cfg.get('dataset')!r} dataset the run was "
+                f"trained on (recorded: {cfg.get('root') or '(none)'}). arco never generates data in its place"
+            )
+        cfg["root"] = str(root)
+    cfg["generate"] = False  # evaluate the data that is there, never a freshly generated phantom
     for key, value in cfg.items():
         if isinstance(value, list):
             cfg[key] = tuple(value)
@@ -245,7 +259,9 @@ def class_names_from(labels: str | None, class_names: str | None) -> list[str] |
         return None
     path = Path(labels)
     if not path.is_file():
-        raise FileNotFoundError(f"--labels {path} does not exist; give a dataset.json with a 'labels' mapping")
+        from arco._checks import path_problem
+
+        raise FileNotFoundError(f"--labels {path} {path_problem(path)}; give a dataset.json with a 'labels' mapping")
     try:
         mapping = json.loads(path.read_text()).get("labels")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:

@@ -13,10 +13,16 @@ slice, batched; 3D: sliding window, batched) and written to ``--out`` in the sca
 spacing, origin, direction): NIfTI by default (``<name>.nii.gz``; a NIfTI input keeps its extension and
 header), or the input's own format with ``--format input`` (NRRD -> .nrrd, MetaImage -> .mha; DICOM input
 has no DICOM output: use nifti, nrrd or mha), or ``--format nrrd|mha``. Single-channel outputs keep the input
-file name; multi-channel cases are named ``<case>``. Everything is checked before any work starts: inputs
-must be readable images, ``--out`` must be writable, existing outputs are never replaced without
+file name; multi-channel cases are named ``<case>``.
+
+Everything is checked before any work starts: inputs must be readable images, read whole (every voxel: a file
+cut off after its header, NaN/inf values or a DICOM series with a missing, duplicated or unreadable slice is an
+error naming the file), ``--out`` must be a writable folder, existing outputs are never replaced without
 ``--overwrite``, and ``--out`` may not be an input folder unless ``--in-place-ok`` is given, and then only
-with a ``--suffix`` (say ``_seg``) so no scan is replaced by its segmentation.
+with a ``--suffix`` (say ``_seg``) so no scan is replaced by its segmentation. ``--allow-slice-gaps`` accepts
+a DICOM series with missing slices (one output slice per file) and says so. Outputs are all or nothing: the
+labels are written to a temporary folder and moved into ``--out`` only when every case succeeded, so a failure
+leaves ``--out`` as it was.
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="allow --out to be an input folder (needs --suffix so scans are never replaced)",
     )
     p.add_argument("--suffix", default="", help="appended to each output file stem, e.g. _seg (default: none)")
+    p.add_argument(
+        "--allow-slice-gaps",
+        action="store_true",
+        help="accept DICOM series with missing or unevenly spaced slices (reported; one output slice per file)",
+    )
     add_inference_args(p)
     p.set_defaults(func=run)
 
@@ -75,7 +86,7 @@ def _output_suffix(case: Any, fmt: str) -> str:
     return OUTPUT_FORMATS[fmt]
 
 
-def _check_case(case: Any) -> None:
+def _check_case(case: Any, allow_gaps: bool = False) -> None:
     """Read headers only (cheap) so that a corrupt file or a channel off the grid fails before any work."""
     import numpy as np
 
@@ -85,7 +96,7 @@ def _check_case(case: Any) -> None:
     if case.is_dicom:
         from arco.data.formats import dicom_series_files
 
-        dicom_series_files(case.reference)  # exactly one series; pixels are read when predicting
+        dicom_series_files(case.reference, allow_gaps)  # one complete series; its pixels are read next
         return
     shape, affine = read_header(case.reference)
     for other in case.files[1:]:
@@ -106,6 +117,7 @@ def plan_outputs(
     in_channels: int = 1,
     channel_names: tuple[str, ...] = (),
     fmt: str = "nifti",
+    allow_gaps: bool = False,
 ) -> list[tuple[Any, Path]]:
     """Map every input case to its output path; refuse unsafe plans before any work starts."""
     from arco.data.cases import collect_cases
@@ -126,7 +138,7 @@ def plan_outputs(
     if clash:
         raise ValueError(f"output {clash[0]} would replace the input scan itself; pass --suffix _seg")
     for case, _ in plan:
-        _check_case(case)
+        _check_case(case, allow_gaps)
     existing = [str(t) for _, t in plan if t.exists()]
     if existing and not overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
@@ -156,43 +168,72 @@ def checkpoint_channels(meta: dict[str, Any]) -> tuple[int, tuple[str, ...], tup
     return n, names, schemes
 
 
+def _read_all(plan: list[tuple[Any, Path]], schemes: tuple[str, ...], window: tuple, allow_gaps: bool) -> list[str]:
+    """Read every scan whole before anything is written (a cut-off file or a NaN fails here, naming the file).
+    Returns the slice gaps that ``allow_gaps`` accepted, one sentence each."""
+    from tqdm import tqdm
+
+    from arco.data.dicom import check_dicom_series
+    from arco.data.io import read_scan
+
+    gaps = []
+    for case, _ in tqdm(plan, desc="check", unit="scan", leave=False):
+        read_scan(list(case.files), schemes, ct_window=window, allow_slice_gaps=allow_gaps)
+        if case.is_dicom and allow_gaps:
+            gaps += [f"{case.reference}: {g}" for g in check_dicom_series(case.reference, True).gaps]
+    return gaps
+
+
+def _predict_case(case: Any, target: Path, predict: Any, data: dict, schemes, window, args) -> None:
+    from arco.data.formats import NIFTI_SUFFIXES, image_suffix, read_header, write_image
+    from arco.data.io import read_scan, write_label_like
+    from arco.evaluation import predict_volume
+
+    vol = read_scan(list(case.files), schemes, ct_window=window, allow_slice_gaps=args.allow_slice_gaps)
+    label = predict_volume(
+        predict,
+        vol.image,
+        int(data["spatial_dims"]),
+        tuple(data["patch_size"]),
+        batch_size=args.batch_size,
+        device=args.device,
+        stride=args.stride,
+        overlap=args.overlap,
+        blend=args.blend,
+    )
+    if not case.is_dicom and len(read_header(case.reference)[0]) == 2:
+        label = label[0]  # read_scan gave a 2D scan a leading axis of size 1
+    if image_suffix(case.reference) in NIFTI_SUFFIXES:
+        write_label_like(label, case.reference, target, overwrite=True)
+    else:
+        dtype = "uint8" if label.max() < 256 else "int16"
+        write_image(label.astype(dtype), vol.affine, target, overwrite=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from arco.data.formats import NIFTI_SUFFIXES, image_suffix, read_header, write_image
-    from arco.data.io import read_scan, write_label_like
-    from arco.evaluation import check_writable, predict_volume
+    from arco._checks import ArcoError
+    from arco._io import check_out_dir, staged_outputs
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output folder {out} exists and is not a folder; choose another --out")
-    device = resolve_device(args.device)
-    model, meta = load_model(args.checkpoint, device)
+    out = check_out_dir(args.out)
+    args.device = resolve_device(args.device)
+    model, meta = load_model(args.checkpoint, args.device)
     in_channels, names, schemes = checkpoint_channels(meta)
-    plan = plan_outputs(args.input, out, args.suffix, args.overwrite, args.in_place_ok, in_channels, names, args.format)
-    check_writable(out)
-    data = meta["data"]
+    plan = plan_outputs(
+        args.input, out, args.suffix, args.overwrite, args.in_place_ok, in_channels, names, args.format,
+        args.allow_slice_gaps,
+    )  # fmt: skip
     window = tuple((meta.get("config") or {}).get("data", {}).get("ct_window") or (-200.0, 250.0))
+    gaps = _read_all(plan, schemes, window, args.allow_slice_gaps)
     predict = predictor_fn(model)
-    for case, target in tqdm(plan, desc="predict", unit="scan"):
-        vol = read_scan(list(case.files), schemes, ct_window=window)
-        label = predict_volume(
-            predict,
-            vol.image,
-            int(data["spatial_dims"]),
-            tuple(data["patch_size"]),
-            batch_size=args.batch_size,
-            device=device,
-            stride=args.stride,
-            overlap=args.overlap,
-            blend=args.blend,
-        )
-        if not case.is_dicom and len(read_header(case.reference)[0]) == 2:
-            label = label[0]  # read_scan gave a 2D scan a leading axis of size 1
-        if image_suffix(case.reference) in NIFTI_SUFFIXES:
-            write_label_like(label, case.reference, target, overwrite=args.overwrite)
-        else:
-            dtype = "uint8" if label.max() < 256 else "int16"
-            write_image(label.astype(dtype), vol.affine, target, overwrite=args.overwrite)
+    with staged_outputs(out) as tmp:
+        for case, target in tqdm(plan, desc="predict", unit="scan"):
+            try:
+                _predict_case(case, tmp / target.relative_to(out), predict, meta["data"], schemes, window, args)
+            except (ArcoError, ValueError, OSError) as exc:
+                raise ArcoError(f"case {case.name} failed: {exc} (nothing was written to {out})") from exc
     print(f"wrote {len(plan)} label file(s) to {out}")
+    for g in gaps:
+        print(f"note: accepted with --allow-slice-gaps: {g}")
     return 0

@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.study or not args.out:
         raise ValueError("give a study (a built-in name, see --list, or a YAML file) and --out DIR")
+    from arco._io import check_out_dir
+
+    check_out_dir(args.out)
     if args.dry_run:
         return _dry_run(args)
     for e in args.slurm_param:

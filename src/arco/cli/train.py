@@ -105,22 +105,6 @@ def _check_global_batches(cfg: Any, only: tuple[str, ...] | None, nproc: int) ->
             per_rank_batch(stage.name, "batch_unlabeled", stage.schedule.batch_unlabeled, nproc)
 
 
-def _relaunch(argv: list[str], nproc: int) -> int:
-    """Run this very command on ``nproc`` processes through torchrun (``torch.distributed.run``)."""
-    import subprocess
-
-    rest, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.call([*cmd, "-m", "arco", *rest])
-
-
 def _train_ranks(cfg: Any, out: Any, only: tuple[str, ...] | None, args: argparse.Namespace) -> dict | None:
     """One rank of a torchrun launch: join the process group, train, leave. Returns the results on rank 0."""
     import logging
@@ -141,14 +125,32 @@ def _train_ranks(cfg: Any, out: Any, only: tuple[str, ...] | None, args: argpars
     return results if rank == 0 else None
 
 
+def _train_or_tidy(cfg: Any, out: Any, only: tuple[str, ...] | None, args: argparse.Namespace) -> dict:
+    """``pipeline.train``; when it fails before writing anything, the run folder this call created (holding only
+    its lock file) is removed again, so bad data or config leaves no empty run behind."""
+    from arco._lock import LOCK_NAME
+    from arco.pipeline import train
+
+    new = not out.exists()
+    try:
+        return train(cfg, out, only=only, resume=args.resume, init_from=args.init)
+    except Exception:
+        if new and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import yaml
 
+    from arco._io import check_out_dir
     from arco.config import load_config, presets, to_dict
-    from arco.pipeline import train
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1 (the number of training processes), got {args.nproc}")
     if args.list_presets:
         print("\n".join(presets()))
         return 0
@@ -165,13 +167,16 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     out = Path(args.out) if args.out else Path("runs") / Path(str(args.config)).stem
+    check_out_dir(out)
     only = (args.stage,) if args.stage else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.nproc > 1 and world == 1:
+        from arco.cli._launch import relaunch
+
         _check_global_batches(cfg, only, args.nproc)
-        return _relaunch(list(getattr(args, "argv", sys.argv[1:])), args.nproc)
+        return relaunch(list(getattr(args, "argv", sys.argv[1:])), args.nproc)
     if world == 1:
-        results = train(cfg, out, only=only, resume=args.resume, init_from=args.init)
+        results = _train_or_tidy(cfg, out, only, args)
     else:
         results = _train_ranks(cfg, out, only, args)
         if results is None:

@@ -86,8 +86,10 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from arco._io import check_out_dir
     from arco.variance import format_table, load_study_input, run_study, write_outputs
 
+    check_out_dir(args.out)
     if args.checkpoint:
         return _run_checkpoint(args)
     for name in ("num", "grid"):

@@ -67,8 +67,11 @@ def read_yaml(name_or_path: str | os.PathLike, seen: tuple[str, ...] = ()) -> tu
                 f"presets: {', '.join(presets())}"
             )
         path = PRESET_DIR / f"{text}.yaml"
+    from arco._io import read_text
+
+    content = read_text(path, "config file", ConfigError, "give a YAML config or a preset name (--list-presets)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(content) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
     if not isinstance(raw, dict):
@@ -209,6 +212,19 @@ def _build_stage(raw: dict[str, Any], schedule: dict[str, Any]) -> StageConfig:
         raise ConfigError(str(exc)) from exc
 
 
+def _check_device_name(name: str) -> None:
+    """``engine.device`` is a device name (whether CUDA is there is checked where the run starts: a config may be
+    written on one machine and trained on another)."""
+    import torch
+
+    try:
+        ok = name == "auto" or torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"engine.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+
+
 def build_config(
     raw: dict[str, Any],
     overrides: list[str] | tuple[str, ...] = (),
@@ -220,6 +236,7 @@ def build_config(
 ) -> RunConfig:
     """Raw mapping (+ overrides, method, iterations) -> validated :class:`RunConfig`."""
     from arco.methods import load_plugins
+    from arco.methods.base import check_model_config
 
     parsed = [(_parse(o), o) for o in overrides]
     raw = apply_overrides(raw, [o for (parts, _), o in parsed if parts[0] in SECTIONS])
@@ -251,6 +268,8 @@ def build_config(
         raise ConfigError(f"stage names must be distinct, got {names}")
     sections = {k: raw[k] for k in ("data", "model", "optim", "schedule", "engine", "eval") if k in raw}
     cfg = from_dict(RunConfig, sections)
+    check_model_config(cfg.model)
+    _check_device_name(cfg.engine.device)
     built = tuple(_build_stage(s, schedule) for s in stages)
     return dataclasses.replace(
         cfg, method=str(method or raw.get("method") or "custom"), stages=built, plugins=all_plugins

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arco._checks import ConfigError, DataError
+from arco._checks import ConfigError, DataError, path_problem
 from arco.data.build import DATASETS, SegmentationData, assemble, check_classes, check_dims, resolve_patch
 from arco.data.config import DataConfig
 from arco.data.io import check_image, check_label, read_h5, read_list
@@ -75,7 +75,7 @@ def load_acdc_layout(cfg: DataConfig, name: str, class_names=ACDC_CLASSES) -> Se
     for sid in slice_ids:
         path = root / "data" / "slices" / f"{sid}.h5"
         if not path.is_file():
-            raise DataError(f"{root / 'train_slices.list'} names slice '{sid}' but {path} does not exist")
+            raise DataError(f"{root / 'train_slices.list'} names slice '{sid}' but {path} {path_problem(path)}")
         d = read_h5(path)
         img = check_image(d["image"], path, 2)
         labels[sid] = check_label(d["label"], img.shape, path, n_cls).astype(np.uint8)
@@ -85,7 +85,7 @@ def load_acdc_layout(cfg: DataConfig, name: str, class_names=ACDC_CLASSES) -> Se
         for case in ids:
             path = root / "data" / f"{case}.h5"
             if not path.is_file():
-                raise DataError(f"{root / lst} names case '{case}' but {path} does not exist")
+                raise DataError(f"{root / lst} names case '{case}' but {path} {path_problem(path)}")
             vols[case] = read_volume_h5(path, case, n_cls, norm)
     split = {
         "labeled": lab_patients,
@@ -115,7 +115,7 @@ def build_acdc(cfg: DataConfig) -> SegmentationData:
 
 @DATASETS.register("phantom2d")
 def build_phantom2d(cfg: DataConfig) -> SegmentationData:
-    from arco.data.phantom import ensure_phantom
+    from arco.data.phantom import require_phantom
 
-    ensure_phantom(cfg.root, "phantom2d", cfg.generate, cfg.subjects, cfg.seed, cfg.image_size)
+    require_phantom(cfg.root, "phantom2d", cfg.subjects, cfg.seed, cfg.image_size)
     return load_acdc_layout(cfg, "phantom2d")

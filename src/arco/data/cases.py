@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from arco._checks import DataError
+from arco._checks import DataError, path_problem
 from arco.data.formats import IMAGE_SUFFIXES, image_stem, image_suffix, is_dicom_folder, split_channel
 
 __all__ = ["Case", "collect_cases", "list_images"]
@@ -42,7 +42,8 @@ def list_images(folder: Path, what: str) -> list[Path]:
     """Image files and DICOM series subfolders of ``folder`` (sorted); any other visible file is an error
     naming it. Other subfolders are skipped."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+        problem = path_problem(folder) if not folder.exists() else "is a file, not a folder"
+        raise FileNotFoundError(f"{what} folder {folder} {problem}")
     found, others = [], []
     for f in sorted(folder.iterdir()):
         if f.name.startswith("."):
@@ -51,6 +52,8 @@ def list_images(folder: Path, what: str) -> list[Path]:
             if is_dicom_folder(f):
                 found.append(f)
             continue
+        if not f.exists():  # a symlink loop or a link to nowhere: never skipped as "not an image"
+            raise FileNotFoundError(f"{what} folder {folder}: {f} {path_problem(f)}")
         (found if image_suffix(f) else others).append(f)
     if others:
         raise ValueError(
@@ -71,7 +74,7 @@ def _expand(inputs: Sequence[str | os.PathLike], what: str) -> list[Path]:
         if path.is_dir():
             files += [path] if is_dicom_folder(path) else list_images(path, what)
         elif not path.exists():
-            raise FileNotFoundError(f"{what} {path} does not exist")
+            raise FileNotFoundError(f"{what} {path} {path_problem(path)}")
         elif not image_suffix(path):
             raise ValueError(f"{what} {path} is not a supported image ({_SUPPORTED}); give scans or folders of them")
         else:

@@ -15,8 +15,8 @@ class DataConfig:
         dataset: registry name: ``phantom2d``, ``phantom3d``, ``phantom_mp``, ``acdc``, ``la``, ``nnunet``,
             ``lits``, ``mmwhs``, ``mni152``, ``preprocessed`` (a folder written by ``arco data preprocess``)
             (``arco.data.DATASETS.names()``).
-        root: dataset folder (not needed for ``mni152``). Phantoms are generated there when absent and
-            ``generate``.
+        root: dataset folder (not needed for ``mni152``). A folder that does not exist is an error: loaders never
+            generate data in its place (see ``generate``).
         labeled: labeled part of the training cases: a count (``"3"``), a fraction (``"0.1"``), ``"all"``, or a
             comma-separated list of case/patient ids. Always by patient, never by slice.
         split_rule: ``"patients"`` (all slices of the first N training patients) or ``"ssl4mis"`` (ACDC
@@ -35,7 +35,9 @@ class DataConfig:
         split_seed: seed of the case shuffle for layouts without list files (nnU-Net); kept apart from
             ``seed`` so
             the test split does not change between training seeds.
-        generate: phantoms: generate the dataset under ``root`` when it is absent.
+        generate: phantoms: ``arco study`` (and ``arco demo``, always) generate the dataset under ``root`` before
+            the runs when it is absent. Nothing else generates: ``arco train``, ``arco evaluate`` and
+            `build_data` raise on a missing ``root``, naming the ``arco data phantom`` command that makes it.
         subjects: phantoms: number of subjects generated.
         image_size: phantoms: in-plane size (0 = default: 128 for phantom2d, 64 for phantom3d).
         num_classes: expected number of classes including background (0 = take it from the dataset).

@@ -39,30 +39,39 @@ def export_nifti(cfg: DataConfig, split: str, out: str | os.PathLike, overwrite:
     ``out/labels/<case>.nii.gz``. Multi-channel cases are written one file per channel with nnU-Net naming
     (``images/<case>_0000.nii.gz``, ``_0001``, ...), the form `arco predict` groups into one case.
 
-    Returns the exported case ids. Raises ``DataError`` for an unknown split or a split without cases.
+    Returns the exported case ids. The files are written to a temporary folder and moved into ``out`` when every
+    case is written: a failure leaves ``out`` as it was.
+
+    Raises:
+        DataError: an unknown split or a split without cases (and whatever reading the dataset raises).
+        WriteError: ``out`` is a file or lies under one, or is not writable. FileExistsError: outputs exist and
+            ``overwrite`` is False.
     """
+    from arco._io import check_out_dir, staged_outputs
+
     if split not in ("val", "test"):
         raise DataError(f"export: split must be 'val' or 'test', got {split!r}")
+    out = check_out_dir(out)
     data = build_data(cfg)
     volumes = data.val if split == "val" else data.test
     if not volumes:
         raise DataError(f"{cfg.root}: the {split} split of {cfg.dataset} has no cases to export")
-    out = Path(out)
 
-    def image_paths(v: Volume) -> list[Path]:
+    def image_names(v: Volume) -> list[str]:
         if v.in_channels == 1:
-            return [out / "images" / f"{v.case_id}.nii.gz"]
-        return [out / "images" / f"{v.case_id}_{c:04d}.nii.gz" for c in range(v.in_channels)]
+            return [f"images/{v.case_id}.nii.gz"]
+        return [f"images/{v.case_id}_{c:04d}.nii.gz" for c in range(v.in_channels)]
 
-    targets = [(image_paths(v), out / "labels" / f"{v.case_id}.nii.gz") for v in volumes]
-    existing = [str(p) for imgs, lab in targets for p in (*imgs, lab) if p.exists()]
+    targets = [(image_names(v), f"labels/{v.case_id}.nii.gz") for v in volumes]
+    existing = [str(out / p) for imgs, lab in targets for p in (*imgs, lab) if (out / p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace them")
-    for v, (img_paths, lab_path) in zip(volumes, targets):
-        affine = _affine(v)
-        channels = [v.image] if v.in_channels == 1 else list(v.image)
-        for ch, path in zip(channels, img_paths):
-            write_image(ch.astype(np.float32), affine, path, overwrite=True)
-        if v.label is not None:
-            write_image(v.label.astype(np.uint8), affine, lab_path, overwrite=True)
+    with staged_outputs(out) as tmp:
+        for v, (img_names, lab_name) in zip(volumes, targets):
+            affine = _affine(v)
+            channels = [v.image] if v.in_channels == 1 else list(v.image)
+            for ch, name in zip(channels, img_names):
+                write_image(ch.astype(np.float32), affine, tmp / name, overwrite=True)
+            if v.label is not None:
+                write_image(v.label.astype(np.uint8), affine, tmp / lab_name, overwrite=True)
     return [v.case_id for v in volumes]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arco._checks import DataError
+from arco._checks import DataError, path_problem
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -28,6 +28,7 @@ __all__ = [
     "is_image_file",
     "is_dicom_folder",
     "dicom_series_files",
+    "missing_file",
     "split_channel",
     "read_image",
     "read_nifti",
@@ -119,13 +120,19 @@ def _sitk():
     return sitk
 
 
+def missing_file(path: str | os.PathLike, fix: str = "check the path") -> DataError:
+    """The error for an image file that is not there: says why (absent, symlink loop, broken link) and ``fix``."""
+    problem = path_problem(path)
+    return DataError(f"{path}: {'file not found' if problem == 'does not exist' else problem}; {fix}")
+
+
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Read a NIfTI file with nibabel; return ``(array (Z, Y, X), affine, spacing per array axis)``."""
     import nibabel as nib
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise missing_file(path)
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
@@ -137,66 +144,91 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[f
     return data.T, np.asarray(img.affine, dtype=np.float64), zooms[::-1]
 
 
-def dicom_series_files(path: str | os.PathLike) -> list[str]:
-    """File names of the single DICOM series in folder ``path``, in slice order (headers only).
+def dicom_series_files(path: str | os.PathLike, allow_gaps: bool = False) -> list[str]:
+    """File names of the single DICOM series in folder ``path``, in slice order, after checking the series whole
+    (headers only; `arco.data.dicom.check_dicom_series`).
 
     Raises:
-        DataError: no series, or several series in the folder.
+        DataError: no series, several series, an unreadable file in the folder, a duplicated slice, slices of
+            another size or orientation, or (unless ``allow_gaps``) missing or unevenly spaced slices.
     """
+    from arco.data.dicom import check_dicom_series
+
+    return list(check_dicom_series(path, allow_gaps).files)
+
+
+def _read_dicom(path: Path, allow_gaps: bool = False):
     sitk = _sitk()
-    path = Path(path)
-    try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-    except RuntimeError as exc:
-        raise DataError(f"{path}: cannot list DICOM series ({exc}); check the folder") from exc
-    if not series:
-        raise DataError(f"{path}: no DICOM series found; give a folder holding the .dcm files of one series")
-    if len(series) > 1:
-        raise DataError(
-            f"{path}: holds {len(series)} DICOM series ({', '.join(series[:4])}); give a folder with one series "
-            "(move each series into its own folder)"
-        )
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-
-
-def _read_dicom(path: Path):
-    reader = _sitk().ImageSeriesReader()
-    reader.SetFileNames(dicom_series_files(path))
+    files = dicom_series_files(path, allow_gaps)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # the spacing was checked above (ITK only warns)
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise DataError(f"{path}: cannot read the DICOM series ({exc}); re-export it") from exc
+        bad = next((f for f in files if not _pixels_readable(f)), None)
+        where = f"{bad}: cannot read this slice's pixel data" if bad else f"{path}: cannot read the DICOM series"
+        raise DataError(f"{where} ({_itk_reason(exc)}); re-export the series") from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def _read_itk(path: Path):
+def _pixels_readable(path: str) -> bool:
+    try:
+        _sitk().ReadImage(path)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _itk_reason(exc: RuntimeError) -> str:
+    """The useful line of an ITK exception (its last line; ITK's I/O errno text is often stale)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[-1]
+    if text.startswith("Reason:") and len(lines) > 1 and "cannot be read" in lines[-2]:
+        return "the voxel data is damaged or cut off (the header promises more data than the file holds)"
+    return text
+
+
+def _read_itk(path: Path, allow_gaps: bool = False):
     sitk = _sitk()
     if path.is_dir():
-        return _read_dicom(path)
+        return _read_dicom(path, allow_gaps)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise missing_file(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot read the image ({first}); {_HINT}") from exc
+        raise DataError(f"{path}: cannot read the image ({_itk_reason(exc)}); {_HINT}") from exc
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Read a NIfTI/NRRD/MetaImage file or a DICOM series folder: ``(array (Z, Y, X), affine, spacing)``.
+def read_image(
+    path: str | os.PathLike, allow_slice_gaps: bool = False
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Read a NIfTI/NRRD/MetaImage file or a DICOM series folder whole: ``(array (Z, Y, X), affine, spacing)``.
+
+    Every voxel is read (a file cut off after its header fails here, not later). ``allow_slice_gaps`` accepts a
+    DICOM series with missing slices (`arco.data.dicom`).
 
     Raises:
-        DataError: missing or unreadable file, several DICOM series in one folder, several components per
-            voxel (give one file per channel), an unsupported file type.
+        DataError: missing, unreadable or cut-off file, a DICOM folder that is not one complete, evenly spaced
+            series, several components per voxel (give one file per channel), an unsupported file type or
+            voxel type.
     """
     path = Path(path)
     suffix = image_suffix(path)
     if suffix in NIFTI_SUFFIXES:
         return read_nifti(path)
     if not suffix and not path.is_dir():
+        if not os.path.lexists(path) or not path.exists():
+            raise missing_file(path)
         raise DataError(
             f"{path}: not a supported image ({', '.join(IMAGE_SUFFIXES)} file or DICOM series folder); {_HINT}"
         )
-    img = _read_itk(path)
+    img = _read_itk(path, allow_slice_gaps)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise DataError(
             f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB image); give one "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arco._checks import DataError
+from arco._checks import DataError, path_problem
 from arco.data.formats import (
     NIFTI_SUFFIXES,
     image_stem,
@@ -42,8 +42,11 @@ def check_image(image: np.ndarray, source: str | os.PathLike, ndim: int | None =
     """Return ``image`` as float32 after checking it is numeric, finite and (optionally)
     ``ndim``-dimensional."""
     arr = np.asarray(image)
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise DataError(f"{source}: image has non-numeric dtype {arr.dtype}; expected a numeric array")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError(
+            f"{source}: image has voxel type {arr.dtype}; expected real numbers (integer or float), one value per "
+            "voxel; re-export the scan"
+        )
     if ndim is not None and arr.ndim != ndim:
         raise DataError(
             f"{source}: expected a {ndim}D image, got shape {arr.shape}; check that the dataset is "
@@ -88,8 +91,8 @@ def _nib():
     return nib
 
 
-def _one_channel(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    data, affine, spacing = read_image(path)
+def _one_channel(path: Path, ndim: int, allow_gaps: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    data, affine, spacing = read_image(path, allow_slice_gaps=allow_gaps)
     if data.ndim == 2 and ndim == 3:
         data, spacing = data[None], (1.0, *spacing)
     return check_image(data, path, ndim), affine, spacing
@@ -100,6 +103,7 @@ def read_scan(
     normalization: str | Sequence[str] = "none",
     ndim: int = 3,
     ct_window: tuple[float, float] = (-200.0, 250.0),
+    allow_slice_gaps: bool = False,
 ) -> Volume:
     """Read a scan as a `Volume` with image ``(Z, Y, X)`` (or ``(C, Z, Y, X)``) normalised per channel.
 
@@ -110,10 +114,12 @@ def read_scan(
             channel, or one per channel.
         ndim: required dimensionality (3; a 2D file gets a leading axis of size 1 when ``ndim=3``).
         ct_window: HU window for ``ct``.
+        allow_slice_gaps: accept a DICOM series with missing slices (`arco.data.dicom`).
 
     Raises:
-        DataError: missing, unreadable or corrupt file, wrong dimensionality, NaN/inf intensities, channels
-            on different grids.
+        DataError: missing, unreadable, cut-off or corrupt file (every voxel is read), wrong dimensionality or
+            voxel type, NaN/inf intensities, channels on different grids, a DICOM series with a missing,
+            duplicated or unreadable slice.
     """
     paths = [Path(p) for p in ([path] if isinstance(path, (str, os.PathLike)) else path)]
     if not paths:
@@ -127,10 +133,10 @@ def read_scan(
                 f"{p}: expected a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd) file or a DICOM "
                 "series folder"
             )
-    image, affine, spacing = _one_channel(paths[0], ndim)
+    image, affine, spacing = _one_channel(paths[0], ndim, allow_slice_gaps)
     channels = [normalize(image, schemes[0], ct_window)]
     for p, scheme in zip(paths[1:], schemes[1:]):
-        other, other_affine, _ = _one_channel(p, ndim)
+        other, other_affine, _ = _one_channel(p, ndim, allow_slice_gaps)
         if other.shape != image.shape or not np.allclose(other_affine, affine, atol=1e-3, rtol=1e-4):
             raise DataError(
                 f"{p}: channel grid (shape {other.shape}) differs from {paths[0]} (shape {image.shape}) or its "
@@ -202,7 +208,8 @@ def read_h5(
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found; check data.root and the list files")
+        problem = path_problem(path)
+        raise DataError(f"{path}: {'file not found' if problem == 'does not exist' else problem}; check data.root")
     try:
         with h5py.File(path, "r") as fh:
             missing = [k for k in keys if k not in fh]
@@ -236,8 +243,13 @@ def read_list(path: str | os.PathLike, required: bool = True) -> list[str]:
     if not path.is_file():
         if not required:
             return []
-        raise DataError(f"{path}: list file not found; check data.root or generate the dataset")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        problem = path_problem(path)
+        problem = "list file not found" if problem == "does not exist" else f"list file {problem}"
+        raise DataError(f"{path}: {problem}; check data.root (or generate the dataset there)")
+    from arco._io import read_text
+
+    text = read_text(path, "list file", DataError, "expected one case id per line")
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
     if required and not ids:
         raise DataError(f"{path}: list file is empty")
     return ids

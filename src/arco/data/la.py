@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from arco._checks import ConfigError, DataError
+from arco._checks import ConfigError, DataError, path_problem
 from arco.data.build import DATASETS, SegmentationData, assemble, check_classes, check_dims, resolve_patch
 from arco.data.config import DataConfig
 from arco.data.io import check_image, check_label, read_h5, read_list
@@ -51,7 +51,7 @@ def load_la_layout(cfg: DataConfig, name: str, class_names=LA_CLASSES) -> Segmen
         for entry in read_list(root / lst):
             case, path = _case_path(root, entry)
             if not path.is_file():
-                raise DataError(f"{root / lst} names case '{case}' but {path} does not exist")
+                raise DataError(f"{root / lst} names case '{case}' but {path} {path_problem(path)}")
             d = read_h5(path, transpose=True)
             img = check_image(d["image"], path, 3)
             lab = check_label(d["label"], img.shape, path, n_cls)
@@ -88,7 +88,7 @@ def build_la(cfg: DataConfig) -> SegmentationData:
 
 @DATASETS.register("phantom3d")
 def build_phantom3d(cfg: DataConfig) -> SegmentationData:
-    from arco.data.phantom import ensure_phantom
+    from arco.data.phantom import require_phantom
 
-    ensure_phantom(cfg.root, "phantom3d", cfg.generate, cfg.subjects, cfg.seed, cfg.image_size)
+    require_phantom(cfg.root, "phantom3d", cfg.subjects, cfg.seed, cfg.image_size)
     return load_la_layout(cfg, "phantom3d")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arco._checks import ConfigError, DataError
+from arco._checks import ConfigError, DataError, path_problem
 from arco.data.build import DATASETS, SegmentationData, assemble, check_classes, check_dims, resolve_patch
 from arco.data.config import DataConfig
 from arco.data.formats import IMAGE_SUFFIXES, image_suffix
@@ -33,21 +33,68 @@ from arco.data.volume import Volume, resolve_normalization
 __all__ = ["read_dataset_json", "channel_names_of", "load_nnunet", "nnunet_cases"]
 
 
+#: dataset.json keys arco reads or passes on, with the JSON form each must have (nnU-Net v2 / MSD).
+_JSON_FORMS: dict[str, tuple[str, str]] = {
+    "name": ("str", "a string"),
+    "description": ("str", "a string"),
+    "reference": ("str", "a string"),
+    "licence": ("str", "a string"),
+    "release": ("str", "a string"),
+    "tensorImageSize": ("str", 'a string such as "3D"'),
+    "file_ending": ("str", 'a string such as ".nii.gz"'),
+    "overwrite_image_reader_writer": ("str", "a string"),
+    "numTraining": ("int", "a whole number (the count of training cases), e.g. 6"),
+    "numTest": ("int", "a whole number (the count of test cases), e.g. 0"),
+    "labels": ("dict", 'a mapping of class name to value, e.g. {"background": 0, "liver": 1}'),
+    "channel_names": ("dict", 'a mapping of channel index to name, e.g. {"0": "CT"}'),
+    "modality": ("dict", 'a mapping of channel index to name, e.g. {"0": "MRI"}'),
+    "training": ("list", "a list of {image, label} entries"),
+    "test": ("list", "a list of image paths"),
+}
+
+
+def _check_json_forms(meta: dict, path: Path) -> None:
+    """Every known key of ``dataset.json`` has its JSON form (names key, file and the expected form)."""
+    for key, (kind, form) in _JSON_FORMS.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        ok = {
+            "str": isinstance(value, str),
+            "int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            "dict": isinstance(value, dict),
+            "list": isinstance(value, list),
+        }[kind]
+        if not ok:
+            raise DataError(
+                f"{path}: key {key!r} must be {form}, got {type(value).__name__} {json.dumps(value)[:60]}; fix "
+                "dataset.json"
+            )
+    for name, value in meta.get("channel_names", meta.get("modality", {})).items():
+        if not isinstance(value, str) or not value:
+            key = "channel_names" if "channel_names" in meta else "modality"
+            raise DataError(f"{path}: {key}[{name!r}] must be a channel name (a string), got {value!r}")
+
+
 def read_dataset_json(root: Path) -> tuple[dict, tuple[str, ...]]:
-    """Read and check ``dataset.json``; return it and the class names ordered by label value."""
+    """Read and check ``dataset.json`` (every known key's type, the label map); return it and the class names
+    ordered by label value."""
+    from arco._io import read_text
+
     path = root / "dataset.json"
     if not path.is_file():
-        raise DataError(f"{path}: not found; an nnU-Net raw folder needs dataset.json (see nnU-Net v2 docs)")
+        raise DataError(f"{path} {path_problem(path)}; an nnU-Net raw folder needs dataset.json (see nnU-Net v2 docs)")
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        meta = json.loads(read_text(path, "dataset file", DataError, "give a JSON dataset.json"))
+    except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise DataError(f"{path}: expected a JSON object with 'channel_names', 'labels', 'file_ending'")
+    _check_json_forms(meta, path)
     labels = meta.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise DataError(f'{path}: missing \'labels\' mapping (e.g. {{"background": 0, "liver": 1}})')
-    if any(not isinstance(v, int) for v in labels.values()):
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in labels.values()):
         raise DataError(
             f"{path}: 'labels' values must be integers (region-based labels are not supported); an MSD-style "
             '\'labels\' ({"0": "background"}) folder converts with `arco data convert msd`'
@@ -82,6 +129,8 @@ def nnunet_cases(
         case = f.name[: -len(f"_0000{ending}")]
         chans = [img_dir / f"{case}_{i:04d}{ending}" for i in range(channels)]
         missing = [c for c in chans if not c.is_file()]
+        if missing and missing[0].is_symlink():
+            raise DataError(f"{missing[0]} {path_problem(missing[0])}")
         if missing:
             raise DataError(
                 f"{missing[0]}: missing; dataset.json declares {channels} channels, so every case needs "
@@ -97,7 +146,9 @@ def nnunet_cases(
         if lab_dir is not None:
             lab = lab_dir / f"{case}{ending}"
             if not lab.is_file():
-                raise DataError(f"{f}: no label {lab}; every image in {images} needs a label in {labels}")
+                why = path_problem(lab)
+                why = "" if why == "does not exist" else f" (it {why})"
+                raise DataError(f"{f}: no label {lab}{why}; every image in {images} needs a label in {labels}")
         out[case] = (chans, lab)
     if lab_dir is not None and lab_dir.is_dir():
         found = {p.name[: -len(ending)] for p in lab_dir.glob(f"*{ending}") if not p.name.startswith(".")}
@@ -172,7 +223,8 @@ def load_nnunet(
     """Load an nnU-Net v2 raw folder (module doc); ``default_norm`` None = per channel from its name."""
     root = Path(cfg.root)
     if not cfg.root or not root.is_dir():
-        raise DataError(f"dataset '{name}': folder {root} not found; set data.root to the nnU-Net raw folder")
+        problem = path_problem(root) if cfg.root and not root.exists() else "is not a folder"
+        raise DataError(f"dataset '{name}': data.root {root} {problem}; set data.root to the nnU-Net raw folder")
     meta, class_names = read_dataset_json(root)
     if expected_classes is not None and len(class_names) != expected_classes:
         raise DataError(
@@ -241,7 +293,7 @@ def build_mmwhs(cfg: DataConfig) -> SegmentationData:
 @DATASETS.register("phantom_mp")
 def build_phantom_mp(cfg: DataConfig) -> SegmentationData:
     from arco.data import phantom_mp  # noqa: F401  (registers the phantom_mp generator)
-    from arco.data.phantom import ensure_phantom
+    from arco.data.phantom import require_phantom
 
-    ensure_phantom(cfg.root, "phantom_mp", cfg.generate, cfg.subjects, cfg.seed, cfg.image_size)
+    require_phantom(cfg.root, "phantom_mp", cfg.subjects, cfg.seed, cfg.image_size)
     return load_nnunet(cfg, "phantom_mp", default_dims=(2, 3), patch2d=(64, 64))

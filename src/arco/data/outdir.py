@@ -28,18 +28,20 @@ def fresh_dir(out: str | os.PathLike, overwrite: bool = False, inputs: Sequence[
         FileExistsError: ``out`` is a file, or a non-empty folder and ``overwrite`` is False.
         ValueError: ``out`` is, contains or lies inside one of ``inputs`` (replacing it would delete them).
     """
+    from arco._io import check_out_dir, writing
+
     out = Path(out)
     for src in inputs:
         if _overlaps(out, Path(src)):
             raise ValueError(f"--out {out} overlaps the input {src}; write the output to a separate folder")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is a file; choose another --out")
+    check_out_dir(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with writing(out):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
     return tmp
 
 
@@ -60,10 +62,15 @@ def staged_dir(
 ) -> Iterator[Path]:
     """`fresh_dir` + `publish_dir` around a block: yields the temporary folder, publishes it when the block
     succeeds and removes it when the block raises (``out`` is then left as it was)."""
+    out = Path(out)
+    new = [p for p in Path(os.path.abspath(out)).parents if not os.path.lexists(p)]  # created for the output
     tmp = fresh_dir(out, overwrite, inputs)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in new:  # innermost first; only the empty folders this made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     publish_dir(tmp, out)

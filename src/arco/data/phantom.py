@@ -19,6 +19,7 @@ count.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from arco._checks import ConfigError, DataError
+from arco._checks import ConfigError, DataError, path_problem
 from arco.data.io import write_h5
 from arco.data.outdir import fresh_dir as _fresh_dir
 from arco.data.outdir import publish_dir as _publish
@@ -38,7 +39,10 @@ __all__ = [
     "generate_phantom3d",
     "ensure_phantom",
     "PHANTOMS",
+    "require_phantom",
 ]
+
+logger = logging.getLogger(__name__)
 
 PHANTOM2D_CLASSES = ("background", "RV", "Myo", "LV")
 PHANTOM3D_CLASSES = ("background", "LA")
@@ -316,22 +320,70 @@ PHANTOMS: dict[str, tuple[str, Callable[..., dict], int, str]] = {
 }
 
 
+def _check_subjects(path: Path, kind: str, subjects: int) -> None:
+    """Warn when a ``data.subjects`` that was set (not the default) disagrees with the phantom on disk: it only
+    applies when a phantom is generated."""
+    from arco.data.config import DataConfig
+
+    if subjects == DataConfig.subjects:
+        return
+    lists = [path / f"{part}.list" for part in ("train", "val", "test")]
+    found = sum(len([ln for ln in f.read_text().splitlines() if ln.strip()]) for f in lists if f.is_file())
+    if found and found != subjects:
+        logger.warning(
+            "data.subjects=%d is ignored: the %s phantom at %s has %d subjects (data.subjects only applies when a "
+            "phantom is generated); set data.subjects=%d to silence this",
+            subjects, kind, path, found, found,
+        )  # fmt: skip
+
+
+def require_phantom(root: str, kind: str, subjects: int = 40, seed: int = 0, size: int = 0) -> Path:
+    """Return ``root`` when it holds a ``kind`` phantom (a `PHANTOMS` key); never generates one.
+
+    A missing folder is an error that prints the ``arco data phantom`` command making it with these settings:
+    generating data in place of a path that does not exist would turn a mistyped path into a run on new data.
+
+    Raises:
+        ConfigError: no root given. DataError: no ``kind`` phantom under ``root``.
+    """
+    marker, _, default_size, flag = PHANTOMS[kind]
+    if not root:
+        raise ConfigError(f"data.root must name the {kind} folder (make one with `arco data phantom --kind {flag}`)")
+    path = Path(root)
+    if (path / marker).is_file():
+        _check_subjects(path, kind, subjects)
+        return path
+    opts = "".join(
+        f" --{name} {value}"
+        for name, value, default in (("subjects", subjects, 40), ("size", size, 0), ("seed", seed, 0))
+        if value != default and not (name == "size" and value == default_size)
+    )
+    if path.is_dir() and any(path.iterdir()):
+        found = f"{path} holds no {kind} dataset ({marker} {path_problem(path / marker)})"
+    else:
+        found = f"{path} {path_problem(path)}" if not path.is_dir() else f"{path} is an empty folder"
+    raise DataError(
+        f"no {kind} dataset at data.root: {found}. arco generates data only when asked (a mistyped path must not "
+        f"turn into a fresh phantom): make it once with `arco data phantom --kind {flag} --out {path}{opts}`, or "
+        "fix data.root (--data-root)"
+    )
+
+
 def ensure_phantom(root: str, kind: str, generate: bool, subjects: int, seed: int, size: int) -> Path:
-    """Return ``root`` holding a ``kind`` phantom (a `PHANTOMS` key), generating it there when absent.
+    """Return ``root`` holding a ``kind`` phantom (a `PHANTOMS` key), generating it there when absent and
+    ``generate`` (the explicit generators only: ``arco demo`` and ``arco study``; data loaders call
+    :func:`require_phantom`).
 
     Raises:
         ConfigError: no root given. DataError: absent and ``generate`` is False, or ``root`` holds other files.
     """
-    marker, gen, default_size, flag = PHANTOMS[kind]
+    marker, gen, default_size, _ = PHANTOMS[kind]
+    if not generate:
+        return require_phantom(root, kind, subjects, seed, size)
     if not root:
         raise ConfigError(f"data.root must name the {kind} folder (generated there when absent)")
     path = Path(root)
     if not (path / marker).is_file():
-        if not generate:
-            raise DataError(
-                f"{path}: no {kind} dataset ({marker} missing); run `arco data phantom --kind {flag} "
-                f"--out {path}` or set data.generate=true"
-            )
         if path.exists() and any(path.iterdir()):
             raise DataError(f"{path} exists, is not empty and holds no {kind} dataset; choose another data.root")
         gen(path, subjects, seed, size or default_size)

@@ -6,8 +6,11 @@ Per case: crop to the body (or the labelled foreground), normalise, resample to 
 ``cases/<case>.json`` (geometry, fingerprint of the source files). ``preprocessed.json`` indexes the folder. The
 layout is described in docs/design.md; `arco.data.preprocessed` reads it lazily.
 
-Reruns are incremental: a case is redone only when its source files or the settings changed (the per-case json is
-written last, so an interrupted run resumes where it stopped). Nothing under the source folder is written.
+Reruns are incremental: a case is redone only when its source files or the settings changed. A run is all or
+nothing for ``out``: new cases are written to a staging folder beside it (``.<out>.arco-partial``) and moved into
+``out`` (arrays first, each case's json last) only when every case succeeded; a failure leaves ``out`` as it was,
+names the case, and keeps the cases finished so far in the staging folder, where the next run picks them up (an
+interrupted run resumes where it stopped). Nothing under the source folder is written.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from arco._checks import DataError, choice
-from arco._io import atomic_write_text
+from arco._checks import ArcoError, DataError, choice
+from arco._io import atomic_write_text, check_out_dir, fsync_dir, writing
 from arco.data.fingerprint import HASH_MODES, file_fingerprint, matches
 from arco.data.nnunet import nnunet_cases, read_dataset_json
 from arco.data.preprocess_case import VERSION, PreprocessSettings, process_case
@@ -155,8 +159,7 @@ def _check_out(src: Path, out: Path, overwrite: bool) -> None:
     s, o = src.resolve(), out.resolve()
     if o == s or s.is_relative_to(o):
         raise ValueError(f"--out {out} must not be the source folder {src} or contain it; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder; choose another --out")
+    check_out_dir(out)
     index = out / "preprocessed.json"
     if out.is_dir() and any(out.iterdir()) and not index.is_file() and not (out / "cases").is_dir():
         raise FileExistsError(f"--out {out} is a non-empty folder that holds no preprocessed data; choose a new folder")
@@ -171,28 +174,59 @@ def _check_out(src: Path, out: Path, overwrite: bool) -> None:
             )
 
 
-def _current_entry(out: Path, case: str, img: Path, lab: Path, key: str, hash_mode: str) -> dict | None:
-    """The stored entry of ``case`` when it is complete, made with settings ``key`` and its source unchanged (its
-    fingerprints are redone in ``hash_mode`` when they were taken in the other mode)."""
-    path = out / "cases" / f"{case}.json"
+def _current_entry(
+    folder: Path, case: str, img: Path, lab: Path, key: str, hash_mode: str, stage: Path
+) -> tuple[dict | None, bool]:
+    """``(entry, refreshed)``: the entry of ``case`` stored in ``folder`` (``out`` or the staging folder) when it is
+    complete, made with settings ``key`` and its source unchanged, else None. Fingerprints taken in the other hash
+    mode are redone and the refreshed json is written to ``stage`` (``refreshed``)."""
+    path = folder / "cases" / f"{case}.json"
     try:
         entry = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+        return None, False
     fp = entry.get("fingerprint", {})
     if (
-        entry.get("settings_key") != key
+        not isinstance(fp, dict)
+        or entry.get("settings_key") != key
         or not matches(img, fp.get("image", {}))
         or not matches(lab, fp.get("label", {}))
     ):
-        return None
-    if not all((out / "cases" / entry[k]).is_file() for k in ("image", "label", "locations")):
-        return None
+        return None, False
+    if not all((folder / "cases" / str(entry.get(k))).is_file() for k in ("image", "label", "locations")):
+        return None, False
     entry["source"] = {"image": str(img), "label": str(lab)}
     if fp["image"].get("mode") != hash_mode or fp["label"].get("mode") != hash_mode:
         entry["fingerprint"] = {"image": file_fingerprint(img, hash_mode), "label": file_fingerprint(lab, hash_mode)}
-        atomic_write_text(path, json.dumps(entry, indent=1))
-    return entry
+        atomic_write_text(stage / "cases" / f"{case}.json", json.dumps(entry, indent=1))
+        return entry, True
+    return entry, False
+
+
+def _staging(out: Path, fresh: bool = False) -> Path:
+    """The folder beside ``out`` that holds the cases of a run until every case succeeded (created; emptied first
+    when ``fresh``)."""
+    stage = out.parent / f".{out.name}.arco-partial"
+    with writing(stage):
+        if fresh and stage.exists():
+            shutil.rmtree(stage)
+        (stage / "cases").mkdir(parents=True, exist_ok=True)
+    return stage
+
+
+_ARRAYS = ("image", "label", "locations")
+
+
+def _publish(stage: Path, out: Path, staged: list[str]) -> None:
+    """Move the ``staged`` cases into ``out/cases``: every array first, then each case's json (the marker)."""
+    with writing(out):
+        (out / "cases").mkdir(parents=True, exist_ok=True)
+        for last in (False, True):
+            for case in staged:
+                for name in [f"{case}.json"] if last else [f"{case}_{k}.npy" for k in _ARRAYS]:
+                    if (stage / "cases" / name).is_file():
+                        os.replace(stage / "cases" / name, out / "cases" / name)
+            fsync_dir(out / "cases")
 
 
 def _remove_stale(out: Path, keep: set[str]) -> list[str]:
@@ -207,22 +241,61 @@ def _remove_stale(out: Path, keep: set[str]) -> list[str]:
     return removed
 
 
+def _failed(task: dict, exc: BaseException) -> ArcoError:
+    return DataError(f"case {task['case']} ({task['image']}) failed: {exc}")
+
+
 def _run(tasks: list[dict], jobs: int, progress: Callable | None) -> list[dict]:
+    """Process ``tasks``; the first failure raises naming its case."""
     wrap = progress or (lambda it, total: it)
     if not tasks:
         return []
     if jobs <= 1 or len(tasks) <= 1:
-        return [process_case(t) for t in wrap(tasks, len(tasks))]
+        out = []
+        for t in wrap(tasks, len(tasks)):
+            try:
+                out.append(process_case(t))
+            except (ArcoError, ValueError, OSError) as exc:
+                raise _failed(t, exc) from exc
+        return out
     import multiprocessing
 
     # spawn: forked workers would inherit torch's thread pools from the parent (the CLI imported it).
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(process_case, t) for t in tasks]
+        futures = {pool.submit(process_case, t): t for t in tasks}
+        done = []
         try:
-            return [f.result() for f in wrap(as_completed(futures), len(futures))]
+            for f in wrap(as_completed(futures), len(futures)):
+                try:
+                    done.append(f.result())
+                except (ArcoError, ValueError, OSError) as exc:
+                    raise _failed(futures[f], exc) from exc
+            return done
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _plan(
+    cases: dict[str, tuple], out: Path, stage: Path, settings: PreprocessSettings, hash_mode: str, overwrite: bool
+) -> tuple[dict[str, dict], list[str], list[dict]]:
+    """``(entries of the cases already done, those of them waiting in the staging folder, tasks to run)``: a case
+    is done when the staging folder or ``out`` holds it complete, with these settings and its source unchanged."""
+    key = settings.key()
+    entries, staged, tasks = {}, [], []
+    for case, (img, lab, part) in sorted(cases.items()):
+        for folder in () if overwrite else (stage, out):
+            entry, refreshed = _current_entry(folder, case, img, lab, key, hash_mode, stage)
+            if entry is not None and entry.get("part") == part:
+                entries[case] = entry
+                if folder == stage or refreshed:
+                    staged.append(case)
+                break
+        if case in entries:
+            continue
+        task = {"case": case, "image": str(img), "label": str(lab), "part": part, "out": str(stage)}
+        tasks.append({**task, "settings": asdict(settings), "hash": hash_mode})
+    return entries, staged, tasks
 
 
 def preprocess_dataset(
@@ -266,20 +339,20 @@ def preprocess_dataset(
     meta, class_names, cases = scan_source(src, dataset)
     _check_out(src, out, overwrite)
     settings = resolve_settings(dataset, meta, class_names, cases, **options)
-    key = settings.key()
-    (out / "cases").mkdir(parents=True, exist_ok=True)
-    entries, tasks = {}, []
-    for case, (img, lab, part) in sorted(cases.items()):
-        entry = None if overwrite else _current_entry(out, case, img, lab, key, hash_mode)
-        if entry is not None and entry.get("part") == part:
-            entries[case] = entry
-            continue
-        task = {"case": case, "image": str(img), "label": str(lab), "part": part, "out": str(out)}
-        tasks.append({**task, "settings": asdict(settings), "hash": hash_mode})
+    stage = _staging(out, fresh=overwrite)
+    entries, staged, tasks = _plan(cases, out, stage, settings, hash_mode, overwrite)
     skipped = len(entries)
     logger.info("preprocess %s -> %s: %d case(s) to do, %d unchanged", src, out, len(tasks), skipped)
-    for entry in _run(tasks, int(jobs), progress):
+    try:
+        results = _run(tasks, int(jobs), progress)
+    except ArcoError as exc:
+        kept = len(list((stage / "cases").glob("*.json")))
+        raise DataError(f"{exc}. {out} was left as it was; the {kept} case(s) finished so far wait in {stage} and "
+                        "are reused when you rerun the same command after fixing the case") from exc  # fmt: skip
+    for entry in results:
         entries[entry["case_id"]] = entry
+        staged.append(entry["case_id"])
+    _publish(stage, out, staged)
     removed = _remove_stale(out, set(entries))
     index = {
         "format": FORMAT,
@@ -289,11 +362,12 @@ def preprocess_dataset(
         "class_names": list(class_names),
         "channel_names": meta.get("channel_names", meta.get("modality", {"0": "image"})),
         "settings": asdict(settings),
-        "settings_key": key,
+        "settings_key": settings.key(),
         "hash_mode": hash_mode,
         "cases": {c: entries[c] for c in sorted(entries)},
     }
     atomic_write_text(out / "preprocessed.json", json.dumps(index, indent=1))
+    shutil.rmtree(stage, ignore_errors=True)
     return {
         "out": str(out),
         "index": str(out / "preprocessed.json"),

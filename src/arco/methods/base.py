@@ -25,7 +25,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Batch", "StepOutput", "Method", "MethodBase", "ModelConfig", "build_backbone"]
+__all__ = ["Batch", "StepOutput", "Method", "MethodBase", "ModelConfig", "build_backbone", "check_model_config"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class ModelConfig:
             CPU).
         hidden_dim: hidden width of the projector/predictor MLPs.
         in_channels: image channels (set from the data when a run is built).
-        n_filters: base width of the VNet (16 as in UA-MT; smaller for quick CPU tests). Ignored by the UNet.
+        n_filters: base width of the VNet (16 as in UA-MT; smaller for quick CPU tests). The UNet has no such
+            setting: a config giving another value with ``arch: unet`` is rejected (`check_model_config`).
         heads: ARCO's global (and stage-1 local) heads: ``linear`` (two linear layers, the reference code) or
             ``nonlinear`` (a ReLU between them, the paper's "non-linear projector"); no BatchNorm in either.
     """
@@ -49,6 +50,33 @@ class ModelConfig:
     in_channels: int = 1
     n_filters: int = 16
     heads: str = "linear"
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Reject a ``model`` section that names an unknown network or sets a key the network does not take (a
+    ``model.n_filters`` other than the default on a UNet would be silently ignored).
+
+    Raises:
+        ConfigError: naming the key, its value, the network and the fix.
+    """
+    from arco._checks import ConfigError, did_you_mean
+    from arco.models import MODELS
+
+    if cfg.arch not in MODELS:
+        raise ConfigError(
+            f"model.arch={cfg.arch!r} is not a registered network{did_you_mean(cfg.arch, MODELS.names())}; "
+            f"networks: {', '.join(MODELS.names())}"
+        )
+    for key in ("dim", "hidden_dim", "in_channels", "n_filters"):
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"model.{key} must be a positive integer, got {getattr(cfg, key)}")
+    default = ModelConfig.__dataclass_fields__["n_filters"].default
+    if cfg.n_filters != default and cfg.arch != "vnet":  # build_backbone passes n_filters to the VNet only
+        raise ConfigError(
+            f"model.n_filters={cfg.n_filters} does not apply to model.arch={cfg.arch!r}: only the VNet has a base "
+            "width (n_filters), and it would be silently ignored here. Drop model.n_filters, or set model.arch=vnet "
+            "(3D data)"
+        )
 
 
 def build_backbone(

@@ -142,8 +142,42 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
-        raise ConfigError(f"{where} must be a list of KEY=VALUE strings, got {value!r}")
+        raise ConfigError(f"{where} must be a list of KEY=VALUE strings, got {type(value).__name__} {value!r}")
     return tuple(str(v) for v in value)
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    """A list of grid-axis names (``select_by_val``)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of grid axis names, e.g. [lambda], got {value!r}")
+    return tuple(value)
+
+
+def _compare_to(value: Any, where: str) -> dict[str, str]:
+    """``compare_to``: a mapping axis -> value name (``{sampler: ns}``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+        hint = f" (write {{{value[0]}: {value[1]}}})" if isinstance(value, list) and len(value) == 2 else ""
+        raise ConfigError(
+            f"{where} must map a grid axis to its reference value, e.g. {{sampler: ns}}, got {type(value).__name__} "
+            f"{value!r}{hint}"
+        )
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _scalar(raw: dict, key: str, where: str, required: bool = False) -> str | None:
+    """A string-valued key of the study file (``description``, ``base``, ``method``)."""
+    value = raw.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: {key} must be a non-empty string, got {type(value).__name__} {value!r}")
+    return value
 
 
 def _arm_part(axis: str, value: str, spec: Any, where: str) -> Arm:
@@ -179,20 +213,20 @@ def _parse_axes(grid: Any, where: str) -> dict[str, dict[str, Arm]]:
     if grid is None:
         return {}
     if not isinstance(grid, dict):
-        raise ConfigError(f"{where}.grid must map axis names to their values, got {grid!r}")
+        raise ConfigError(f"{where}: grid must map axis names to their values, got {grid!r}")
     axes: dict[str, dict[str, Arm]] = {}
     for axis, values in grid.items():
         axis = str(axis)
         if isinstance(values, list):  # `data.labeled: [1, 3, 7]`: the axis is a config key
             if "." not in axis:
                 raise ConfigError(
-                    f"{where}.grid.{axis}: a list of values needs a config key as axis name (e.g. data.labeled), "
+                    f"{where}: grid.{axis}: a list of values needs a config key as axis name (e.g. data.labeled), "
                     "or give a mapping value name -> overrides"
                 )
             values = {str(v): [f"{axis}={v}"] for v in values}
         if not isinstance(values, dict) or not values:
-            raise ConfigError(f"{where}.grid.{axis} must be a non-empty mapping value name -> overrides")
-        axes[axis] = {str(v): _arm_part(axis, str(v), s, f"{where}.grid.{axis}.{v}") for v, s in values.items()}
+            raise ConfigError(f"{where}: grid.{axis} must be a non-empty mapping value name -> overrides")
+        axes[axis] = {str(v): _arm_part(axis, str(v), s, f"{where}: grid.{axis}.{v}") for v, s in values.items()}
     return axes
 
 
@@ -205,6 +239,8 @@ def load_study(name_or_path: str, overrides: Sequence[str] = (), seeds: Sequence
     """
     import yaml
 
+    from arco._io import read_text
+
     path = Path(name_or_path)
     if not path.is_file():
         known = builtin_studies()
@@ -214,36 +250,41 @@ def load_study(name_or_path: str, overrides: Sequence[str] = (), seeds: Sequence
                 f"{did_you_mean(name_or_path, known)}; built-in: {', '.join(known)} (arco study --list)"
             )
         path = DEFINITIONS / f"{name_or_path}.yaml"
+    text = read_text(path, "study file", ConfigError, "give a study YAML file or a built-in study name (--list)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse study file {path}: {exc}") from exc
-    where = f"study {path.stem}"
+    where = f"study {path.stem} ({path})"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} ({path}) must be a mapping with keys {', '.join(_KEYS)}")
-    unknown = sorted(set(raw) - set(_KEYS))
+        raise ConfigError(f"{where} must be a mapping with keys {', '.join(_KEYS)}")
+    unknown = sorted(set(map(str, raw)) - set(_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], _KEYS)}; keys: {_KEYS}")
     if not raw.get("base"):
-        raise ConfigError(f"{where} ({path}) needs `base:` (a preset such as demo, or a config YAML)")
-    base = str(raw["base"])
+        raise ConfigError(f"{where} needs `base:` (a preset such as demo, or a config YAML)")
+    base = str(_scalar(raw, "base", where, required=True))
     if (path.parent / base).is_file():
         base = str((path.parent / base).resolve())
     seed_list = list(seeds) if seeds is not None else raw.get("seeds", [0])
-    if not isinstance(seed_list, list) or not seed_list or not all(isinstance(s, int) for s in seed_list):
-        raise ConfigError(f"{where}: seeds must be a non-empty list of integers, got {seed_list!r}")
+    if (
+        not isinstance(seed_list, list)
+        or not seed_list
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed_list)
+    ):
+        raise ConfigError(f"{where}: seeds must be a non-empty list of integers, e.g. [0, 1, 2], got {seed_list!r}")
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"{where}: seeds must be distinct, got {seed_list}")
     spec = StudySpec(
         name=path.stem,
-        description=str(raw.get("description", "")).strip(),
+        description=str(_scalar(raw, "description", where) or "").strip(),
         base=base,
         seeds=tuple(seed_list),
         axes=_parse_axes(raw.get("grid"), where),
-        overrides=_strings(raw.get("set"), f"{where}.set") + tuple(overrides),
-        method=raw.get("method"),
-        compare_to={str(k): str(v) for k, v in (raw.get("compare_to") or {}).items()},
-        select_by_val=_strings(raw.get("select_by_val"), f"{where}.select_by_val"),
+        overrides=_strings(raw.get("set"), f"{where}: set") + tuple(overrides),
+        method=_scalar(raw, "method", where),
+        compare_to=_compare_to(raw.get("compare_to"), f"{where}: compare_to"),
+        select_by_val=_names(raw.get("select_by_val"), f"{where}: select_by_val"),
         source=str(path),
     )
     _check_axes(spec, where)

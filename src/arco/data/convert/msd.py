@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from arco._checks import DataError
-from arco.data.formats import read_header
+from arco.data.formats import read_nifti
+from arco.data.io import check_image, check_label
 from arco.data.outdir import staged_dir
 
 __all__ = ["read_msd_json", "msd_dataset_name", "convert_msd"]
@@ -90,7 +91,11 @@ def _split_channels(src: Path, dst_dir: Path, case: str, n_channels: int) -> tup
             f"(X, Y, Z{', ' + str(n_channels) if n_channels > 1 else ''})"
         )
     for c in range(channels):
-        data = np.asanyarray(img.dataobj[..., c] if len(shape) == 4 else img.dataobj)
+        try:  # every voxel is read: a file cut off after its header fails here, naming it
+            data = np.asanyarray(img.dataobj[..., c] if len(shape) == 4 else img.dataobj)
+        except Exception as exc:  # noqa: BLE001 - nibabel/zlib raise many types for damaged data
+            raise DataError(f"{src}: cannot read its voxel data ({type(exc).__name__}: {exc}); re-extract it") from exc
+        check_image(data, src)  # numeric, finite
         header = img.header.copy()
         header.set_data_shape(data.shape)
         header.set_zooms(img.header.get_zooms()[:3])
@@ -109,9 +114,11 @@ def _convert_case(task: Path, entry: Any, tmp: Path, n_ch: int) -> str:
     lab = _case_file(task, entry["label"], "label")
     case = _stem(img)
     shape = _split_channels(img, tmp / "imagesTr", case, n_ch)
-    lab_shape = read_header(lab)[0][::-1]
+    label = read_nifti(lab)[0]  # read whole (a cut-off label is named here, never copied)
+    lab_shape = label.shape[::-1]
     if tuple(lab_shape) != tuple(shape):
         raise DataError(f"{lab}: label shape {lab_shape} differs from its image {img} {shape}; re-extract them")
+    check_label(label, label.shape, lab)
     shutil.copyfile(lab, tmp / "labelsTr" / f"{case}.nii.gz")
     return case
 
