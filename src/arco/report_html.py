@@ -50,7 +50,8 @@ figcaption{font-size:.85em;color:#57606a}
 pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:.8em;max-height:480px}
 .note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;font-size:.9em}
 nav a{margin-right:1em}
-.scroll{max-height:560px;overflow:auto;display:inline-block}
+.tbl{max-width:100%;overflow-x:auto}
+.tbl.scroll{max-height:560px;overflow:auto;display:inline-block}
 """
 
 # Click a header to sort by that column (numbers numerically, text alphabetically; a second click reverses).
@@ -160,7 +161,7 @@ class Page:
         cls = ' class="sortable"' if sortable else ""
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         out = f"<table{cls}>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        self.parts.append(f'<div class="scroll">{out}</div>' if scroll else out)
+        self.parts.append(f'<div class="tbl{" scroll" if scroll else ""}">{out}</div>')
 
     def figure(self, png: str | os.PathLike | bytes, caption: str = "", alt: str | None = None) -> None:
         """A PNG embedded as a base64 ``data:`` URI (a path is read now), with a caption."""

@@ -46,7 +46,10 @@ class _Progress:
             self.bar = tqdm(total=total, desc="training", unit="it", dynamic_ncols=True)
         self.bar.n = sum(s["done"] for s in state.values())
         self.bar.set_postfix_str(
-            " | ".join(f"{METHOD_NAMES[k]} {s['stage']} {s['done']}/{s['total']}" for k, s in state.items()),
+            " | ".join(
+                f"{METHOD_NAMES[k]}{'' if s['stage'] == k else ' ' + s['stage']} {s['done']}/{s['total']}"
+                for k, s in state.items()
+            ),
             refresh=False,
         )
         self.bar.refresh()

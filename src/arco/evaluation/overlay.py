@@ -178,7 +178,7 @@ def save_panel(
             raise ValueError(f"save_panel(): every row must show the arms {arms}; row {r.label!r} has {list(r.preds)}")
     names = _names(class_names, num_classes)
     ncols = 2 + len(arms)
-    fig = Figure(figsize=(2.3 * ncols, 2.75 * len(rows) + 0.9), dpi=100)
+    fig = Figure(figsize=(2.3 * ncols, 2.75 * len(rows) + 0.9), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.subplots(len(rows), ncols, squeeze=False)
     for i, row in enumerate(rows):
@@ -198,10 +198,9 @@ def save_panel(
             ax.set_xticks([])
             ax.set_yticks([])
         grid[i][0].set_ylabel(row.label, fontsize=8)
-    legend = _class_legend(fig, names, loc="lower center", ncol=min(len(names), 8))
+    legend = _class_legend(fig, names, loc="outside lower center", ncol=min(len(names), 8))
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1))
     meta = {
         "titles": [[grid[i][j].get_title() for j in range(ncols)] for i in range(len(rows))],
         "arms": arms,

@@ -19,7 +19,7 @@ from arco._io import atomic_path
 from arco.study.collect import RunResult
 from arco.study.spec import Arm, StudySpec
 
-__all__ = ["write_figures", "labeled_axis", "compared_axis", "arm_groups", "CURVE_COLUMNS"]
+__all__ = ["write_figures", "labeled_axis", "compared_axis", "arm_groups", "arm_label", "CURVE_COLUMNS"]
 
 #: Logged columns drawn against iterations when any run logs them.
 CURVE_COLUMNS = (("val_dice", "validation Dice"), ("loss_contrast", "L_contrast"))
@@ -91,7 +91,8 @@ def _colours(spec: StudySpec) -> dict[str, str]:
     return out
 
 
-def _label(spec: StudySpec, arm: Arm) -> str:
+def arm_label(spec: StudySpec, arm: Arm) -> str:
+    """How figures name an arm: its value of the compared axis (``supervised``, ``sg``), else its name."""
     axis = compared_axis(spec)
     return arm.values.get(axis, arm.name) if axis else arm.name
 
@@ -110,7 +111,7 @@ def _dice_per_arm(spec: StudySpec, results: list[RunResult], path: Path) -> None
                 continue
             x = g + (k - (len(arms) - 1) / 2) * 0.8 / max(width, 1)
             jitter = np.linspace(-0.25, 0.25, len(vals)) * 0.8 / max(width, 1)
-            label = _label(spec, arm)
+            label = arm_label(spec, arm)
             ax.scatter(np.full(len(vals), x) + jitter, vals, s=16, color=colours[arm.name], alpha=0.75,
                        label=None if label in labelled else label)  # fmt: skip
             labelled.add(label)
@@ -119,7 +120,7 @@ def _dice_per_arm(spec: StudySpec, results: list[RunResult], path: Path) -> None
     ax.set_xticks(range(len(groups)), list(groups), rotation=20 if len(groups) > 3 else 0,
                   ha="right" if len(groups) > 3 else "center")  # fmt: skip
     ax.set(ylabel="test mean Dice")
-    ax.set_title(f"{spec.name}: a point per seed, black square = mean ± std over seeds", fontsize=9)
+    ax.set_title(f"{spec.name}\na point per seed; black square: mean ± std over seeds", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     if labelled:
         ax.legend(fontsize=7, title=compared_axis(spec), title_fontsize=7, loc="best")
@@ -164,7 +165,7 @@ def _curves(spec: StudySpec, results: list[RunResult], path: Path) -> list[str]:
                 if s is None:
                     continue
                 x, m, sd = s
-                ax.plot(x, m, color=colours[arm.name], label=f"{_label(spec, arm)} (n={len(runs)})")
+                ax.plot(x, m, color=colours[arm.name], label=f"{arm_label(spec, arm)} (n={len(runs)})")
                 ax.fill_between(x, m - sd, m + sd, color=colours[arm.name], alpha=0.2)
             if not ax.lines:
                 fig.delaxes(ax)  # this group's arms do not log the quantity: no empty panel

@@ -60,7 +60,7 @@ def _overview(page: Page, s: dict[str, Any]) -> None:
 def _metrics(page: Page, s: dict[str, Any]) -> None:
     axes = list(s["axes"])
     arms = [a for a in s["arms"] if a["n_runs"]]
-    classes = list(arms[0]["classes"]) if arms else []
+    classes = list(dict.fromkeys(c for a in arms for c in a["classes"]))  # datasets may name different classes
     page.heading("Test metrics per arm")
     page.paragraph("Mean ± sample standard deviation over seeds of each run's mean over test cases.")
     header = ["arm", *axes, "runs", *(f"Dice {c}" for c in classes), "Dice mean", "HD95", "ASD", "val Dice"]
@@ -113,7 +113,7 @@ def _esc(x: Any) -> str:
 def _per_run(page: Page, results: Sequence[RunResult], axes: list[str]) -> None:
     if not results:
         return
-    classes = list(results[0].per_class)
+    classes = list(dict.fromkeys(c for r in results for c in r.per_class))
     page.heading("Per run")
     page.paragraph("One row per run (results.csv has the same numbers); click a header to sort.")
     page.table(
@@ -196,6 +196,7 @@ def study_page(
     _overview(page, summary)
     _metrics(page, summary)
     _figures(page, out, figures, panels, rule)
-    _per_run(page, sorted(results, key=lambda r: (r.arm, r.seed)), list(summary["axes"]))
+    order = {a["arm"]: i for i, a in enumerate(summary["arms"])}  # grid order, as in the tables above
+    _per_run(page, sorted(results, key=lambda r: (order.get(r.arm, len(order)), r.seed)), list(summary["axes"]))
     _configuration(page, summary, results)
     return page

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from arco.study.collect import RunResult
+from arco.study.figures import arm_label, compared_axis
 from arco.study.spec import StudySpec
 
 __all__ = ["panel_groups", "write_qualitative", "RULE"]
@@ -66,23 +67,30 @@ def _group_panel(spec, ref: str, members: list[str], results, out: Path, name: s
     by_key = {key: r.run for key, r in done.items()}
     ref_run = by_key[(ref, seed)]
     data = build_data(ref_run.config.data)
+    arms = {a.name: a for a in spec.arms()}
+    labels = {a: arm_label(spec, arms[a]) for a in members}
+    if len(set(labels.values())) < len(members):  # the compared value does not tell them apart: full names
+        labels = {a: a for a in members}
     checkpoints = {
-        a: resolve_checkpoint(by_key[(a, seed)].folder / by_key[(a, seed)].config.stages[-1].name) for a in members
+        labels[a]: resolve_checkpoint(by_key[(a, seed)].folder / by_key[(a, seed)].config.stages[-1].name)
+        for a in members
     }
     rows = panel_rows(
         checkpoints,
-        {a: done[(a, seed)].case_dice() for a in members},
-        ref,
+        {labels[a]: done[(a, seed)].case_dice() for a in members},
+        labels[ref],
         {v.case_id: v for v in data.test},
         device="cpu",
         batch_size=ref_run.config.engine.val_batch,
     )
+    group = ", ".join(f"{k}={v}" for k, v in arms[ref].values.items() if k != compared_axis(spec))
     meta = save_panel(
         out / name,
         rows,
         data.num_classes,
         data.class_names,
-        title=f"{spec.name}: median and worst test case of {ref} (seed {seed}); Dice over the whole case",
+        title=f"{spec.name}{': ' + group if group else ''}: median and worst test case of {labels[ref]} "
+        f"(seed {seed}); Dice over the whole case",
     )
     return {"file": name, "reference": ref, "seed": seed, "arms": members, **meta}
 

@@ -130,7 +130,7 @@ def _pm(e: dict[str, float], digits: int = 4) -> str:
 def _tables(s: dict[str, Any]) -> list[str]:
     axes = list(s["axes"])
     arms = [a for a in s["arms"] if a["n_runs"]]
-    classes = list(arms[0]["classes"]) if arms else []
+    classes = list(dict.fromkeys(c for a in arms for c in a["classes"]))  # datasets may name different classes
     head = ["arm", *axes, "runs", *(f"Dice {c}" for c in classes), "Dice mean", "HD95", "ASD", "val Dice"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in s["arms"]:
