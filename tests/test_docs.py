@@ -61,7 +61,8 @@ def test_readme_is_a_product_page():
     text = README.read_text()
     assert len(text.splitlines()) <= 250
     first = _blocks(README)[:2]
-    assert [shlex.split(line, comments=True) for line in first] == [["bash", "scripts/demo.sh"], ["bash", "scripts/test.sh"]]
+    expected = [["bash", "scripts/demo.sh"], ["bash", "scripts/test.sh"]]
+    assert [shlex.split(line, comments=True) for line in first] == expected
     for script in ("scripts/demo.sh", "scripts/test.sh", "scripts/setup.sh", ".ci/run"):
         assert (ROOT / script).is_file()
     assert not re.search(r"\b(I|I'm|I've|my|we|our)\b", text), "no first-person narrative in the README"

@@ -216,6 +216,14 @@ def test_study_curves_methods_on_shared_axes_without_empty_panels(two_datasets, 
     ]
 
 
+def test_study_dice_per_arm_grouped_by_dataset(two_datasets, tmp_path):
+    from arco.study.figures import _dice_per_arm
+
+    spec, results = two_datasets
+    shown = _dice_per_arm(spec, results, tmp_path / "d.png")
+    assert shown == {"groups": ["dataset=a", "dataset=b"], "legend": ["supervised", "arco"]}
+
+
 def test_study_page_has_every_arm_class_and_figure(two_datasets, tmp_path):
     from arco.study.figures import write_figures
     from arco.study.report import summarise, write_report

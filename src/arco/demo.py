@@ -250,7 +250,7 @@ def write_demo_report(summary: dict[str, Any], jobs: dict[str, tuple[RunConfig, 
         rows = [(n, sup["per_class"][n], arco["per_class"][n]) for n in sup["per_class"]] + [("mean", sup, arco)]
         page.table(
             ["class", "Dice supervised", "Dice ARCO-SG", "Δ Dice", "ASD supervised", "ASD ARCO-SG", "Δ ASD"],
-            [[n, a["dice"], b["dice"], f"{b['dice'] - a['dice']:+.4f}", a["asd"], b["asd"],
+            [[n, a["dice"], b["dice"], f"{b['dice'] - a['dice']:+.4f}", f"{a['asd']:.2f}", f"{b['asd']:.2f}",
               f"{b['asd'] - a['asd']:+.2f}"] for n, a, b in rows],
         )  # fmt: skip
 

@@ -44,7 +44,7 @@ table.sortable th.desc:after{content:" \\2193";color:#1d1d1f}
 tr:nth-child(even) td{background:#fafbfc}
 .meta td{text-align:left;white-space:normal}
 .meta td:first-child{font-weight:600;white-space:nowrap}
-figure{margin:1em 0}
+figure{margin:1em 1em 1em 0;display:inline-block;vertical-align:top}
 figure img{max-width:100%;border:1px solid #e5e7eb}
 figcaption{font-size:.85em;color:#57606a}
 pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:.8em;max-height:480px}

@@ -97,8 +97,9 @@ def arm_label(spec: StudySpec, arm: Arm) -> str:
     return arm.values.get(axis, arm.name) if axis else arm.name
 
 
-def _dice_per_arm(spec: StudySpec, results: list[RunResult], path: Path) -> None:
-    """Groups side by side (a group per setting of the other axes), the compared values as colours in a group."""
+def _dice_per_arm(spec: StudySpec, results: list[RunResult], path: Path) -> dict[str, list[str]]:
+    """Groups side by side (a group per setting of the other axes), the compared values as colours in a group.
+    Returns what the figure shows: the group labels on the x axis and the legend's entries."""
     plt = _plt()
     groups, colours = arm_groups(spec), _colours(spec)
     width = max(len(g) for g in groups.values())
@@ -122,9 +123,13 @@ def _dice_per_arm(spec: StudySpec, results: list[RunResult], path: Path) -> None
     ax.set(ylabel="test mean Dice")
     ax.set_title(f"{spec.name}\na point per seed; black square: mean ± std over seeds", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
-    if labelled:
-        ax.legend(fontsize=7, title=compared_axis(spec), title_fontsize=7, loc="best")
+    legend = ax.legend(fontsize=7, title=compared_axis(spec), title_fontsize=7, loc="best") if labelled else None
+    shown = {
+        "groups": [t.get_text() for t in ax.get_xticklabels()],
+        "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
+    }
     _save(fig, path)
+    return shown
 
 
 def _series(runs: list[RunResult], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
