@@ -96,6 +96,11 @@ def test_evaluate_files(folders, tmp_path, capsys):
     overlays = sorted(p.name for p in out.glob("overlay_*.png"))
     assert len(overlays) == 3 and overlays[0].startswith("overlay_best_")
     assert not list(out.glob(".*tmp"))
+    from _html import parse_page
+
+    page = parse_page((out / "report.html").read_text())
+    assert {"a", "b", "c", str(pred_dir), str(gt_dir)} <= page.cells and {"Dice 1", "Dice 2"} <= page.headers
+    assert page.images == set(overlays) and f"open {out / 'report.html'}" in printed
 
 
 def test_evaluate_files_reference_compat(folders, tmp_path):
@@ -394,6 +399,8 @@ def test_evaluate_compare_runs(tmp_path, capsys):
     page = parse_page((out / "report.html").read_text())
     assert {"a", "B", *ref} <= page.cells and {"RV", "Myo", "LV", "Δ mean Dice"} <= page.headers
     assert {"qualitative.png"} <= page.images and not page.external
+    assert sorted(link for link in page.links if link.endswith("report.html")) == ["B/report.html", "a/report.html"]
+    assert all((out / link).is_file() for link in page.links if link.endswith("report.html"))
     overlays = sorted(name.split("_")[0] for name in page.images if "/overlay_" in name)
     assert overlays == ["B/overlay", "a/overlay"]  # one per run (--overlays 1)
 

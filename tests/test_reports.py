@@ -4,6 +4,8 @@ figures (groups, no empty panels), the study page, and the demo's progress line.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -100,9 +102,13 @@ def test_choose_cases_empty():
 def test_panel_shows_every_arm_with_its_dice(tmp_path):
     arms = ["supervised", "ARCO-SG", "mean-teacher"]
     rows = [
-        PanelRow(f"case{i}, slice 0", np.zeros((24, 24)), _label(0)[0],
-                 {a: _label(k + i)[0] for k, a in enumerate(arms)},
-                 {a: 0.1 * (k + 1) + i / 100 for k, a in enumerate(arms)})  # fmt: skip
+        PanelRow(
+            f"case{i}, slice 0",
+            np.zeros((24, 24)),
+            _label(0)[0],
+            {a: _label(k + i)[0] for k, a in enumerate(arms)},
+            {a: 0.1 * (k + 1) + i / 100 for k, a in enumerate(arms)},
+        )  # fmt: skip
         for i in range(2)
     ]
     meta = save_panel(tmp_path / "q.png", rows, 4, CLASSES, title="t")
@@ -266,3 +272,25 @@ def test_demo_progress_reads_the_runs_logs(tmp_path):
     state = training_progress(jobs)
     assert state["arco"] == {"done": n_pre + 50, "total": n_pre + n_fine, "stage": "finetune"}
     assert state["supervised"]["done"] == 0
+
+
+def test_demo_writes_report_html(tmp_path):
+    """The demo's page: both methods, every class, the qualitative panel, the curves and each method's overlays
+    (in-process and tiny: the parallel path with its progress line is `test_demo_fast_end_to_end`, slow)."""
+    from arco.demo import run_demo
+
+    sets = ("pretrain.iterations=4", "finetune.iterations=4", "schedule.iterations=8", "engine.val_every=4",
+            "data.subjects=8", "engine.progress=false")  # fmt: skip
+    s = run_demo(tmp_path / "demo", overrides=sets, parallel=False)
+    assert s["report"] == str(tmp_path / "demo" / "report.html")
+    page = parse_page((tmp_path / "demo" / "report.html").read_text())
+    assert {"supervised", "ARCO-SG", "RV", "Myo", "LV", "mean"} <= page.cells
+    assert {"Dice supervised", "Dice ARCO-SG", "Δ Dice"} <= page.headers
+    assert {"qualitative.png", "curves.png"} <= page.images and not page.external
+    assert {n.split("/")[0] for n in page.images if "/overlay_" in n} == {"supervised", "ARCO-SG"}
+    reports = [link for link in page.links if link.endswith("report.html")]
+    assert sorted(reports) == ["evaluation/arco/report.html", "evaluation/supervised/report.html"]
+    titles = json.loads((tmp_path / "demo" / "comparison.json").read_text())["qualitative"]["titles"]
+    assert all([t.split("\n")[0] for t in row[2:]] == ["supervised", "ARCO-SG"] for row in titles)
+    for method in ("supervised", "arco"):
+        assert (tmp_path / "demo" / "evaluation" / method / "report.html").is_file()

@@ -12,9 +12,7 @@ the same slices, so the panel is not chosen in anyone's favour but the reference
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +22,12 @@ import numpy as np
 
 from arco._checks import ArcoError, ConfigError
 from arco._io import atomic_write_text
+from arco.compare_page import CASE_RULE, safe_name
 
 __all__ = [
     "ComparedRun",
     "choose_cases",
     "compare_runs",
-    "comparison_page",
     "write_comparison",
     "data_config_from",
     "panel_rows",
@@ -37,11 +35,6 @@ __all__ = [
     "differences",
     "case_mean_dice",
 ]
-
-logger = logging.getLogger(__name__)
-
-#: The qualitative panel's cases.
-CASE_RULE = "the reference run's median case and its worst case by mean foreground Dice"
 
 
 @dataclass
@@ -216,10 +209,6 @@ def panel_rows(
     return rows
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
-
-
 def _load_data(runs: Sequence[tuple[str, Path]], data_root: Any, split: str) -> tuple[Any, dict[str, Any]]:
     """Build the data of the first run and check that every run was trained on data with the same cases."""
     from arco.checkpoint import load_predictor
@@ -281,8 +270,7 @@ def compare_runs(
     if len(runs) < 2:
         raise ConfigError(f"--compare needs at least two runs, got {len(runs)}")
     compared = [
-        ComparedRun(name, resolve_checkpoint(p), _curves_dir(p) if p.is_dir() else None)
-        for name, p in parse_runs(runs)
+        ComparedRun(name, resolve_checkpoint(p), _curves_dir(p) if p.is_dir() else None) for name, p in parse_runs(runs)
     ]
     data, metas = _load_data([(c.name, c.checkpoint) for c in compared], data_root, split)
     out = Path(out)
@@ -307,7 +295,7 @@ def _evaluate(c, meta, data, volumes, split, out, device, batch_size, overlays, 
         spatial_dims=int(d["spatial_dims"]),
         patch_size=tuple(d["patch_size"]),
         class_names=d.get("class_names") or data.class_names,
-        out_dir=out / _safe(c.name),
+        out_dir=out / safe_name(c.name),
         overlays=overlays,
         batch_size=batch_size,
         device=device,
@@ -397,95 +385,7 @@ def write_comparison(
         "figures": {k: v.name for k, v in figures.items()},
     }
     atomic_write_text(out / "comparison.json", json.dumps(summary, indent=2, default=str) + "\n")
+    from arco.compare_page import comparison_page
+
     comparison_page(compared, summary, figures, out, title, intro).write(out / "report.html")
     return summary
-
-
-def comparison_page(
-    compared: Sequence[ComparedRun],
-    summary: Mapping[str, Any],
-    figures: Mapping[str, Path],
-    out: Path,
-    title: str = "Comparison",
-    intro: Callable[[Any], None] | None = None,
-) -> Any:
-    """The comparison's :class:`arco.report_html.Page`: per-class Dice of every run, the differences to the
-    reference, a sortable per-case table, the figures, each run's overlays and configuration.
-
-    ``intro`` may add sections at the top (the demo's headline table)."""
-    from arco.report_html import Page, source_commit
-
-    page = Page(title)
-    ref = compared[0]
-    page.meta(
-        [
-            ("runs", ", ".join(c.name for c in compared)),
-            ("reference", ref.name),
-            ("split", f"{summary['split']} ({len(ref.case_dice)} cases)"),
-            ("arco commit", source_commit()),
-        ]
-    )
-    if intro is not None:
-        intro(page)
-    _dice_tables(page, compared, summary)
-    if "qualitative" in figures:
-        page.heading("Qualitative comparison")
-        page.paragraph(
-            f"Rows: {CASE_RULE}, at the slice with the most ground-truth foreground. Columns: the image, the "
-            "ground truth and each run's prediction; the Dice in a title is that run's mean foreground Dice over "
-            "the whole case."
-        )
-        page.figure(figures["qualitative"], caption="qualitative.png")
-    if "curves" in figures:
-        page.heading("Training curves")
-        page.paragraph("Every run on the same axes; a loss appears only for the runs that have it.")
-        page.figure(figures["curves"], caption="curves.png")
-    page.heading("Overlays of each run")
-    for c in compared:
-        page.heading(c.name, level=3)
-        for role, path in c.result.files.items():
-            if role.startswith("overlay_"):
-                page.figure(path, caption=f"{c.name}, {role.removeprefix('overlay_')}: {path.name}",
-                            alt=f"{c.name}/{path.name}")  # fmt: skip
-        page.raw(f'<p><a href="{_safe(c.name)}/report.html">{c.name}: full evaluation report</a></p>')
-    page.heading("Configuration")
-    for c in compared:
-        if c.config is not None:
-            from arco.evaluation.html import config_text
-
-            page.code(config_text(c.config), summary=f"{c.name}: {c.checkpoint}")
-    return page
-
-
-def _dice_tables(page: Any, compared: Sequence[ComparedRun], summary: Mapping[str, Any]) -> None:
-    classes = list(compared[0].summary["per_class"])
-    page.heading("Test Dice per class")
-    header = ["run", *classes, "mean", "HD95", "ASD"]
-    rows = []
-    for c in compared:
-        s = c.summary
-        rows.append(
-            [c.name, *(s["per_class"][k]["mean"]["dice"] for k in classes), s["mean"]["dice"],
-             s["mean"]["hd95"], s["mean"]["asd"]]
-        )  # fmt: skip
-    page.table(header, rows)
-    if summary["differences"]:
-        page.heading("Differences to the reference")
-        page.paragraph(
-            "Mean over test cases of the difference in per-case mean foreground Dice (run - reference), 95 % "
-            "bootstrap interval (paired, BCa, fixed seed) and two-sided Wilcoxon signed-rank p."
-        )
-        page.table(
-            ["run", "reference", "Δ mean Dice", "95 % CI low", "95 % CI high", "Wilcoxon p", "cases"],
-            [[d["run"], d["reference"], d["mean"], d["ci_low"], d["ci_high"], d["p_wilcoxon"], d["n"]]
-             for d in summary["differences"]],
-        )  # fmt: skip
-    page.heading("Per case")
-    page.paragraph("Mean foreground Dice of every run on every case; click a header to sort.")
-    cases = sorted(compared[0].case_dice)
-    page.table(
-        ["case", *(c.name for c in compared)],
-        [[k, *(c.case_dice.get(k) for c in compared)] for k in cases],
-        sortable=True,
-        scroll=True,
-    )

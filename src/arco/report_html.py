@@ -169,9 +169,7 @@ class Page:
         name = alt if alt is not None else (Path(png).name if not isinstance(png, bytes) else caption)
         b64 = base64.b64encode(data).decode("ascii")
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.parts.append(
-            f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">{cap}</figure>'
-        )
+        self.parts.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">{cap}</figure>')
 
     def code(self, text: str, summary: str | None = None) -> None:
         """Preformatted text (a config file, a command), folded under ``summary`` when given."""
@@ -185,7 +183,7 @@ class Page:
         nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in self.sections)
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(self.title)}</h1><nav>{nav}</nav>"
             + "\n".join(self.parts)

@@ -81,8 +81,11 @@ def evaluation_page(
             *dict(meta.get("source") or {}).items(),
             ("cases", summary["num_cases"]),
             ("classes", ", ".join(classes)),
-            ("metric conventions", f"compat={summary['compat']}; distances in voxels"
-             + (" and mm" if "hd95_mm" in summary["metrics"] else "")),  # fmt: skip
+            (
+                "metric conventions",
+                f"compat={summary['compat']}; distances in voxels"
+                + (" and mm" if "hd95_mm" in summary["metrics"] else ""),
+            ),  # fmt: skip
             ("empty masks (case x class)", f"{counts}. Policy: {summary['empty_policy']}"),
             ("arco commit", source_commit()),
         ]

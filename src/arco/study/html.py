@@ -76,8 +76,16 @@ def _metrics(page: Page, s: dict[str, Any]) -> None:
         page.table(
             ["arm", "reference", "Δ mean Dice", "95 % CI low", "95 % CI high", "Wilcoxon p", "pairs", "runs"],
             [
-                [c["arm"], c["reference"], c.get("mean"), c.get("ci_low"), c.get("ci_high"), c.get("p_wilcoxon"),
-                 c["n_pairs"], c["n_runs"]]
+                [
+                    c["arm"],
+                    c["reference"],
+                    c.get("mean"),
+                    c.get("ci_low"),
+                    c.get("ci_high"),
+                    c.get("p_wilcoxon"),
+                    c["n_pairs"],
+                    c["n_runs"],
+                ]
                 for c in s["comparisons"]
             ],  # fmt: skip
             sortable=True,
@@ -93,9 +101,13 @@ def _metrics(page: Page, s: dict[str, Any]) -> None:
         page.table(
             ["fixed", "selected", "arm", "val Dice", "test Dice"],
             [
-                [", ".join(f"{k}={v}" for k, v in e["fixed"].items()) or "-",
-                 ", ".join(f"{k}={v}" for k, v in e["selected"].items()), e["arm"], e["val_dice"],
-                 _pm(e["test_dice"])]
+                [
+                    ", ".join(f"{k}={v}" for k, v in e["fixed"].items()) or "-",
+                    ", ".join(f"{k}={v}" for k, v in e["selected"].items()),
+                    e["arm"],
+                    e["val_dice"],
+                    _pm(e["test_dice"]),
+                ]
                 for e in s["selection"]
             ],  # fmt: skip
         )
@@ -117,12 +129,31 @@ def _per_run(page: Page, results: Sequence[RunResult], axes: list[str]) -> None:
     page.heading("Per run")
     page.paragraph("One row per run (results.csv has the same numbers); click a header to sort.")
     page.table(
-        ["arm", *axes, "seed", *(f"Dice {c}" for c in classes), "Dice mean", "HD95", "ASD", "val Dice",
-         "iterations", "train s"],
         [
-            [r.arm, *(r.axes.get(a, "") for a in axes), r.seed,
-             *(r.per_class.get(c, {}).get("dice") for c in classes), r.mean.get("dice"), r.mean.get("hd95"),
-             r.mean.get("asd"), r.val_dice, r.iterations, round(r.train_seconds, 1)]
+            "arm",
+            *axes,
+            "seed",
+            *(f"Dice {c}" for c in classes),
+            "Dice mean",
+            "HD95",
+            "ASD",
+            "val Dice",
+            "iterations",
+            "train s",
+        ],
+        [
+            [
+                r.arm,
+                *(r.axes.get(a, "") for a in axes),
+                r.seed,
+                *(r.per_class.get(c, {}).get("dice") for c in classes),
+                r.mean.get("dice"),
+                r.mean.get("hd95"),
+                r.mean.get("asd"),
+                r.val_dice,
+                r.iterations,
+                round(r.train_seconds, 1),
+            ]
             for r in results
         ],  # fmt: skip
         sortable=True,
