@@ -96,6 +96,11 @@ def test_evaluate_files(folders, tmp_path, capsys):
     overlays = sorted(p.name for p in out.glob("overlay_*.png"))
     assert len(overlays) == 3 and overlays[0].startswith("overlay_best_")
     assert not list(out.glob(".*tmp"))
+    from _html import parse_page
+
+    page = parse_page((out / "report.html").read_text())
+    assert {"a", "b", "c", str(pred_dir), str(gt_dir)} <= page.cells and {"Dice 1", "Dice 2"} <= page.headers
+    assert page.images == set(overlays) and f"open {out / 'report.html'}" in printed
 
 
 def test_evaluate_files_reference_compat(folders, tmp_path):
@@ -352,3 +357,57 @@ def test_evaluate_checkpoint_on_phantom(tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "per_case.csv")))
     assert rows and all(v != "" for r in rows for v in r.values())
     assert list(out.glob("overlay_*.png"))
+
+
+def test_evaluate_compare_runs(tmp_path, capsys):
+    """`arco evaluate --compare`: every run scored on the same cases, differences to the first, the qualitative
+    panel with each run's Dice on the chosen cases, and one report.html holding them."""
+    from _html import parse_page
+
+    cfg = {"dataset": "phantom2d", "root": str(tmp_path / "data"), "subjects": 8, "labeled": "1", "image_size": 32,
+           "patch_size": [32, 32]}  # fmt: skip
+    from arco.checkpoint import load_checkpoint
+    from arco.models import MODELS
+
+    for name in ("a", "b"):
+        _checkpoint(tmp_path / name / "checkpoints" / "best.pt", num_classes=4, config_data=cfg)
+    state = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")  # b: other random weights than a
+    torch.manual_seed(1)
+    state["predictor"]["state_dict"] = MODELS.build("unet", in_channels=1, num_classes=4).state_dict()
+    save_checkpoint(state, tmp_path / "b" / "checkpoints" / "best.pt")
+
+    out = tmp_path / "cmp"
+    args = ["evaluate", "--compare", str(tmp_path / "a"), f"B={tmp_path / 'b'}", "--out", str(out), "--overlays", "1"]
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "B - a:" in printed and f"open {out / 'report.html'}" in printed
+    s = json.loads((out / "comparison.json").read_text())
+    assert s["reference"] == "a" and list(s["runs"]) == ["a", "B"] and s["differences"][0]["run"] == "B"
+    per_case = {}
+    for run, folder in (("a", "a"), ("B", "B")):
+        rows = list(csv.DictReader(open(out / folder / "per_case.csv")))
+        assert {r["class"] for r in rows} == {"RV", "Myo", "LV"}
+        for case in {r["case"] for r in rows}:
+            per_case[(run, case)] = np.mean([float(r["dice"]) for r in rows if r["case"] == case])
+        assert (out / folder / "report.html").is_file()
+    mean_b_minus_a = np.mean([per_case[("B", c)] - per_case[("a", c)] for (r, c) in per_case if r == "a"])
+    assert s["differences"][0]["mean"] == pytest.approx(mean_b_minus_a)
+    # the panel: the reference's median case first, every run's prediction titled with its Dice on that case
+    ref = {c: d for (r, c), d in per_case.items() if r == "a"}
+    ranked = sorted(ref, key=lambda c: (ref[c], c))
+    q = s["qualitative"]
+    assert q["rows"][0].startswith(f"{ranked[(len(ranked) - 1) // 2]}, slice ")
+    for label, titles in zip(q["rows"], q["titles"]):
+        case = label.split(",")[0]
+        assert titles == ["image", "ground truth", f"a\nDice {per_case[('a', case)]:.3f}",
+                          f"B\nDice {per_case[('B', case)]:.3f}"]  # fmt: skip
+    page = parse_page((out / "report.html").read_text())
+    assert {"a", "B", *ref} <= page.cells and {"RV", "Myo", "LV", "Δ mean Dice"} <= page.headers
+    assert {"qualitative.png"} <= page.images and not page.external
+    assert sorted(link for link in page.links if link.endswith("report.html")) == ["B/report.html", "a/report.html"]
+    assert all((out / link).is_file() for link in page.links if link.endswith("report.html"))
+    overlays = sorted(name.split("_")[0] for name in page.images if "/overlay_" in name)
+    assert overlays == ["B/overlay", "a/overlay"]  # one per run (--overlays 1)
+
+    assert main(["evaluate", "--compare", str(tmp_path / "a"), "--out", str(tmp_path / "x")]) != 0
+    assert "at least two runs" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from _html import parse_page
 from _study import write_study
 from arco.cli import main
 from arco.study import SlurmOptions, run_study
@@ -92,8 +93,21 @@ def test_shared_stage_once_outputs_failure_and_resume(tmp_path, phantom, monkeyp
     ]  # fmt: skip
     md = (out / "study.md").read_text()
     assert "selected on the validation split only" in md and "bad/seed0" in md
-    for png in ("dice_per_arm.png", "curves.png"):
+    for png in ("dice_per_arm.png", "curves.png", "qualitative.png"):
         assert (out / png).stat().st_size > 1000
+    # the qualitative panel shows every finished arm, with its Dice on the case, beside the image and the GT
+    (panel,) = study["qualitative"]["panels"]
+    assert (panel["file"], panel["reference"], panel["arms"]) == ("qualitative.png", "ns", ["ns", "sg"])
+    for label, row in zip(panel["rows"], panel["titles"]):
+        case = label.split(",")[0]
+        expected = [
+            sum(float(c["dice"]) for c in cases if (c["arm"], c["case"]) == (a, case)) / 3 for a in ("ns", "sg")
+        ]
+        assert row == ["image", "ground truth", *(f"{a}\nDice {d:.3f}" for a, d in zip(("ns", "sg"), expected))]
+    page = parse_page((out / "study.html").read_text())
+    assert {"ns", "sg", "bad/seed0"} <= page.cells and {"Dice RV", "Dice Myo", "Dice LV"} <= page.headers
+    assert {"dice_per_arm.png", "curves.png", "qualitative.png"} <= page.images and page.scripts == 1
+    assert page.sortable >= 3 and all(src.startswith("data:image/png;base64,") for src in page.image_sources)
 
     # `arco evaluate` understands a run folder, through the shared stage's link too
     linked = out / "runs" / "sg" / "seed0" / "pretrain"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -130,16 +131,20 @@ def test_bad_set_key_subprocess_exits_nonzero_without_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_fast_end_to_end(tmp_path, capsys):
+def test_demo_fast_end_to_end(tmp_path, capfd):
     sets = ["pretrain.iterations=8", "finetune.iterations=8", "schedule.iterations=16", "engine.val_every=4",
-            "data.subjects=8", "engine.progress=false"]  # fmt: skip
+            "data.subjects=8"]  # fmt: skip
     assert main(["demo", "--out", str(tmp_path / "demo"), *[a for kv in sets for a in ("--set", kv)]]) == 0
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
     for method in ("supervised", "arco"):
         assert 0.0 <= s[method]["dice"] <= 1.0 and s[method]["asd"] >= 0.0 and s[method]["per_class"]
     assert s["iterations"]["supervised"] == 16 and s["wall_seconds"] > 0
     assert (tmp_path / "demo" / "evaluation" / "arco" / "summary.json").is_file()
-    assert "Δ Dice" in capsys.readouterr().out
+    out, err = capfd.readouterr()  # file descriptors: the worker processes' output too
+    assert "Δ Dice" in out and out.rstrip().endswith(f"open {tmp_path / 'demo' / 'report.html'}")
+    # the two parallel trainings share one progress line; the workers draw no bars of their own
+    assert "training:" in err and not re.search(r"(supervised|pretrain|finetune):\s+\d+%", err)
+    assert (tmp_path / "demo" / "report.html").is_file()
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`arco curves RUN_DIR [--out PNG]`: plot the logged losses and validation Dice of a training run."""
+"""`arco curves RUN [--out PNG]`: plot the logged losses and validation Dice of a training run."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "curves",
         help="plot losses and validation Dice of a run (PNG)",
-        description="Render loss_sup, loss_contrast, loss_unsup, loss_nn, loss_inst (whichever were logged) "
-        "and val_dice from RUN_DIR/log.csv against iteration.",
+        description="Render every logged loss (loss, loss_sup, loss_contrast, loss_unsup, ...) and val_dice of a "
+        "run against iteration, each on its own panel with its own scale. RUN is a stage folder holding log.csv, "
+        "a run folder holding stage folders (ARCO's pretrain and finetune, drawn one after the other), or a "
+        "log.csv.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding log.csv (or the log.csv itself)")
-    p.add_argument("--out", help="output PNG (default: RUN_DIR/curves.png)")
+    p.add_argument("run_dir", metavar="RUN", help="stage folder, run folder of stage folders, or log.csv")
+    p.add_argument("--out", help="output PNG (default: RUN/curves.png)")
     p.set_defaults(func=run)
 
 
@@ -26,15 +28,21 @@ def run(args: argparse.Namespace) -> int:
     from arco.evaluation import plot_training_curves
 
     src = Path(args.run_dir)
-    log_csv = src if src.is_file() else src / "log.csv"
-    if not log_csv.is_file():
-        where = f"{src} {path_problem(src)}" if not src.exists() else f"{log_csv} {path_problem(log_csv)}"
-        raise FileNotFoundError(f"no training log: {where}; give a run folder written by `arco train`")
-    read_text(log_csv, "training log", DataError, "give the log.csv that `arco train` wrote")  # binary: named
-    out = Path(args.out) if args.out else log_csv.parent / "curves.png"
+    if not src.exists():
+        raise FileNotFoundError(f"no training log: {src} {path_problem(src)}; give a run folder written by `arco train`")
+    if src.is_file():
+        logs = [src]
+    else:
+        logs = [src / "log.csv"] if (src / "log.csv").is_file() else sorted(src.glob("*/log.csv"))
+    if not logs:
+        where = src / "log.csv"
+        raise FileNotFoundError(f"no training log: {where} {path_problem(where)}; give a run folder written by `arco train`")
+    for log in logs:  # a binary or non-UTF-8 log is named
+        read_text(log, "training log", DataError, "give the log.csv that `arco train` wrote")
+    out = Path(args.out) if args.out else (src.parent if src.is_file() else src) / "curves.png"
     if not out.name.lower().endswith(".png"):
         raise ValueError(f"--out must be a .png file, got {out}")
     check_out_dir(out.parent, "--out's folder")
-    plot_training_curves(log_csv, out)
+    plot_training_curves(src, out)
     print(f"wrote {out}")
     return 0

@@ -10,10 +10,15 @@ Two modes:
   names come from an nnU-Net v2 or MSD ``dataset.json`` (``--labels``) or from ``--class-names`` (foreground
   names, or all names starting with the background); they also fix the number of classes.
 
-Both write ``per_case.csv``, ``summary.json``, ``summary.md`` and overlay PNGs into ``--out`` and print the
-summary. Outputs are all or nothing: they are written to a temporary folder and moved into ``--out`` only when
-every case was scored, so a failure leaves ``--out`` as it was. ``--data-root`` must be an existing dataset
-folder: a missing one is an error (arco never generates a phantom in its place).
+Both write ``per_case.csv``, ``summary.json``, ``summary.md``, overlay PNGs and ``report.html`` into ``--out``
+and print the summary. Outputs are all or nothing: they are written to a temporary folder and moved into ``--out``
+only when every case was scored, so a failure leaves ``--out`` as it was. ``--data-root`` must be an existing
+dataset folder: a missing one is an error (arco never generates a phantom in its place).
+
+- ``arco evaluate --compare RUN1 RUN2 ... --out DIR`` evaluates several runs on the same split (the data of the
+  first, which is also the reference) and writes each run's evaluation into ``DIR/<run>/``, the paired
+  differences to the first run, ``qualitative.png`` (the first run's median and worst case, with every run's
+  prediction of the same slice and its Dice), ``curves.png`` and ``DIR/report.html``. Name a run ``NAME=PATH``.
 """
 
 from __future__ import annotations
@@ -89,6 +94,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--checkpoint", help="run folder (uses checkpoints/best.pt) or .pt file")
     src.add_argument("--pred", help="folder of predicted label files (NIfTI, NRRD or MHA)")
     src.add_argument("--gt", help="folder of ground-truth label files (same case names as --pred)")
+    src.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN",
+        help="several run folders (or NAME=RUN) on the same split; the first is the reference",
+    )
     p.add_argument("--out", required=True, help="output folder for per_case.csv, summary.* and overlays")
     p.add_argument("--split", choices=("test", "val"), default="test", help="--checkpoint: split to evaluate")
     p.add_argument("--data-root", help="--checkpoint: dataset folder, if it moved since training")
@@ -109,8 +120,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from arco._io import check_out_dir, staged_outputs
 
+    if args.compare:
+        return _run_compare(args)
     if bool(args.checkpoint) == bool(args.pred or args.gt):
-        raise ValueError("give either --checkpoint RUN_OR_PT, or --pred DIR together with --gt DIR")
+        raise ValueError(
+            "give either --checkpoint RUN_OR_PT, --pred DIR together with --gt DIR, or --compare RUN1 RUN2 ..."
+        )
     if args.num_classes is not None and args.num_classes < 2:
         raise ValueError(f"--num-classes must be >= 2, got {args.num_classes}")
     if args.overlays < 0:
@@ -124,6 +139,41 @@ def run(args: argparse.Namespace) -> int:
     print(result.to_markdown())
     n_overlays = sum(k.startswith("overlay") for k in result.files)
     print(f"\nwrote per_case.csv, summary.json, summary.md and {n_overlays} overlay PNG(s) to {out}")
+    print(f"open {out / 'report.html'}")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from arco.compare import compare_runs
+    from arco.evaluation import check_writable
+
+    if args.checkpoint or args.pred or args.gt:
+        raise ValueError("--compare takes the runs itself; leave out --checkpoint, --pred and --gt")
+    if args.overlays < 0:
+        raise ValueError(f"--overlays must be >= 0, got {args.overlays}")
+    out = check_writable(args.out)
+    s = compare_runs(
+        args.compare,
+        out,
+        split=args.split,
+        data_root=args.data_root,
+        device=resolve_device(args.device),
+        batch_size=args.batch_size,
+        overlays=args.overlays,
+        progress=lambda it: tqdm(it, desc=f"evaluate {args.split}", unit="case", leave=False),
+    )
+    print(f"{args.split} mean foreground Dice (reference: {s['reference']}):")
+    for name, r in s["runs"].items():
+        print(f"  {name}: {r['mean']['dice']:.4f}")
+    for d in s["differences"]:
+        print(
+            f"  {d['run']} - {d['reference']}: {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], "
+            f"Wilcoxon p {d['p_wilcoxon']:.3f}, {d['n']} cases"
+        )
+    print(f"\nwrote each run's evaluation, qualitative.png, comparison.json and report.html to {out}")
+    print(f"open {out / 'report.html'}")
     return 0
 
 
@@ -186,6 +236,11 @@ def _run_checkpoint(args: argparse.Namespace, out: Path) -> Any:
         overlap=args.overlap,
         blend=args.blend,
         progress=lambda it: tqdm(it, desc=f"evaluate {args.split}", unit="case"),
+        report_meta={
+            "title": f"Evaluation of {args.checkpoint}",
+            "source": [("checkpoint", str(meta["path"])), ("split", args.split), ("data", cfg.get("root"))],
+            "config": meta.get("config"),
+        },
     )
 
 
@@ -307,5 +362,14 @@ def _run_files(args: argparse.Namespace, out: Path) -> Any:
             yield case_id, pred, gt, spacing
 
     return evaluate_arrays(
-        cases(), num_classes=num_classes, class_names=names, compat=args.compat, out_dir=out, overlays=args.overlays
+        cases(),
+        num_classes=num_classes,
+        class_names=names,
+        compat=args.compat,
+        out_dir=out,
+        overlays=args.overlays,
+        report_meta={
+            "title": f"Evaluation of {args.pred}",
+            "source": [("predictions", str(args.pred)), ("ground truth", str(args.gt))],
+        },
     )

@@ -18,7 +18,8 @@ A study file has `base` (preset or config), `seeds`, `grid` (axis -> value -> ov
 drop_stages}) and `compare_to` (reference arm); see `arco.study.spec`. Every run is an ordinary run folder
 DIR/runs/<arm>/seed<k>/ (`arco evaluate --checkpoint DIR/runs/<arm>/seed<k>/<last stage>`); stages identical
 between runs (stage 1 of arms differing only in stage 2) are trained once under DIR/shared/ and linked.
-Outputs: DIR/results.csv, per_case.csv, study.json, study.md and PNG figures. Checkpoints are chosen on the
+Outputs: DIR/study.html (everything on one page), results.csv, per_case.csv, study.json, study.md and PNG
+figures with the qualitative panel. Checkpoints are chosen on the
 validation split only; test metrics are computed once per run and cached in the run folder."""
 
 
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     print((Path(args.out) / "study.md").read_text())
     failed = summary["runs"]["failed"]
     print(f"study took {summary['wall_seconds']:.0f} s; results in {args.out}")
+    print(f"open {Path(args.out) / 'study.html'}")
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{f['run']} (log: {f['log']})" for f in failed))
         return 1

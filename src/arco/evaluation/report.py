@@ -1,4 +1,5 @@
-"""Evaluate a predictor (or prediction arrays) on whole cases; write per-case CSV, summaries, overlays."""
+"""Evaluate a predictor (or prediction arrays) on whole cases; write per-case CSV, summaries, overlays and
+``report.html``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 
 from arco._checks import choice
 from arco._io import atomic_write_text
+from arco.evaluation.html import evaluation_page
 from arco.evaluation.inference import predict_volume
 from arco.evaluation.metrics import COMPAT_MODES, EMPTY_CASES, METRICS, MM_METRICS, case_metrics
 from arco.evaluation.overlay import pick_slice, save_overlay
@@ -50,7 +52,8 @@ class EvaluationResult:
         summary: ``{"num_cases", "num_classes", "compat", "metrics", "mean": {metric: value}, "std": {...},
             "per_class": {name: {"class", "mean", "std", "empty"}}, "empty_counts", "empty_policy"}``.
             ``mean``/``std`` are over cases of the per-case mean over foreground classes (std with ddof=0).
-        files: written files by role (``per_case``, ``summary_json``, ``summary_md``, ``overlay_<rank>``).
+        files: written files by role (``per_case``, ``summary_json``, ``summary_md``, ``report_html``,
+            ``overlay_<rank>``).
     """
 
     rows: list[dict[str, Any]]
@@ -180,7 +183,7 @@ def _per_case_csv(rows: list[dict[str, Any]], metrics: list[str]) -> str:
     return buf.getvalue()
 
 
-def _finish(cases: list[_Case], rows, names, num_classes, compat, out_dir, overlays) -> EvaluationResult:
+def _finish(cases: list[_Case], rows, names, num_classes, compat, out_dir, overlays, report_meta) -> EvaluationResult:
     if not cases:
         raise ValueError("nothing to evaluate: no cases were given")
     summary = _summarise(rows, names, num_classes, compat, len(cases))
@@ -192,6 +195,7 @@ def _finish(cases: list[_Case], rows, names, num_classes, compat, out_dir, overl
         "per_case": out / "per_case.csv",
         "summary_json": out / "summary.json",
         "summary_md": out / "summary.md",
+        "report_html": out / "report.html",
     }
     ranked = sorted(cases, key=lambda c: (c.mean_dice, c.case_id))
     picks = sorted({int(round(i)) for i in np.linspace(0, len(ranked) - 1, min(int(overlays), len(ranked)))})
@@ -206,11 +210,14 @@ def _finish(cases: list[_Case], rows, names, num_classes, compat, out_dir, overl
             case.image,
             f"{case.case_id} ({tag}, mean Dice {case.mean_dice:.3f}), slice {case.slice_index}",
             num_classes,
+            class_names=names,
         )
         files[f"overlay_{tag}"] = path
     atomic_write_text(files["per_case"], _per_case_csv(rows, summary["metrics"]))
     atomic_write_text(files["summary_json"], result.to_json() + "\n")
     atomic_write_text(files["summary_md"], "# Evaluation summary\n\n" + result.to_markdown() + "\n")
+    overlay_files = {k: v for k, v in files.items() if k.startswith("overlay_")}
+    evaluation_page(rows, summary, overlay_files, report_meta).write(files["report_html"])
     result.files = files
     return result
 
@@ -222,6 +229,7 @@ def evaluate_arrays(
     compat: str = "default",
     out_dir: str | os.PathLike | None = None,
     overlays: int = 3,
+    report_meta: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Score given predictions against labels.
 
@@ -232,9 +240,11 @@ def evaluate_arrays(
         num_classes: classes including background.
         class_names: names with or without the background entry (default: class indices).
         compat: empty-mask policy, ``"default"`` or ``"reference"`` (see :func:`~.metrics.case_metrics`).
-        out_dir: where to write ``per_case.csv``, ``summary.json``, ``summary.md`` and overlay PNGs
-            (atomically, after every case is scored); None writes nothing.
+        out_dir: where to write ``per_case.csv``, ``summary.json``, ``summary.md``, overlay PNGs and
+            ``report.html`` (atomically, after every case is scored); None writes nothing.
         overlays: number of overlay PNGs (3 = worst, median and best case by mean Dice).
+        report_meta: what ``report.html`` says about the evaluation besides the numbers: ``title``, ``source``
+            (key/value pairs such as the checkpoint and the split) and ``config`` (a dict shown as YAML).
 
     Returns:
         :class:`EvaluationResult`.
@@ -263,7 +273,7 @@ def evaluate_arrays(
                 rows,
             )
         )
-    return _finish(cases, rows, names, num_classes, compat, out_dir, overlays)
+    return _finish(cases, rows, names, num_classes, compat, out_dir, overlays, report_meta)
 
 
 def evaluate(
@@ -282,6 +292,7 @@ def evaluate(
     overlap: float | Sequence[float] = 0.5,
     blend: str = "gaussian",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    report_meta: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Predict every volume with :func:`arco.evaluation.predict_volume` and score it against its label.
 
@@ -289,7 +300,7 @@ def evaluate(
         predict_fn: ``(B, C_in, *patch) -> (B, C, *patch)`` logits (see ``predict_volume``).
         volumes: objects with ``case_id``, ``image (D, H, W)`` or ``(C_in, D, H, W)``, ``label (D, H, W)`` and
             ``spacing`` (or None) attributes, e.g. ``arco.data.Volume``.
-        num_classes, class_names, compat, out_dir, overlays: as in :func:`evaluate_arrays`.
+        num_classes, class_names, compat, out_dir, overlays, report_meta: as in :func:`evaluate_arrays`.
         spatial_dims, patch_size, batch_size, device, stride, overlap, blend: as in ``predict_volume``.
         progress: optional wrapper around the iterable of volumes (the CLI passes ``tqdm``).
 
@@ -324,7 +335,7 @@ def evaluate(
             _score_case(str(vol.case_id), pred, vol.label, vol.image, spacing, num_classes, names, compat, rows)
         )
         logger.debug("%s: mean Dice %.4f", vol.case_id, cases[-1].mean_dice)
-    return _finish(cases, rows, names, num_classes, compat, out_dir, overlays)
+    return _finish(cases, rows, names, num_classes, compat, out_dir, overlays, report_meta)
 
 
 def evaluate_model(
@@ -344,7 +355,8 @@ def evaluate_model(
     ``model(x)`` may return logits or an object with a ``logits`` attribute (arco's ``SegOutput``). The model is put
     in eval mode for the evaluation and returned to its previous mode; inference runs under ``torch.no_grad`` and,
     when ``amp_dtype`` is given (CUDA), under autocast. ``kwargs`` are those of :func:`evaluate` (``class_names``,
-    ``compat``, ``out_dir``, ``overlays``, ``batch_size``, ``stride``, ``overlap``, ``blend``, ``progress``).
+    ``compat``, ``out_dir``, ``overlays``, ``batch_size``, ``stride``, ``overlap``, ``blend``, ``progress``,
+    ``report_meta``).
     """
     import contextlib
 

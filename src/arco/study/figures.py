@@ -1,5 +1,12 @@
-"""A study's figures: test Dice per arm (a point per seed), validation Dice and L_contrast against iterations as
-mean and band over seeds (the paper's Fig. 5), and test Dice against the number of labeled subjects."""
+"""A study's figures, made to compare: the values of the compared axis (``compare_to``'s axis: methods, samplers)
+are colours, the same in every figure, and each setting of the other axes (a dataset, a labeled count) is a group.
+
+- ``dice_per_arm.png``: test Dice, a point per seed and mean ± std, the groups side by side.
+- ``curves.png``: validation Dice and L_contrast against iterations, mean and band over seeds (the paper's Fig. 5),
+  a column per group with every compared value on the same axes; a quantity is drawn only for arms that log it,
+  and a panel without a line is left out.
+- ``dice_vs_labeled.png``: test Dice against the number of labeled subjects (when that is an axis).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,9 @@ import numpy as np
 
 from arco._io import atomic_path
 from arco.study.collect import RunResult
-from arco.study.spec import StudySpec
+from arco.study.spec import Arm, StudySpec
 
-__all__ = ["write_figures", "labeled_axis", "CURVE_COLUMNS"]
+__all__ = ["write_figures", "labeled_axis", "compared_axis", "arm_groups", "arm_label", "CURVE_COLUMNS"]
 
 #: Logged columns drawn against iterations when any run logs them.
 CURVE_COLUMNS = (("val_dice", "validation Dice"), ("loss_contrast", "L_contrast"))
@@ -55,23 +62,74 @@ def _labeled_value(spec: StudySpec, axis: str, value: str) -> float:
     return float("nan")
 
 
-def _dice_per_arm(spec: StudySpec, results: list[RunResult], path: Path) -> None:
+def compared_axis(spec: StudySpec) -> str | None:
+    """The axis whose values are compared in every figure (colours): the ``compare_to`` axis, else the first."""
+    if spec.compare_to:
+        return next(iter(spec.compare_to))
+    return next(iter(spec.axes), None)
+
+
+def arm_groups(spec: StudySpec) -> dict[str, list[Arm]]:
+    """Arms grouped by the values of every axis except the compared one (a group per dataset, per labeled
+    count, ...), in grid order; the key names the group (the study's name when there is one group)."""
+    axis = compared_axis(spec)
+    groups: dict[str, list[Arm]] = {}
+    for arm in spec.arms():
+        key = ", ".join(f"{a}={v}" for a, v in arm.values.items() if a != axis) or spec.name
+        groups.setdefault(key, []).append(arm)
+    return groups
+
+
+def _colours(spec: StudySpec) -> dict[str, str]:
+    """Arm name -> colour: one colour per value of the compared axis, the same in every panel and figure."""
+    axis = compared_axis(spec)
+    values = list(spec.axes[axis]) if axis else []
+    out = {}
+    for arm in spec.arms():
+        v = arm.values.get(axis) if axis else None
+        out[arm.name] = f"C{values.index(v) % 10}" if v in values else "C0"
+    return out
+
+
+def arm_label(spec: StudySpec, arm: Arm) -> str:
+    """How figures name an arm: its value of the compared axis (``supervised``, ``sg``), else its name."""
+    axis = compared_axis(spec)
+    return arm.values.get(axis, arm.name) if axis else arm.name
+
+
+def _dice_per_arm(spec: StudySpec, results: list[RunResult], path: Path) -> dict[str, list[str]]:
+    """Groups side by side (a group per setting of the other axes), the compared values as colours in a group.
+    Returns what the figure shows: the group labels on the x axis and the legend's entries."""
     plt = _plt()
-    arms = [a.name for a in spec.arms()]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(arms) + 2), 3.8))
-    for i, arm in enumerate(arms):
-        vals = [r.mean["dice"] for r in results if r.arm == arm]
-        if not vals:
-            continue
-        ax.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, s=18, color="C0", alpha=0.8)
-        ax.errorbar(i + 0.3, np.mean(vals), yerr=np.std(vals, ddof=1) if len(vals) > 1 else 0, fmt="s", color="k", ms=4)
-    ax.set_xticks(
-        range(len(arms)), arms, rotation=45 if len(arms) > 4 else 0, ha="right" if len(arms) > 4 else "center"
-    )
+    groups, colours = arm_groups(spec), _colours(spec)
+    width = max(len(g) for g in groups.values())
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * width * len(groups) + 2.5), 4.0))
+    labelled: set[str] = set()
+    for g, arms in enumerate(groups.values()):
+        for k, arm in enumerate(arms):
+            vals = [r.mean["dice"] for r in results if r.arm == arm.name]
+            if not vals:
+                continue
+            x = g + (k - (len(arms) - 1) / 2) * 0.8 / max(width, 1)
+            jitter = np.linspace(-0.25, 0.25, len(vals)) * 0.8 / max(width, 1)
+            label = arm_label(spec, arm)
+            ax.scatter(np.full(len(vals), x) + jitter, vals, s=16, color=colours[arm.name], alpha=0.75,
+                       label=None if label in labelled else label)  # fmt: skip
+            labelled.add(label)
+            sd = np.std(vals, ddof=1) if len(vals) > 1 else 0.0
+            ax.errorbar(x, np.mean(vals), yerr=sd, fmt="s", color="k", ms=4, capsize=2, zorder=3)
+    ax.set_xticks(range(len(groups)), list(groups), rotation=20 if len(groups) > 3 else 0,
+                  ha="right" if len(groups) > 3 else "center")  # fmt: skip
     ax.set(ylabel="test mean Dice")
-    ax.set_title(f"{spec.name}: a point per seed, square = mean ± std", fontsize=9)
+    ax.set_title(f"{spec.name}\na point per seed; black square: mean ± std over seeds", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
+    legend = ax.legend(fontsize=7, title=compared_axis(spec), title_fontsize=7, loc="best") if labelled else None
+    shown = {
+        "groups": [t.get_text() for t in ax.get_xticklabels()],
+        "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
+    }
     _save(fig, path)
+    return shown
 
 
 def _series(runs: list[RunResult], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -88,42 +146,45 @@ def _series(runs: list[RunResult], column: str) -> tuple[np.ndarray, np.ndarray,
     return np.asarray(common), values.mean(axis=0), std
 
 
-def _curves(spec: StudySpec, results: list[RunResult], path: Path) -> bool:
-    """Rows: the logged columns; columns: settings of the other axes; a line per value of the first axis."""
+def _curves(spec: StudySpec, results: list[RunResult], path: Path) -> list[str]:
+    """Rows: the logged quantities; columns: the groups (a dataset, a labeled count); in each panel every arm
+    of the group that logs the quantity, as mean and ± std band over seeds. Panels without a line are removed.
+    Returns one line per panel drawn (``group: quantity: legend entries``), empty when nothing was logged."""
     plt = _plt()
+    groups, colours = arm_groups(spec), _colours(spec)
     columns = [
         (c, label) for c, label in CURVE_COLUMNS if any(row.get(c) is not None for r in results for row in r.curves)
     ]
     if not columns:
-        return False
-    axes = list(spec.axes)
-    first = axes[0] if axes else None
-    groups: dict[tuple, list] = {}
-    for arm in spec.arms():
-        groups.setdefault(tuple((a, v) for a, v in arm.values.items() if a != first), []).append(arm)
-    fig, grid = plt.subplots(len(columns), len(groups), figsize=(4.6 * len(groups), 3.2 * len(columns)), squeeze=False)
+        return []
+    fig, grid = plt.subplots(len(columns), len(groups), figsize=(4.8 * len(groups), 3.3 * len(columns)),
+                             squeeze=False)  # fmt: skip
     for j, (key, arms) in enumerate(groups.items()):
+        names = {a.name for a in arms}
+        ends = sorted({e for r in results if r.arm in names for e in r.stage_ends[:-1]})
         for i, (column, label) in enumerate(columns):
             ax = grid[i][j]
-            for k, arm in enumerate(arms):
-                s = _series([r for r in results if r.arm == arm.name], column)
+            for arm in arms:
+                runs = [r for r in results if r.arm == arm.name]
+                s = _series(runs, column)
                 if s is None:
                     continue
                 x, m, sd = s
-                n = sum(r.arm == arm.name for r in results)
-                name = arm.values.get(first, arm.name) if first else arm.name
-                ax.plot(x, m, color=f"C{k}", label=f"{name} (n={n})")
-                ax.fill_between(x, m - sd, m + sd, color=f"C{k}", alpha=0.2)
-            ends = sorted({e for r in results if r.arm in {a.name for a in arms} for e in r.stage_ends[:-1]})
+                ax.plot(x, m, color=colours[arm.name], label=f"{arm_label(spec, arm)} (n={len(runs)})")
+                ax.fill_between(x, m - sd, m + sd, color=colours[arm.name], alpha=0.2)
+            if not ax.lines:
+                fig.delaxes(ax)  # this group's arms do not log the quantity: no empty panel
+                continue
             for e in ends:  # where a stage ends and the next begins
                 ax.axvline(e, color="0.6", linestyle=":", linewidth=1)
             ax.set(xlabel="iteration (whole run; dotted: stage boundary)", ylabel=label)
-            ax.set_title(", ".join(f"{a}={v}" for a, v in key) or spec.name, fontsize=9)
+            ax.set_title(key, fontsize=9)
             ax.grid(True, alpha=0.3)
-            if ax.has_data():
-                ax.legend(fontsize=7)
+            ax.legend(fontsize=7)
+    panels = [f"{ax.get_title()}: {ax.get_ylabel()}: " + ", ".join(t.get_text() for t in ax.get_legend().get_texts())
+              for ax in fig.axes]  # fmt: skip
     _save(fig, path)
-    return True
+    return panels
 
 
 def _dice_vs_labeled(spec: StudySpec, results: list[RunResult], axis: str, path: Path) -> None:
@@ -131,6 +192,9 @@ def _dice_vs_labeled(spec: StudySpec, results: list[RunResult], axis: str, path:
     others: dict[tuple, list] = {}
     for arm in spec.arms():
         others.setdefault(tuple((a, v) for a, v in arm.values.items() if a != axis), []).append(arm)
+    # Colours of the compared axis when each line is one of its values, else one colour per line.
+    same = compared_axis(spec) != axis and len(spec.axes) == 2
+    colours = _colours(spec)
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
     for k, (key, arms) in enumerate(others.items()):
         pts = []
@@ -143,7 +207,8 @@ def _dice_vs_labeled(spec: StudySpec, results: list[RunResult], axis: str, path:
             pts.sort()
             x, m, sd = map(np.asarray, zip(*pts))
             label = ", ".join(v for _, v in key) or "all"
-            ax.errorbar(x, m, yerr=sd, marker="o", capsize=3, color=f"C{k % 10}", label=label)
+            colour = colours[arms[0].name] if same else f"C{k % 10}"
+            ax.errorbar(x, m, yerr=sd, marker="o", capsize=3, color=colour, label=label)
     ax.set(xlabel="labeled subjects (data.labeled)", ylabel="test mean Dice (mean ± std over seeds)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)

@@ -1,10 +1,11 @@
 """A study's summary: mean ± std over seeds per arm and class, paired differences to the reference arm,
-selection by validation, written as ``study.json`` and ``study.md``."""
+selection by validation, written as ``study.json``, ``study.md`` and ``study.html``."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ def summarise(
         "study": spec.name,
         "description": spec.description,
         "source": spec.source,
+        "overrides": list(spec.overrides),
         "base": spec.base,
         "seeds": list(spec.seeds),
         "axes": {a: list(v) for a, v in spec.axes.items()},
@@ -128,7 +130,7 @@ def _pm(e: dict[str, float], digits: int = 4) -> str:
 def _tables(s: dict[str, Any]) -> list[str]:
     axes = list(s["axes"])
     arms = [a for a in s["arms"] if a["n_runs"]]
-    classes = list(arms[0]["classes"]) if arms else []
+    classes = list(dict.fromkeys(c for a in arms for c in a["classes"]))  # datasets may name different classes
     head = ["arm", *axes, "runs", *(f"Dice {c}" for c in classes), "Dice mean", "HD95", "ASD", "val Dice"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in s["arms"]:
@@ -196,6 +198,8 @@ def _markdown(s: dict[str, Any], figures: list[str]) -> str:
         out.append("")
     out += ["Per-seed numbers: [results.csv](results.csv) (one row per run and class), [per_case.csv](per_case.csv) "
             "(every test case of every run); each run folder is `runs/<arm>/seed<k>/`.", ""]  # fmt: skip
+    if s.get("qualitative"):
+        out += [f"Qualitative panels ({s['qualitative']['rule']}):", ""]
     out += [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(out) + "\n"
 
@@ -211,8 +215,29 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def write_report(summary: dict[str, Any], out: Path, figures: list[str]) -> None:
-    """``study.json`` and ``study.md`` in ``out``."""
+def write_report(
+    summary: dict[str, Any],
+    out: Path,
+    figures: list[str],
+    results: Sequence[RunResult] = (),
+    panels: Sequence[dict[str, Any]] = (),
+) -> None:
+    """``study.json``, ``study.md`` and ``study.html`` in ``out``.
+
+    Args:
+        summary: :func:`summarise`'s result (plus ``wall_seconds``).
+        out: the study folder.
+        figures: the figures' file names in ``out``.
+        results: the finished runs (the HTML page's per-run and per-case tables).
+        panels: the qualitative panels (:func:`arco.study.qualitative.write_qualitative`).
+    """
+    from arco.study.html import study_page
+    from arco.study.qualitative import RULE
+
+    figures = [*figures, *(p["file"] for p in panels)]
     summary = {**summary, "figures": figures}
+    if panels:
+        summary["qualitative"] = {"rule": RULE, "panels": list(panels)}
     atomic_write_text(out / "study.json", json.dumps(_plain(summary), indent=2, default=str) + "\n")
     atomic_write_text(out / "study.md", _markdown(summary, figures))
+    study_page(summary, out, figures, results, panels, RULE).write(out / "study.html")

@@ -2,7 +2,7 @@
 
 Outputs in the study folder ``DIR``: ``runs/<arm>/seed<k>/`` (ordinary run folders; shared stages are links into
 ``shared/``), ``logs/`` (one log per job), ``plan.json``, ``results.csv``, ``per_case.csv``, ``study.json``,
-``study.md`` and the figures.
+``study.md``, ``study.html`` and the figures (with the qualitative panel).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from arco.study.collect import RunResult, collect_run, write_per_case, write_res
 from arco.study.figures import write_figures
 from arco.study.launch import SlurmOptions, check_slurm, run_inline, run_local, run_slurm, visible_gpus
 from arco.study.plan import Plan, job_done, make_plan
+from arco.study.qualitative import write_qualitative
 from arco.study.report import summarise, write_report
 from arco.study.spec import RunSpec, StudySpec, check_methods, expand, load_study
 
@@ -188,7 +189,8 @@ def run_study(
         write_results(results, list(spec.axes), out / "results.csv")
         write_per_case(results, list(spec.axes), out / "per_case.csv")
         figures = write_figures(spec, results, out)
+        panels = write_qualitative(spec, results, out) if results else []
         summary = summarise(spec, results, len(plan.runs), failed, fast)
         summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        write_report(summary, out, figures)
+        write_report(summary, out, figures, results, panels)
     return summary
