@@ -29,14 +29,16 @@ def run(args: argparse.Namespace) -> int:
 
     src = Path(args.run_dir)
     if not src.exists():
-        raise FileNotFoundError(f"no training log: {src} {path_problem(src)}; give a run folder written by `arco train`")
+        fix = "give a run folder written by `arco train`"
+        raise FileNotFoundError(f"no training log: {src} {path_problem(src)}; {fix}")
     if src.is_file():
         logs = [src]
     else:
         logs = [src / "log.csv"] if (src / "log.csv").is_file() else sorted(src.glob("*/log.csv"))
     if not logs:
         where = src / "log.csv"
-        raise FileNotFoundError(f"no training log: {where} {path_problem(where)}; give a run folder written by `arco train`")
+        fix = "give a run folder written by `arco train`"
+        raise FileNotFoundError(f"no training log: {where} {path_problem(where)}; {fix}")
     for log in logs:  # a binary or non-UTF-8 log is named
         read_text(log, "training log", DataError, "give the log.csv that `arco train` wrote")
     out = Path(args.out) if args.out else (src.parent if src.is_file() else src) / "curves.png"

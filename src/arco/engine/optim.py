@@ -13,7 +13,6 @@ parameters), else the multi-tensor ``foreach`` one; never the per-parameter Pyth
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import torch
