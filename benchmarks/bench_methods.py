@@ -125,7 +125,7 @@ def measure(name: str, size: int, batch: int, iters: int, warmup: int, threads: 
     rss0 = _rss_kib("VmRSS") or 0
     method = build_method(cls.name, params, NUM_CLASSES, 2, model)
     method.setup(dev, 0, warmup + iters)
-    method.train(True)
+    method.set_training(True)
     opt = Optimizers(method.param_groups(), OptimConfig(), 0.01)
     scaler = torch.amp.GradScaler(dev.type, enabled=False)
 

@@ -61,14 +61,14 @@ def build(name: str, spatial_dims: int = 2, total_steps: int = 100, **params):
     torch.manual_seed(0)
     m = build_method(name, get_method(name).config_class(**params), NUM_CLASSES, spatial_dims, model)
     m.setup(torch.device("cpu"), 0, total_steps)
-    m.train(True)
+    m.set_training(True)
     return m
 
 
 def install(method, name: str, module: nn.Module) -> nn.Module:
-    """Replace the method's module ``name`` (its attribute of the same name too) by ``module``."""
-    method._modules[name] = module
-    setattr(method, name, module)
+    """Replace the method's component ``name`` (what ``method.<name>`` returns too) by ``module``."""
+    method._components[name] = module
+    method._calls[name] = module
     if name in dict(method.ema_pairs):
         module.requires_grad_(False).eval()
     return module
@@ -165,7 +165,7 @@ def cli_smoke(
 
 
 def _states(method) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v for n, m in method.modules().items() for k, v in m.state_dict().items()}
+    return {f"{n}.{k}": v for n, m in method.components().items() for k, v in m.state_dict().items()}
 
 
 def assert_resume_identical(tmp_path: Path, name: str, iterations: int = 4, stop_at: int = 2) -> None:

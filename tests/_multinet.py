@@ -107,7 +107,7 @@ def cli_train_and_evaluate(tmp_path, name: str, dims: int = 2, sets: tuple[str, 
 
 
 def _states(method) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v for n, m in method.modules().items() for k, v in m.state_dict().items()}
+    return {f"{n}.{k}": v for n, m in method.components().items() for k, v in m.state_dict().items()}
 
 
 def assert_resume_bit_identical(tmp_path, name: str, dims: int = 2, iterations: int = 4) -> None:

@@ -204,11 +204,11 @@ class MeanConsistency(MethodBase):
     description = "test plug-in: supervised + consistency between two noisy views"
     paper = "(a user's own method)"
     loss_names = ("loss_sup", "loss_cons")
-    init_modules = ("student",)
+    init_components = ("student",)
 
     def __init__(self, cfg, num_classes, spatial_dims, model):
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         self.sup = SupervisedLoss()
 
     def training_step(self, batch, step):

@@ -43,7 +43,7 @@ def test_stage_3d_learns(tmp_path, name):
 
 
 def _states(method) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v for n, m in method.modules().items() for k, v in m.state_dict().items()}
+    return {f"{n}.{k}": v for n, m in method.components().items() for k, v in m.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", ["arco-pretrain", "arco-finetune"])
@@ -92,10 +92,10 @@ def test_stage2_initialises_declared_modules_from_stage1(tmp_path):
         lr=1e-12,
         optim=OptimConfig(momentum=0.0, weight_decay=0.0),
     )
-    w_pre = pre.modules()["projector"].state_dict()["0.weight"]
-    assert torch.allclose(fine.modules()["projector"].state_dict()["0.weight"], w_pre)
+    w_pre = pre.components()["projector"].state_dict()["0.weight"]
+    assert torch.allclose(fine.components()["projector"].state_dict()["0.weight"], w_pre)
     # The stage-1-only local projector is not part of stage 2; stage 2's own heads start fresh.
-    assert "local_projector" not in fine.modules()
+    assert "local_projector" not in fine.components()
 
 
 def test_lr_schedules():

@@ -75,7 +75,7 @@ def test_step_weights_supervised_pseudo_label_and_contrast_terms():
         "action-finetune", params_for("action-finetune", cutmix_p=0.0), 3, 2, ModelConfig(dim=8, hidden_dim=8)
     )
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     g = torch.Generator().manual_seed(1)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),
               torch.randn(2, 1, 32, 32, generator=g))  # fmt: skip
@@ -87,8 +87,8 @@ def test_step_weights_supervised_pseudo_label_and_contrast_terms():
     def teacher(_m, _i, out) -> None:
         seen.setdefault("teacher", out.logits.detach())
 
-    m.modules()["student"].register_forward_hook(student)
-    m.modules()["teacher"].register_forward_hook(teacher)
+    m.components()["student"].register_forward_hook(student)
+    m.components()["teacher"].register_forward_hook(teacher)
     out = m.training_step(b, 0)
     logits = seen["logits"]
     conf, pseudo = seen["teacher"].softmax(1).max(1)  # no CutMix: the strong view keeps the teacher's labels
@@ -108,7 +108,7 @@ def test_resume_is_bit_identical(tmp_path):
     run_method(tmp_path / "cut", "action-finetune", data, 4, engine=eng, stop_at=2)
     resumed, _ = run_method(tmp_path / "cut", "action-finetune", data, 4, engine=eng, resume=True)
     for name in ("student", "teacher", "rep_head"):
-        a, b = full.modules()[name].state_dict(), resumed.modules()[name].state_dict()
+        a, b = full.components()[name].state_dict(), resumed.components()[name].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 

@@ -136,10 +136,10 @@ def test_pseudo_labels_keep_the_largest_blob():
 def test_selftrain_starts_with_the_teacher_equal_to_the_student():
     m = build("bcp-selftrain")
     with torch.no_grad():
-        for p in m.modules()["student"].parameters():
+        for p in m.components()["student"].parameters():
             p.mul_(1.5)  # as if initialised from bcp-pretrain's checkpoint
     m.training_step(batch(bl=2, bu=2, size=32), 0)
-    t, s = dict(m.modules()["teacher"].named_parameters()), dict(m.modules()["student"].named_parameters())
+    t, s = dict(m.components()["teacher"].named_parameters()), dict(m.components()["student"].named_parameters())
     assert all(torch.equal(t[k], s[k]) for k in t)
 
 

@@ -51,9 +51,9 @@ def _step(step: int = 30, total: int = 100, **over):
     torch.manual_seed(0)
     m = build_method("cct", CCTConfig(**over), 3, 2, ModelConfig(arch="unet"))
     m.setup(torch.device("cpu"), 0, total)
-    m.train(True)
+    m.set_training(True)
     main = Capture(m.student.out_conv)
-    aux = [Capture(d) for d in m.aux]
+    aux = [Capture(d) for d in m.aux_decoders]
     g = torch.Generator().manual_seed(2)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),
               torch.randn(2, 1, 32, 32, generator=g))  # fmt: skip
@@ -70,7 +70,7 @@ def test_objective_value_and_main_decoder_as_a_detached_target():
     w = 0.1 * sigmoid_ramp(30, 100, 1.0)
     expected = sup + w * cons
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    params = [p for n in ("student", "aux_decoders") for p in m.modules()[n].parameters()]
+    params = [p for n in ("student", "aux_decoders") for p in m.components()[n].parameters()]
     assert_same_gradients(out.loss, expected, params)
     # the consistency reaches the encoder and the auxiliary decoders, never the main decoder
     main_params = list(m.student.decoder.parameters()) + list(m.student.out_conv.parameters())

@@ -38,7 +38,7 @@ def test_objective_is_supervision_plus_each_network_on_the_others_argmax():
     label = torch.randint(0, 3, (2, 2, 3), generator=g)
     batch = Batch(torch.zeros(2, 1, 2, 3), label, torch.zeros(2, 1, 2, 3))
     m = _method()
-    m.student, m.student2 = Fixed(l1), Fixed(l2)
+    m.bind_replicas({"student": Fixed(l1), "student2": Fixed(l2)})  # the method calls these in place of its networks
     out = m.training_step(batch, 50)
     w = 0.1 * sigmoid_ramp(50, 100, 1.0)
     assert w == pytest.approx(0.1 * math.exp(-1.25))
@@ -57,7 +57,7 @@ def test_initialisation_follows_ssl4mis_per_dimension(dims, init):
     torch.manual_seed(0)
     m = build_method("cps", CPSConfig(), 2, dims, model)
     assert m.cfg.init == init
-    a, b = m.modules()["student"], m.modules()["student2"]
+    a, b = m.components()["student"], m.components()["student2"]
     assert not torch.equal(next(a.parameters()), next(b.parameters()))  # differently initialised
     if dims == 3:
         conv = nn.Conv3d

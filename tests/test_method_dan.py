@@ -21,7 +21,7 @@ def build(name: str = "dan", spatial_dims: int = 2, total: int = 100, **over):
     torch.manual_seed(0)
     m = build_method(name, params_for(name, **over), 3, spatial_dims, model)
     m.setup(torch.device("cpu"), 0, total)
-    m.train(True)
+    m.set_training(True)
     return m
 
 
@@ -51,7 +51,7 @@ def _capture_logits(m):
     def hook(_m, _i, out) -> None:
         seen.setdefault("logits", out.logits)
 
-    m.modules()["student"].register_forward_hook(hook)
+    m.components()["student"].register_forward_hook(hook)
     return seen
 
 
@@ -59,7 +59,7 @@ def _capture_logits(m):
 def test_loss_is_sup_plus_ramped_adversarial_plus_discriminator(spatial_dims):
     step, total = 30, 100
     m = build(spatial_dims=spatial_dims, total=total)
-    disc = m.modules()["discriminator"]
+    disc = m.components()["discriminator"]
     disc.dropout.p = 0.0  # D's train and eval passes then agree, so the formula below is exact
     b = batch(spatial_dims)
     seen = _capture_logits(m)
@@ -81,7 +81,7 @@ def test_loss_is_sup_plus_ramped_adversarial_plus_discriminator(spatial_dims):
 
 def test_one_backward_trains_each_network_only_by_its_own_term():
     m = build()
-    disc, student = m.modules()["discriminator"], m.modules()["student"]
+    disc, student = m.components()["discriminator"], m.components()["student"]
     disc.dropout.p = 0.0
     b = batch()
     seen = _capture_logits(m)
@@ -126,7 +126,7 @@ def test_resume_is_bit_identical_with_the_discriminator_and_its_adam_state(tmp_p
     assert {"student", "discriminator"} <= set(state["modules"]) and state["optimizers"]["adam"]["state"]
     resumed, _ = run_method(tmp_path / "cut", "dan", data, 4, engine=eng, resume=True)
     for name in ("student", "discriminator"):
-        a, b = full.modules()[name].state_dict(), resumed.modules()[name].state_dict()
+        a, b = full.components()[name].state_dict(), resumed.components()[name].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 

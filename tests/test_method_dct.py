@@ -39,7 +39,7 @@ def test_objective_adversarial_views_and_gradients():
     torch.manual_seed(0)
     m = build_method("dct", DCTConfig(), 3, 2, ModelConfig(arch="unet"))
     m.setup(torch.device("cpu"), 0, 600)
-    m.train(True)
+    m.set_training(True)
     c1, c2 = Capture(m.student), Capture(m.student2)
     g = torch.Generator().manual_seed(6)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),
@@ -62,7 +62,7 @@ def test_objective_adversarial_views_and_gradients():
     ramp = sigmoid_ramp(40, 600, 80 / 600)
     expected = sup + 10 * ramp * cot + 0.5 * ramp * dif
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    params = [p for n in ("student", "student2") for p in m.modules()[n].parameters()]
+    params = [p for n in ("student", "student2") for p in m.components()[n].parameters()]
     assert_same_gradients(out.loss, expected, params, atol=1e-5)
 
 

@@ -22,7 +22,7 @@ def build(name: str, spatial_dims: int = 2, total: int = 100, **over):
     torch.manual_seed(0)
     m = build_method(name, params_for(name, **over), 3, spatial_dims, model)
     m.setup(torch.device("cpu"), 0, total)
-    m.train(True)
+    m.set_training(True)
     return m
 
 
@@ -46,8 +46,8 @@ def capture(m) -> dict:
     def sdf(_m, _i, out) -> None:
         seen.setdefault("sdf", out.detach())
 
-    m.modules()["student"].register_forward_hook(seg)
-    m.modules()["sdf_head"].register_forward_hook(sdf)
+    m.components()["student"].register_forward_hook(seg)
+    m.components()["sdf_head"].register_forward_hook(sdf)
     return seen
 
 
@@ -88,7 +88,7 @@ def test_binary_case_is_dtcs_sigmoid_head():
     logits = torch.randn(2, 2, 8, 8)
     assert torch.allclose(logits.softmax(1)[:, 1], torch.sigmoid(logits[:, 1] - logits[:, 0]), atol=1e-6)
     m = build("dtc")
-    assert m.modules()["sdf_head"].conv.out_channels == 2 and m.modules()["sdf_head"].conv.kernel_size == (3, 3)
+    assert m.components()["sdf_head"].conv.out_channels == 2 and m.components()["sdf_head"].conv.kernel_size == (3, 3)
 
 
 def test_resume_is_bit_identical_with_the_sdf_head(tmp_path):
@@ -99,7 +99,7 @@ def test_resume_is_bit_identical_with_the_sdf_head(tmp_path):
     assert "sdf_head" in load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["modules"]
     resumed, _ = run_method(tmp_path / "cut", "dtc", data, 4, engine=eng, resume=True)
     for name in ("student", "sdf_head"):
-        a, b = full.modules()[name].state_dict(), resumed.modules()[name].state_dict()
+        a, b = full.components()[name].state_dict(), resumed.components()[name].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 

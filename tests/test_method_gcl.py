@@ -19,7 +19,7 @@ def build(name: str, **over):
     torch.manual_seed(0)
     m = build_method(name, params_for(name, **over), 3, 2, ModelConfig(dim=8, hidden_dim=8))
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     return m
 
 
@@ -134,7 +134,7 @@ def test_slice_positions_travel_from_the_dataset_to_the_batch(tmp_path):
 
 
 def _params(m, prefix):
-    return {k: v.detach().clone() for k, v in m.modules()["student"].named_parameters() if k.startswith(prefix)}
+    return {k: v.detach().clone() for k, v in m.components()["student"].named_parameters() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_resume_is_bit_identical_with_the_heads(tmp_path, name):
     head = "global_head" if name == "gcl-global" else "local_head"
     assert head in load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["modules"]
     for mod in ("student", head):
-        a, b = full.modules()[mod].state_dict(), resumed.modules()[mod].state_dict()
+        a, b = full.components()[mod].state_dict(), resumed.components()[mod].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), mod
 
 

@@ -57,7 +57,7 @@ def test_teacher_sees_clamped_gaussian_noise_and_the_student_the_clean_image():
 @pytest.mark.parametrize(("step", "momentum"), [(0, 0.0), (3, 0.75), (500, 0.99)])
 def test_ema_uses_the_true_average_until_it_reaches_the_momentum(step, momentum):
     m = build("mean-teacher")
-    teacher, student = m.modules()["teacher"], m.modules()["student"]
+    teacher, student = m.components()["teacher"], m.components()["student"]
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.5)
@@ -72,11 +72,11 @@ def test_ema_uses_the_true_average_until_it_reaches_the_momentum(step, momentum)
 def test_stage_start_copies_the_student_into_the_teacher():
     m = build("mean-teacher")
     with torch.no_grad():
-        for p in m.modules()["student"].parameters():
+        for p in m.components()["student"].parameters():
             p.mul_(1.5)  # as if a previous stage had initialised the student only
     m.training_step(batch(size=32), 0)
     # parameters, not BN buffers: the student's forward after the copy updates its running statistics
-    t, s = dict(m.modules()["teacher"].named_parameters()), dict(m.modules()["student"].named_parameters())
+    t, s = dict(m.components()["teacher"].named_parameters()), dict(m.components()["student"].named_parameters())
     assert all(torch.equal(t[k], s[k]) for k in t)
 
 

@@ -21,7 +21,7 @@ from test_method_dtc import blob_batch, build, capture, fg_dice, sdf_targets
 def test_loss_is_dice_plus_sdf_regression_plus_ramped_adversarial_plus_discriminator(spatial_dims):
     step, total = 60, 100
     m = build("sassnet", spatial_dims, total)
-    disc = m.modules()["discriminator"]
+    disc = m.components()["discriminator"]
     disc.dropout.p = 0.0  # D's eval (generator) and train (own loss) passes then agree
     b = blob_batch(spatial_dims)
     seen = capture(m)
@@ -44,7 +44,7 @@ def test_loss_is_dice_plus_sdf_regression_plus_ramped_adversarial_plus_discrimin
 
 def test_adversary_trains_the_sdf_head_and_never_itself_through_the_generator_term():
     m = build("sassnet")
-    disc, head = m.modules()["discriminator"], m.modules()["sdf_head"]
+    disc, head = m.components()["discriminator"], m.components()["sdf_head"]
     disc.dropout.p = 0.0
     b = blob_batch()
     seen = capture(m)
@@ -58,8 +58,8 @@ def test_adversary_trains_the_sdf_head_and_never_itself_through_the_generator_te
         torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-8)
     # Without the adversarial term the SDF head's gradient changes: the shape-aware adversary reaches it.
     m3 = build("sassnet", adv_weight=0.0)
-    m3.modules()["discriminator"].dropout.p = 0.0
-    g_head0 = torch.autograd.grad(m3.training_step(b, 99).loss, list(m3.modules()["sdf_head"].parameters()))
+    m3.components()["discriminator"].dropout.p = 0.0
+    g_head0 = torch.autograd.grad(m3.training_step(b, 99).loss, list(m3.components()["sdf_head"].parameters()))
     assert not all(torch.allclose(a, c) for a, c in zip(g_head, g_head0))
 
 
@@ -72,7 +72,7 @@ def test_resume_is_bit_identical_with_head_discriminator_and_adam_state(tmp_path
     assert {"student", "sdf_head", "discriminator"} <= set(state["modules"]) and state["optimizers"]["adam"]["state"]
     resumed, _ = run_method(tmp_path / "cut", "sassnet", data, 4, engine=eng, resume=True)
     for name in ("student", "sdf_head", "discriminator"):
-        a, b = full.modules()[name].state_dict(), resumed.modules()[name].state_dict()
+        a, b = full.components()[name].state_dict(), resumed.components()[name].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 

@@ -121,7 +121,7 @@ def test_step_composition_and_defaults_per_dimension():
     m3 = build_method("ss-net", SSNetConfig(), 2, 3, ModelConfig(arch="vnet", n_filters=4))
     assert (m3.cfg.consistency, m3.cfg.rampup, m3.cfg.epsilon) == (1.0, 0.4, 10.0)
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     cap = Capture(m.student)
     g = torch.Generator().manual_seed(5)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),

@@ -49,7 +49,7 @@ def test_threshold_ramps_from_three_quarters_of_ln_c_to_ln_c():
 
 def test_uncertainty_is_one_batched_mc_dropout_pass_with_eval_batch_norm():
     m = build("ua-mt", noise_std=0.0)
-    teacher = m.modules()["teacher"]
+    teacher = m.components()["teacher"]
     calls = []
     teacher.register_forward_hook(lambda mod, inp, out: calls.append(out.logits.detach()))
     running = {k: v.clone() for k, v in teacher.state_dict().items()}

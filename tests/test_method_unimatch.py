@@ -106,7 +106,7 @@ def test_student_returns_to_training_mode_after_the_eval_pass():
 
     m = build("unimatch")
     m.training_step(batch(size=32), 0)
-    assert m.modules()["student"].training
+    assert m.components()["student"].training
 
 
 def test_cli_trains_and_evaluates(tmp_path):

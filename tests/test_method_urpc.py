@@ -64,7 +64,7 @@ def test_objective_on_the_pyramid_outputs(dims):
     model = ModelConfig(arch="unet" if dims == 2 else "vnet", n_filters=4)
     m = build_method("urpc", URPCConfig(), 3, dims, model)
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     assert m.cfg.rampup == (1.0 if dims == 2 else 2.0)  # SSL4MIS: 200 / 400 epochs of 150 iterations over 30k
     kernel = m.pyramid.heads[0].kernel_size[0]
     assert kernel == (3 if dims == 2 else 1) and m.pyramid.mode == ("nearest" if dims == 2 else "trilinear")
@@ -80,7 +80,7 @@ def test_objective_on_the_pyramid_outputs(dims):
     w = 0.1 * sigmoid_ramp(40, 100, m.cfg.rampup)
     expected = sup + w * _ssl4mis([o[2:] for o in outputs])
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    params = [p for n in ("student", "pyramid") for p in m.modules()[n].parameters()]
+    params = [p for n in ("student", "pyramid") for p in m.components()[n].parameters()]
     assert_same_gradients(out.loss, expected, params)
 
 

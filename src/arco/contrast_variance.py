@@ -94,7 +94,7 @@ def load_run(checkpoint: str | os.PathLike, device: str = "cpu", data_root: str 
         )
     method.setup(resolve_device(device), cfg.engine.seed, stage.schedule.iterations)
     load_modules(method, state["modules"], None, path)
-    method.train(True)
+    method.set_training(True)
     return LoadedRun(cfg, stage, method, data, path, int(state.get("iteration", stage.schedule.iterations)))
 
 

@@ -58,7 +58,7 @@ class StageConfig:
         schedule: this stage's schedule (the run's ``schedule`` with this stage's overrides).
         params: the method's config dataclass.
         init: where the stage's initial weights come from: ``previous`` (the stage before it, if any, loading the
-            method's ``init_modules``), ``none`` (fresh weights), another stage's name, or a checkpoint path.
+            method's ``init_components``), ``none`` (fresh weights), another stage's name, or a checkpoint path.
         init_checkpoint: which checkpoint of an earlier stage: ``last`` (the reference code) or ``best`` (on val).
     """
 

@@ -75,7 +75,7 @@ class StageSpec:
     Attributes:
         name: stage name (folder and ``stage`` column of the log).
         schedule: iterations, batch sizes, learning-rate schedule.
-        init_from: checkpoint whose modules (those in the method's ``init_modules``) initialise the method when
+        init_from: checkpoint whose components (those in the method's ``init_components``) initialise the method when
             not resuming.
         stop_at: stop after this iteration as if interrupted (tests of resume).
     """
@@ -138,17 +138,11 @@ class _Trainer:
         """After the weights are restored: channels-last, compile, and the DDP wrapping under torch.distributed."""
         dims = int(self.data.spatial_dims)
         if self.channels_last:
-            perf.channels_last(self.method.modules(), dims)
+            perf.channels_last(self.method.components(), dims)
             perf.match_layouts(self.optimizers.optimizers)
         if self.engine.compile:
-            name = self.method.predict_module
-            perf.compile_forward(self.method.modules()[name], name)
+            perf.compile_forward(self.method.segmentation_network(), self.method.segmenter)
         if self.world > 1:
-            if not hasattr(self.method, "wrap_trainable"):
-                raise ArcoError(
-                    f"method {self.method.name!r} does not derive from arco.methods.base.MethodBase, which the engine "
-                    "needs to wrap its trainable modules for DDP; train it on one process"
-                )
             self.replicas = Replicas(self.method, self.device, self.engine.sync_bn)
 
     def restore(self, resume: bool) -> int:
@@ -168,7 +162,7 @@ class _Trainer:
             f"{self.run_dir / 'config.yaml'}, or train into another --out"))  # fmt: skip
         self.method.setup(self.device, self.seed, self.schedule.iterations)
         own = own_random_state(state, self.rank, self.world, self.last_path)
-        self.method.load_state_dict(own["method_state"])
+        self.method.load_method_state(own["method_state"])
         self.optimizers.load_state_dict(state["optimizers"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(own["rng"])
@@ -183,7 +177,7 @@ class _Trainer:
     def _initialise(self, src: Path) -> None:
         state = load_checkpoint(src, map_location="cpu")
         about = f"{src} is {describe_checkpoint(state)}"
-        wanted, predict = tuple(self.method.init_modules), self.method.predict_module
+        wanted, predict = tuple(self.method.init_components), self.method.segmenter
         loaded = load_modules(self.method, state.get("modules", {}), wanted, src, fix=(
             f"{about}, trained with other model settings; initialise {self.stage.name} from a checkpoint "
             "with the same model.* settings and data dimensions"))  # fmt: skip
@@ -198,8 +192,8 @@ class _Trainer:
 
     # --------------------------------------------------------------------------------------- checkpoints
     def _state(self, iteration: int) -> dict[str, Any]:
-        spec = self.method.predictor_spec
-        weights = {k: v.detach().cpu() for k, v in self.method.predictor().state_dict().items()}
+        spec = self.method.segmentation_spec()
+        weights = {k: v.detach().cpu() for k, v in self.method.segmentation_network().state_dict().items()}
         return {
             "stage": self.stage.name,
             "method": self.method.name,
@@ -220,7 +214,7 @@ class _Trainer:
     def save_last(self, iteration: int) -> None:
         """Every rank calls it (the ranks' random states are gathered); rank 0 writes ``last.pt``."""
         self._check_finite(iteration, self.last_path)
-        own = {"method_state": self.method.state_dict(), "rng": rng_state()}
+        own = {"method_state": self.method.method_state(), "rng": rng_state()}
         ranks = dist.gather_objects(own)
         if not self.main:
             return
@@ -291,7 +285,7 @@ class _Trainer:
         p = self.progress
         local = {k: v.double() / p.count for k, v in p.sums.items()}
         local.update({k: v.double() for k, v in p.maxima.items()})
-        check = dist.state_checksum(self.method.modules()) if self.world > 1 else torch.zeros(())
+        check = dist.state_checksum(self.method.components()) if self.world > 1 else torch.zeros(())
         means = dist.reduce_logs(local, check.to(self.device), self.stage.name)
         if not all(math.isfinite(v) for v in means.values()):
             raise ArcoError(
@@ -328,7 +322,7 @@ class _Trainer:
 
         d = self.data
         result = evaluate_model(
-            self.method.predictor(),
+            self.method.segmentation_network(),
             d.val,
             d.num_classes,
             d.spatial_dims,
@@ -339,7 +333,7 @@ class _Trainer:
             overlays=0,
             batch_size=self.engine.val_batch,
         )
-        self.method.train(True)
+        self.method.set_training(True)
         return float(result.summary["mean"]["dice"])
 
     def run(self, start: int) -> int:
@@ -361,7 +355,7 @@ class _Trainer:
         log = RunLogger(self.run_dir, log_columns(self.names), start if start > 0 else None) if self.main else None
         bar = _progress_bar(eng.progress and self.main, sched.iterations, start, self.stage.name)
         self.progress.last_logged = it = start
-        self.method.train(True)
+        self.method.set_training(True)
         try:
             for batch in stream:
                 self.step(batch, it)

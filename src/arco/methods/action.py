@@ -171,17 +171,17 @@ class ActionFinetuneMethod(MethodBase):
     paper = _PAPER
     loss_names = ("loss_sup", "loss_unsup", "loss_contrast")
     metric_names = ("confident",)
-    init_modules = ("student", "teacher")
-    predict_module = "student"
+    init_components = ("student", "teacher")
+    segmenter = "student"
     needs_unlabeled = True
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: ActionFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
-        self.teacher = self.add_teacher("teacher", "student")
+        self.add_backbone("student")
+        self.add_teacher("teacher", "student")
         head = RepresentationHead(self.student.feature_channels, model.dim, spatial_dims)
-        self.rep_head = self.add_module("rep_head", head)
+        self.add_component("rep_head", head)
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:

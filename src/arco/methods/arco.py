@@ -17,7 +17,7 @@ term ``λ_eqv·L_eqv`` that the paper does not mention (off by default).
   pixels); ``L_nn``: nearest neighbours of the student's global embedding in a bank of 36 teacher embeddings.
 
 Both stages keep EMA teachers (in eval mode). Module names are shared between the stages (``student``,
-``teacher``, ``projector``, ``predictor``, ``teacher_projector``) so stage 2 starts from stage 1's weights.
+``teacher``, ``projector``, ``global_predictor``, ``teacher_projector``) so stage 2 starts from stage 1's weights.
 """
 
 from __future__ import annotations
@@ -202,18 +202,16 @@ class ArcoFinetuneMethod(ArcoBase):
     paper = PAPER
     loss_names = ("loss_sup", "loss_contrast", "loss_unsup", "loss_nn", "loss_eqv")
     metric_names = ("confident",)
-    init_modules = SHARED
+    init_components = SHARED
 
     def __init__(self, cfg: ArcoFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         channels = [self.student.bottleneck_channels, *self.student.feature_channels]
-        self.rep_head = self.add_module("rep_head", FusedRepresentation(channels, model.dim, spatial_dims))
-        self.teacher_rep_head = self.add_teacher("teacher_rep_head", "rep_head")
-        self.rep_pair = self.add_module("rep_pair", LinearPair(model.dim))
-        self.contrast = self.add_module("contrast", self._build_contrast(cfg, num_classes, model.dim), "state")
-        self.nn_loss = self.add_module(
-            "nn_loss", NearestNeighbourLoss(model.dim, bank_size=cfg.nn_bank, k=cfg.nn_k), "state"
-        )
+        self.add_component("rep_head", FusedRepresentation(channels, model.dim, spatial_dims))
+        self.add_teacher("teacher_rep_head", "rep_head")
+        self.add_component("rep_pair", LinearPair(model.dim))
+        self.add_component("contrast", self._build_contrast(cfg, num_classes, model.dim), "state")
+        self.add_component("nn_loss", NearestNeighbourLoss(model.dim, bank_size=cfg.nn_bank, k=cfg.nn_k), "state")
         self._pending: torch.Tensor | None = None
 
     @staticmethod

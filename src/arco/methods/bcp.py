@@ -176,14 +176,14 @@ class BCPPretrainMethod(MethodBase):
     description = "BCP stage 1: supervised copy-paste between labeled images (labeled data only)"
     paper = _PAPER
     loss_names = ("loss_mix",)
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     needs_unlabeled = False
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: BCPPretrainConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         n = batch.image_l.shape[0] // 2
@@ -211,14 +211,14 @@ class BCPMethod(MethodBase):
     description = "BCP stage 2: bidirectional labeled<->unlabeled copy-paste with EMA-teacher pseudo-labels"
     paper = _PAPER
     loss_names = ("loss_mix_u", "loss_mix_l")
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: BCPConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
-        self.teacher = self.add_teacher("teacher", "student")
+        self.add_backbone("student")
+        self.add_teacher("teacher", "student")
 
     @torch.no_grad()
     def pseudo_labels(self, image_u: torch.Tensor) -> torch.Tensor:

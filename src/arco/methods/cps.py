@@ -89,15 +89,15 @@ class CPSMethod(MethodBase):
     description = "cross pseudo supervision: two differently initialised networks teach each other hard labels"
     paper = "Chen et al., Semi-Supervised Semantic Segmentation with Cross Pseudo Supervision, CVPR 2021"
     loss_names = ("loss_sup", "loss_cps")
-    init_modules = ("student", "student2")
-    predict_module = "student"
+    init_components = ("student", "student2")
+    segmenter = "student"
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: CPSConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         self.cfg = cfg = with_dim_defaults(cfg, spatial_dims, DIM_DEFAULTS)
-        self.student = self.add_backbone("student")
-        self.student2 = self.add_backbone("student2")
+        self.add_backbone("student")
+        self.add_backbone("student2")
         if cfg.init == "kaiming-xavier":
             init_weights(self.student, "kaiming")
             init_weights(self.student2, "xavier")

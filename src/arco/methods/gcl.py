@@ -182,17 +182,17 @@ class GclGlobalMethod(MethodBase):
     paper = _PAPER
     loss_names = ("loss_global",)
     metric_names = ("positives",)
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     needs_unlabeled = True
     spatial_dims = (2,)
 
     def __init__(self, cfg: GclGlobalConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         _freeze(self.student.decoder, self.student.out_conv)  # only the encoder is pre-trained here
         head = _GlobalHead(self.student.bottleneck_channels, cfg.head_grid, cfg.hidden_dim, cfg.embed_dim)
-        self.global_head = self.add_module("global_head", head)
+        self.add_component("global_head", head)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         cfg = self.cfg
@@ -216,18 +216,18 @@ class GclLocalMethod(MethodBase):
     description = "GCL stage 2: decoder pre-training by the local contrastive loss (L^R), encoder frozen"
     paper = _PAPER
     loss_names = ("loss_local",)
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     needs_unlabeled = True
     spatial_dims = (2,)
 
     def __init__(self, cfg: GclLocalConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         level = cfg.decoder_level
         _freeze(self.student.encoder, self.student.decoder[level + 1 :], self.student.out_conv)
         channels = self.student.feature_channels[level]
-        self.local_head = self.add_module("local_head", _LocalHead(channels, cfg.embed_dim))
+        self.add_component("local_head", _LocalHead(channels, cfg.embed_dim))
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         cfg, g = self.cfg, self.generator
@@ -251,7 +251,7 @@ class GclFinetuneMethod(SupervisedMethod):
     name = "gcl-finetune"
     description = "GCL stage 3: supervised fine-tuning from the contrastively pre-trained encoder and decoder"
     paper = _PAPER
-    init_modules = ("student",)
+    init_components = ("student",)
 
 
 register_recipe(

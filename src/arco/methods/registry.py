@@ -48,7 +48,7 @@ ENTRY_POINT_GROUP = "arco.methods"
 _METHODS: dict[str, type] = {}
 _RECIPES: dict[str, Recipe] = {}
 _entry_points_loaded = False
-_REQUIRED = ("name", "config_class", "description", "paper", "loss_names", "predict_module")
+_REQUIRED = ("name", "config_class", "description", "paper", "loss_names", "segmenter")
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,13 @@ class SupervisedMethod(MethodBase):
     description = "supervised baseline on the labeled cases only (UNet-L; UNet-F with every case labeled)"
     paper = "Ronneberger et al., U-Net, MICCAI 2015 (SSL4MIS training recipe)"
     loss_names = ("loss_sup",)
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     needs_unlabeled = False
 
     def __init__(self, cfg: SupervisedConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         self.sup = SupervisedLoss(weight=cfg.loss_weight)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
