@@ -155,11 +155,11 @@ def _fields(cls, prefix=""):
 
 def test_every_config_field_is_read():
     """Each field is read as ``<something>.<field>`` in library code outside its own dataclass definition."""
-    from arco.methods import method_names
+    from arco.methods import list_methods
 
     code = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
     fields = list(_fields(RunConfig)) + list(_fields(StageConfig)) + list(_fields(ScheduleConfig))
-    for name in method_names():
+    for name in list_methods(kind="method"):
         fields += list(_fields(get_method(name).config_class, f"{name}."))
     unread = [full for full, name in fields if not re.search(rf"\.{name}\b", code)]
     assert not unread, f"config fields nothing reads: {unread}"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from _tiny import params_for
 from arco._checks import ConfigError
-from arco.methods import Batch, Method, ModelConfig, build_method, get_method, get_recipe, method_names, recipe_names
+from arco.methods import Batch, Method, ModelConfig, build_method, get_method, get_recipe, list_methods
 
 
 def build(name: str, spatial_dims: int = 2, **over):
@@ -42,15 +42,15 @@ def sgd_step(m, b: Batch, it: int = 0, lr: float = 0.1):
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_registry_holds_the_built_in_methods_and_recipes():
-    assert {"supervised", "arco-pretrain", "arco-finetune"} <= set(method_names())
-    assert {"arco", "arco-ns", "arco-sag", "supervised"} <= set(recipe_names())
+    assert {"supervised", "arco-pretrain", "arco-finetune"} <= set(list_methods(kind="method"))
+    assert {"arco", "arco-ns", "arco-sag", "supervised"} <= set(list_methods())
     assert [s.method for s in get_recipe("arco").stages] == ["arco-pretrain", "arco-finetune"]
     assert dict(get_recipe("arco-ns").stages[1].params) == {"sampler": "ns"}
     with pytest.raises(ConfigError, match="did you mean 'supervised'"):
         get_method("supervise")
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", list_methods(kind="method"))
 def test_every_method_declares_what_the_engine_reads(name):
     cls = get_method(name)
     assert cls.description and cls.paper and cls.loss_names and cls.loss_names[0].startswith("loss")
@@ -63,7 +63,7 @@ def test_every_method_declares_what_the_engine_reads(name):
 
 # ------------------------------------------------------------------------------------- contract, every method
 # Every registered method in every dimension it declares (a 2D-only method has no 3D case to skip).
-_CASES = [(name, dims) for name in method_names() for dims in get_method(name).spatial_dims]
+_CASES = [(name, dims) for name in list_methods(kind="method") for dims in get_method(name).spatial_dims]
 
 
 @pytest.mark.parametrize(("name", "spatial_dims"), _CASES)
@@ -89,7 +89,7 @@ def test_one_step_finite_loss_gradients_and_frozen_teachers(name, spatial_dims):
         assert not m.components()[t].training, f"{t} must stay in eval mode"
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", list_methods(kind="method"))
 def test_generator_state_round_trip(name):
     m = build(name, get_method(name).spatial_dims[0])
     state = m.method_state()

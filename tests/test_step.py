@@ -13,7 +13,7 @@ from _tiny import MODEL2D, params_for, run_method, tiny_data
 from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, seed_everything
 from arco.engine.loop import _Trainer
 from arco.engine.optim import Optimizers, fast_kwargs
-from arco.methods import Batch, ModelConfig, build_method, get_method, method_names
+from arco.methods import Batch, ModelConfig, build_method, get_method, list_methods
 
 #: Methods whose step syncs with the host on purpose, with the reason (the CUDA test runs them without it).
 DOCUMENTED_SYNCS = {
@@ -54,7 +54,7 @@ def _batch(spatial_dims: int, b: int, pin: bool = False) -> Batch:
 
 
 def _cases() -> list[tuple[str, int]]:
-    return [(n, d) for n in method_names() for d in (2, 3) if d in get_method(n).spatial_dims]
+    return [(n, d) for n in list_methods(kind="method") for d in (2, 3) if d in get_method(n).spatial_dims]
 
 
 @pytest.mark.parametrize(("name", "spatial_dims"), _cases())

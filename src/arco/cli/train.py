@@ -68,27 +68,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def list_methods() -> str:
-    """One line per recipe (what ``--method`` trains), then the stage methods recipes are made of."""
+    """One line per entry of the method registry that ``--method`` trains, then the methods that serve only as
+    stages of the multi-stage recipes above them."""
     import textwrap
 
-    from arco.methods import get_method, get_recipe, method_names, recipe_names
+    from arco.methods import get_recipe, list_methods
 
-    in_recipes = {s.method for n in recipe_names() for s in get_recipe(n).stages if len(get_recipe(n).stages) > 1}
+    entries = [get_recipe(n) for n in list_methods()]
+    in_recipes = {s.method for e in entries if len(e.stages) > 1 for s in e.stages}
     lines = ["Methods (arco train --method NAME):"]
-    width = max(len(n) for n in recipe_names()) + 2
-    for name in recipe_names():
-        if name in in_recipes:
+    width = max(len(e.name) for e in entries) + 2
+    for e in entries:
+        if e.name in in_recipes:
             continue
-        r = get_recipe(name)
-        stages = " -> ".join(s.method for s in r.stages)
-        what = r.description if len(r.stages) == 1 else f"{r.description} [{stages}]"
-        lines.append(f"  {name:<{width}}{what}")
-        lines.append(textwrap.indent(textwrap.fill(r.paper, 100), " " * (width + 4)))
-    stage_only = [n for n in method_names() if n in in_recipes]
+        stages = " -> ".join(s.method for s in e.stages)
+        what = e.description if len(e.stages) == 1 else f"{e.description} [{stages}]"
+        lines.append(f"  {e.name:<{width}}{what}")
+        lines.append(textwrap.indent(textwrap.fill(e.paper, 100), " " * (width + 4)))
+    stage_only = [e for e in entries if e.name in in_recipes]
     if stage_only:
         lines.append("Stages of the multi-stage methods above (also trainable alone with --method):")
-        for name in stage_only:
-            lines.append(f"  {name:<{width}}{get_method(name).description}")
+        for e in stage_only:
+            lines.append(f"  {e.name:<{width}}{e.description}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from arco.augment import color_jitter, cutmix, gaussian_blur
 from arco.losses import SupervisedLoss
+from arco.methods import arco_pretrain  # noqa: F401 - registers arco-pretrain, stage 1 of the recipe below
 from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput
 from arco.methods.registry import RecipeStage, register_method, register_recipe
 from arco.models import RepresentationHead

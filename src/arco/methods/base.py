@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CONTRACT",
+    "CONTRACT_ATTRIBUTES",
+    "RENAMED_MEMBERS",
     "ROLES",
     "Batch",
     "StepOutput",
@@ -204,6 +207,27 @@ class Method(Protocol):
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`method_state`."""
+
+
+#: The contract's members a method class must define (what :func:`arco.methods.registry.register_method` checks):
+#: the attributes the registry and the engine read, and the methods the engine calls.
+CONTRACT_ATTRIBUTES = (*Method.__annotations__, "config_class", "description", "paper", "spatial_dims")
+CONTRACT = tuple(n for n, v in vars(Method).items() if not n.startswith("_") and callable(v))
+#: Names of the method API before the contract was written down (they collided with torch's ``nn.Module``), with
+#: their replacements; a class that still defines one is rejected at registration with this table.
+RENAMED_MEMBERS = {
+    "add_module": "add_component",
+    "modules": "components",
+    "train": "set_training",
+    "state_dict": "method_state",
+    "load_state_dict": "load_method_state",
+    "predictor": "segmentation_network",
+    "predictor_spec": "segmentation_spec",
+    "predict_module": "segmenter",
+    "init_modules": "init_components",
+    "wrap_trainable": "bind_replicas",
+    "trainable_names": "components('trainable')",
+}
 
 
 class MethodBase:
