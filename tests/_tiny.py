@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from arco.data.volume import Volume
 from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, fit, seed_everything
+from arco.engine.faults import Faults
 from arco.methods import ModelConfig, build_method, get_method
 
 
@@ -125,11 +126,13 @@ def run_method(
     lr: float = 0.05,
     init_from: Any = None,
     stop_at: int | None = None,
+    nan_at: int | None = None,
     batch: int = 2,
     **kw: Any,
 ):
     """Build method ``name`` (seed 0) and train it ``iterations`` steps on ``data`` into ``tmp_path`` (``batch``
-    labeled + ``batch`` unlabeled images per step: the global batch under DDP)."""
+    labeled + ``batch`` unlabeled images per step: the global batch under DDP). ``stop_at`` / ``nan_at`` inject
+    those faults (:class:`arco.engine.faults.Faults`)."""
     seed_everything(0)
     method = build_method(name, params or params_for(name), 3, data.spatial_dims, model)
     engine = engine or EngineConfig(device="cpu", log_every=5, val_every=0, progress=False)
@@ -137,11 +140,12 @@ def run_method(
     summary = fit(
         method,
         data,
-        StageSpec(name, schedule, init_from=init_from, stop_at=stop_at),
+        StageSpec(name, schedule, init_from=init_from),
         optim=optim or OptimConfig(),
         engine=engine,
         run_dir=tmp_path,
         config={"test": True},
+        faults=Faults(nan_at=nan_at, stop_at=stop_at),
         **kw,
     )
     return method, summary

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _tiny import MODEL2D, MODEL3D, params_for, read_log, run_method, tiny_data
-from arco._checks import ArcoError, CheckpointError
+from arco._checks import ArcoError, CheckpointError, ConfigError
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, lr_factor
 from arco.methods import get_method
@@ -72,9 +72,9 @@ def test_resume_refuses_another_methods_checkpoint(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     data = tiny_data(2)
-    eng = EngineConfig(device="cpu", log_every=2, val_every=2, nan_at=4, progress=False)
+    eng = EngineConfig(device="cpu", log_every=2, val_every=2, progress=False)
     with pytest.raises(ArcoError, match=r"NaN/inf between iterations 5 and 6.*last good checkpoint"):
-        run_method(tmp_path, "supervised", data, 10, engine=eng)
+        run_method(tmp_path, "supervised", data, 10, engine=eng, nan_at=4)
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["iteration"] == 4
     assert all(torch.isfinite(v).all() for v in state["predictor"]["state_dict"].values() if v.is_floating_point())
@@ -181,3 +181,39 @@ def test_grad_clip_comes_from_the_method_unless_the_config_sets_it(tmp_path):
 
     assert clip(OptimConfig(), 0.0) == 0.0 and clip(OptimConfig(), 5.0) == 5.0
     assert clip(OptimConfig(grad_clip=12.0), 0.0) == 12.0 and clip(OptimConfig(grad_clip=0.0), 5.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("save", "saved"),
+    [
+        ({}, [6]),  # val_every=0: last.pt at the end only
+        ({"save_every": 4}, [4, 6]),
+        ({"save_every_minutes": 1e-9}, [2, 4, 6]),  # due at every log row
+    ],
+)
+def test_last_pt_is_written_every_save_every_without_validation(tmp_path, monkeypatch, save, saved):
+    from arco.engine import loop
+
+    seen: list[int] = []
+    real = loop._Trainer.save_last
+
+    def record(self, iteration):
+        seen.append(iteration)
+        real(self, iteration)
+
+    monkeypatch.setattr(loop._Trainer, "save_last", record)
+    eng = EngineConfig(device="cpu", log_every=2, val_every=0, progress=False, **save)
+    run_method(tmp_path, "supervised", tiny_data(2), 6, engine=eng)
+    assert seen == saved
+    assert [r["iteration"] for r in read_log(tmp_path / "log.csv")] == ["2", "4", "6"]
+
+
+def test_the_user_config_has_no_test_hooks():
+    from dataclasses import fields
+
+    from arco.config import load_config
+
+    assert not {"nan_at", "stop_at"} & {f.name for f in fields(EngineConfig)}
+    with pytest.raises(ConfigError, match=r"engine\.nan_at=3 was a test hook.*remove it"):
+        load_config("demo", ["engine.nan_at=3"])
+    assert load_config("demo", ["engine.nan_at=-1"]).engine.seed == 0  # old run configs wrote the no-op value

@@ -17,6 +17,7 @@ from typing import Any
 
 from arco._checks import ConfigError, did_you_mean
 from arco.config.convert import from_dict
+from arco.config.legacy import upgrade_sections
 from arco.config.schema import SECTIONS, STAGE_KEYS, RunConfig, StageConfig
 from arco.engine.config import ScheduleConfig
 
@@ -239,7 +240,7 @@ def build_config(
     from arco.methods.base import check_model_config
 
     parsed = [(_parse(o), o) for o in overrides]
-    raw = apply_overrides(raw, [o for (parts, _), o in parsed if parts[0] in SECTIONS])
+    raw = upgrade_sections(apply_overrides(raw, [o for (parts, _), o in parsed if parts[0] in SECTIONS]))
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(

@@ -1,9 +1,11 @@
-"""The one training loop (STYLE.md §3). It knows the :class:`arco.methods.base.Method` protocol, never a method.
+"""The one training loop. It knows the :class:`arco.methods.base.Method` contract (docs/design.md), never a method.
 
 Per iteration: batch -> ``method.training_step`` (under autocast) -> backward (GradScaler) -> optimiser step(s) ->
 ``method.after_optimizer_step``. Every ``log_every`` iterations the device-side sums of the logged scalars are read
-once (the only host sync); every ``val_every`` iterations the predictor is validated on the val split, ``best.pt`` is
-kept by validation Dice (never test), and ``last.pt`` holds everything needed to resume bit-identically.
+once (the only host sync); every ``val_every`` iterations the segmentation network is validated on the val split and
+``best.pt`` is kept by validation Dice (never test); ``last.pt``, which holds everything needed to resume
+bit-identically, is written at each validation, every ``save_every`` iterations, every ``save_every_minutes`` (at a
+log row) and at the end.
 
 A SIGKILL at any moment resumes to the same weights: the write order that makes this exact is described in
 :mod:`arco.engine.state`; files are written atomically (:mod:`arco._io`) and the stage folder is locked
@@ -35,6 +37,7 @@ from arco.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoin
 from arco.engine import distributed as dist
 from arco.engine import perf
 from arco.engine.config import EngineConfig, OptimConfig, ScheduleConfig, lr_factor
+from arco.engine.faults import Faults
 from arco.engine.files import data_meta, finish_stage, prepare_folder, write_run_files
 from arco.engine.logger import RunLogger, log_columns
 from arco.engine.optim import Optimizers
@@ -77,13 +80,11 @@ class StageSpec:
         schedule: iterations, batch sizes, learning-rate schedule.
         init_from: checkpoint whose components (those in the method's ``init_components``) initialise the method when
             not resuming.
-        stop_at: stop after this iteration as if interrupted (tests of resume).
     """
 
     name: str
     schedule: ScheduleConfig
     init_from: str | os.PathLike | None = None
-    stop_at: int | None = None
 
 
 @dataclass
@@ -97,14 +98,17 @@ class _Progress:
     best_dice: float = -math.inf
     best_iteration: int = -1
     last_row: dict[str, Any] = field(default_factory=dict)
+    saved_at: float = field(default_factory=time.monotonic)
 
 
 class _Trainer:
     """One stage of training: set up, resume or initialise, loop, log, validate, checkpoint."""
 
     def __init__(self, method: Method, data: Any, stage: StageSpec, optim: OptimConfig, engine: EngineConfig,
-                 run_dir: Path, config: dict[str, Any], eval_compat: str) -> None:  # fmt: skip
+                 run_dir: Path, config: dict[str, Any], eval_compat: str,
+                 faults: Faults | None = None) -> None:  # fmt: skip
         self.method, self.data, self.stage, self.engine = method, data, stage, engine
+        self.faults = faults or Faults()
         self.schedule, self.config, self.eval_compat = stage.schedule, config, eval_compat
         self.run_dir = run_dir
         self.last_path, self.best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
@@ -232,6 +236,7 @@ class _Trainer:
         if self.world > 1:
             state["ranks"] = ranks  # each rank's generator and RNG states, to resume every rank exactly
         save_checkpoint(state, self.last_path)
+        p.saved_at = time.monotonic()
 
     def save_best(self, iteration: int, val_dice: float | None) -> None:
         self._check_finite(iteration, self.best_path)
@@ -249,7 +254,7 @@ class _Trainer:
         with self.autocast():
             out = self.method.training_step(batch, it)
         loss = out.loss.float()
-        if it == self.engine.nan_at:
+        if it == self.faults.nan_at:
             loss = loss * float("nan")
         self.optimizers.zero_grad()
         self.scaler.scale(loss).backward()
@@ -279,9 +284,16 @@ class _Trainer:
             p.maxima[k] = torch.maximum(p.maxima[k], v) if k in p.maxima else v
         p.count += 1
 
-    def report(self, it: int, validate: bool, log: RunLogger | None, bar: Any) -> None:
+    def _save_due_by_clock(self) -> bool:
+        """``save_every_minutes`` have passed since ``last.pt`` was written (rank 0's clock decides for every rank)."""
+        minutes = self.engine.save_every_minutes
+        due = minutes > 0 and time.monotonic() - self.progress.saved_at >= 60 * minutes
+        return bool(dist.broadcast_object(due)) if minutes > 0 else False
+
+    def report(self, it: int, validate: bool, save: bool, log: RunLogger | None, bar: Any) -> None:
         """Write a log row (one host sync; under DDP one all-gather averages the ranks' means), validate when asked,
-        keep ``best.pt`` and ``last.pt``. Every rank calls it; rank 0 validates and writes."""
+        write ``last.pt`` when asked or due by the clock (at every validation) and ``best.pt`` when validation
+        improved. Every rank calls it; rank 0 validates and writes."""
         p = self.progress
         local = {k: v.double() / p.count for k, v in p.sums.items()}
         local.update({k: v.double() for k, v in p.maxima.items()})
@@ -310,9 +322,10 @@ class _Trainer:
                 self.stage.name, it, row["val_dice"], p.best_dice, p.best_iteration,
             )  # fmt: skip
         p.last_row = row
+        save = save or validate or self._save_due_by_clock()
         if log is not None:
-            log.write(row, sync=validate)
-        if validate:  # the write order the resume rule relies on (arco.engine.state)
+            log.write(row, sync=save)
+        if save:  # the write order the resume rule relies on (arco.engine.state)
             self.save_last(it)
             if improved and self.main:
                 self.save_best(it, row["val_dice"])
@@ -338,7 +351,7 @@ class _Trainer:
 
     def run(self, start: int) -> int:
         """Train from iteration ``start``; returns the iteration reached."""
-        eng, sched, stop_at = self.engine, self.schedule, self.stage.stop_at
+        eng, sched, stop_at = self.engine, self.schedule, self.faults.stop_at
         stream = BatchStream(
             self.data.labeled,
             self.data.unlabeled if self.method.needs_unlabeled else None,
@@ -361,10 +374,10 @@ class _Trainer:
                 self.step(batch, it)
                 it += 1
                 at_val = (eng.val_every > 0 and it % eng.val_every == 0) or it == sched.iterations
-                if it % eng.log_every == 0 or at_val or it == stop_at:
-                    self.report(it, at_val, log, bar)
+                at_save = (eng.save_every > 0 and it % eng.save_every == 0) or it == stop_at
+                if it % eng.log_every == 0 or at_val or at_save:
+                    self.report(it, at_val, at_save, log, bar)
                 if stop_at is not None and it >= stop_at:
-                    self.save_last(it)
                     break
         finally:
             if bar is not None:
@@ -408,6 +421,7 @@ def fit(
     config: dict[str, Any],
     resume: bool = False,
     eval_compat: str = "default",
+    faults: Faults | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``data`` (an :class:`arco.data.SegmentationData`) for one stage.
 
@@ -424,6 +438,7 @@ def fit(
             deterministic CPU mode, even after a SIGKILL at any point: see :mod:`arco.engine.state`); without one the
             stage starts fresh.
         eval_compat: empty-mask policy of the validation metrics.
+        faults: test hook (:class:`arco.engine.faults.Faults`): a NaN loss or an early stop at a given iteration.
 
     Under ``torch.distributed`` every rank calls ``fit`` with the same arguments; the schedule's batch sizes are
     global (each rank trains on ``batch / world_size``), rank 0 alone writes, and every rank returns rank 0's
@@ -445,7 +460,7 @@ def fit(
         if dist.is_main():
             prepare_folder(run_dir)
         dist.barrier()
-        trainer = _Trainer(method, data, stage, optim, engine, run_dir, config, eval_compat)
+        trainer = _Trainer(method, data, stage, optim, engine, run_dir, config, eval_compat, faults)
         start = trainer.restore(resume)
         trainer.prepare()
         if trainer.main:
