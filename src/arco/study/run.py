@@ -22,7 +22,7 @@ from arco._io import atomic_write_text
 from arco.study.collect import RunResult, collect_run, write_per_case, write_results
 from arco.study.figures import write_figures
 from arco.study.launch import SlurmOptions, check_slurm, run_inline, run_local, run_slurm, visible_gpus
-from arco.study.plan import Plan, job_done, make_plan
+from arco.study.plan import Plan, job_done, make_plan, retire_stale, write_fingerprints
 from arco.study.qualitative import write_qualitative
 from arco.study.report import summarise, write_report
 from arco.study.spec import RunSpec, StudySpec, check_methods, expand, load_study
@@ -121,7 +121,7 @@ def _collect(spec: StudySpec, plan: Plan, outcomes: dict) -> tuple[list[RunResul
     results, failed = [], []
     axes = list(spec.axes)
     for run in plan.runs:
-        job = plan.jobs[run.key.replace("/", "-")]
+        job = plan.run_job(run)
         if job_done(job):
             results.append(collect_run(run, axes))
             continue
@@ -173,6 +173,10 @@ def run_study(
         if not resume:
             _check_fresh(out)
         spec, plan = plan_study(study, out, fast, overrides, seeds)
+        for task, where in retire_stale(plan) if resume else ():
+            report(f"{task.folder}: trained for another fingerprint (its code or settings changed since), moved to "
+                   f"{where}; it trains again")  # fmt: skip
+        write_fingerprints(plan)
         _prepare_data(plan.runs)
         atomic_write_text(out / "plan.json", _plan_json(plan, fast))
         todo = {
