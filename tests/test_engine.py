@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from _tiny import MODEL2D, MODEL3D, params_for, read_log, run_method, tiny_data
+from _tiny import MODEL2D, MODEL3D, assert_resume_identical, params_for, read_log, run_method, tiny_data
 from arco._checks import ArcoError, CheckpointError, ConfigError
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, lr_factor
@@ -42,23 +42,9 @@ def test_stage_3d_learns(tmp_path, name):
     assert float(rows[-1]["loss_sup"]) < float(rows[0]["loss_sup"])
 
 
-def _states(method) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v for n, m in method.components().items() for k, v in m.state_dict().items()}
-
-
 @pytest.mark.parametrize("name", ["arco-pretrain", "arco-finetune"])
 def test_resume_gives_identical_weights(tmp_path, name):
-    data = tiny_data(2)
-    eng = EngineConfig(device="cpu", log_every=2, val_every=0, deterministic=True, progress=False)
-    full, _ = run_method(tmp_path / "full", name, data, 6, engine=eng)
-    run_method(tmp_path / "cut", name, data, 6, engine=eng, stop_at=3)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == 3
-    resumed, summary = run_method(tmp_path / "cut", name, data, 6, engine=eng, resume=True)
-    assert summary["completed_iterations"] == 6
-    a, b = _states(full), _states(resumed)
-    assert a.keys() == b.keys()
-    diff = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not diff, diff[:5]
+    assert_resume_identical(tmp_path, name, iterations=6, stop_at=3)
     rows = read_log(tmp_path / "cut" / "log.csv")
     assert [r["iteration"] for r in rows] == ["2", "3", "4", "6"]  # 3: the interrupted run's last row
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _baseline_checks import TEACHER, Stub, assert_resume_identical, batch, build, cli_smoke, install, stubbed
+from _baseline_checks import TEACHER, Stub, batch, install, stubbed
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build
 from arco.methods import bcp, get_recipe
 
 
@@ -171,7 +173,7 @@ def test_too_small_batches_are_named_errors():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_recipe_cli_trains_both_stages_and_evaluates(tmp_path, spatial_dims):
-    rows, summary = cli_smoke(tmp_path, "bcp", spatial_dims, stage="selftrain", iterations=2)
+    _, rows, summary, _ = smoke(tmp_path, "bcp", spatial_dims, iterations=2)
     assert list(rows[0])[3:6] == ["loss", "loss_mix_u", "loss_mix_l"]
     assert (tmp_path / "run" / "pretrain" / "checkpoints" / "last.pt").is_file()
     assert 0.0 <= summary["mean"]["dice"] <= 1.0

@@ -7,14 +7,9 @@ import math
 import pytest
 import torch
 
-from _multinet import (
-    Capture,
-    assert_resume_bit_identical,
-    assert_same_gradients,
-    cli_train_and_evaluate,
-    sigmoid_ramp,
-    sup_ref,
-)
+from _cli_runs import smoke
+from _multinet import Capture, assert_same_gradients, sigmoid_ramp, sup_ref
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.cct import CCTConfig
 from arco.models.perturbations import feature_dropout, feature_noise, random_dropout
@@ -91,10 +86,10 @@ def test_each_auxiliary_decoder_sees_its_own_perturbation():
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "cct", 2)
+    state = smoke(tmp_path, "cct", 2).state
     assert {"student", "aux_decoders"} <= set(state["modules"])
     assert not any(k.startswith("0.net.encoder") for k in state["modules"]["aux_decoders"])  # decoders only
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "cct")
+    assert_resume_identical(tmp_path, "cct")

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _multinet import assert_resume_bit_identical, cli_train_and_evaluate, sigmoid_ramp, sup_ref
+from _cli_runs import smoke
+from _multinet import sigmoid_ramp, sup_ref
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.cps import CPSConfig
 from arco.models import SegOutput
@@ -82,13 +84,13 @@ def test_bad_init_is_named():
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "cps", 2)
+    state = smoke(tmp_path, "cps", 2).state
     assert {"student", "student2"} <= set(state["modules"])
 
 
 def test_cli_smoke_3d(tmp_path):
-    cli_train_and_evaluate(tmp_path, "cps", 3)
+    smoke(tmp_path, "cps", 3)
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "cps")
+    assert_resume_identical(tmp_path, "cps")

@@ -9,14 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _multinet import (
-    Capture,
-    assert_resume_bit_identical,
-    assert_same_gradients,
-    cli_train_and_evaluate,
-    sigmoid_ramp,
-    sup_ref,
-)
+from _cli_runs import smoke
+from _multinet import Capture, assert_same_gradients, sigmoid_ramp, sup_ref
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.dct import DCTConfig, cross_entropy_soft, js_divergence
 
@@ -67,9 +62,9 @@ def test_objective_adversarial_views_and_gradients():
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "dct", 2)
+    state = smoke(tmp_path, "dct", 2).state
     assert {"student", "student2"} <= set(state["modules"])
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "dct")
+    assert_resume_identical(tmp_path, "dct")

@@ -9,21 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from _cli_runs import train_and_evaluate
-from _tiny import params_for, run_method, tiny_data
-from arco.checkpoint import load_checkpoint
-from arco.engine import EngineConfig
-from arco.methods import Batch, ModelConfig, build_method, get_method
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build
+from arco.methods import Batch, get_method
 from test_losses_sdf import dtc_reference
-
-
-def build(name: str, spatial_dims: int = 2, total: int = 100, **over):
-    model = ModelConfig(arch="unet" if spatial_dims == 2 else "vnet", dim=8, hidden_dim=8, n_filters=4)
-    torch.manual_seed(0)
-    m = build_method(name, params_for(name, **over), 3, spatial_dims, model)
-    m.setup(torch.device("cpu"), 0, total)
-    m.set_training(True)
-    return m
 
 
 def blob_batch(spatial_dims: int = 2, seed: int = 1) -> Batch:
@@ -92,15 +81,7 @@ def test_binary_case_is_dtcs_sigmoid_head():
 
 
 def test_resume_is_bit_identical_with_the_sdf_head(tmp_path):
-    data = tiny_data(2)
-    eng = EngineConfig(device="cpu", log_every=2, val_every=0, deterministic=True, progress=False)
-    full, _ = run_method(tmp_path / "full", "dtc", data, 4, engine=eng)
-    run_method(tmp_path / "cut", "dtc", data, 4, engine=eng, stop_at=2)
-    assert "sdf_head" in load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["modules"]
-    resumed, _ = run_method(tmp_path / "cut", "dtc", data, 4, engine=eng, resume=True)
-    for name in ("student", "sdf_head"):
-        a, b = full.components()[name].state_dict(), resumed.components()[name].state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert "sdf_head" in assert_resume_identical(tmp_path, "dtc")["modules"]
 
 
 def test_bad_config_values_are_named():
@@ -113,5 +94,4 @@ def test_bad_config_values_are_named():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_cli_trains_and_evaluates(tmp_path, spatial_dims):
-    _, result = train_and_evaluate(tmp_path, "dtc", spatial_dims)
-    assert 0.0 <= result["mean"]["dice"] <= 1.0
+    smoke(tmp_path, "dtc", spatial_dims, iterations=2, split="val")

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from _cli_runs import smoke
 from _multinet import (
     Capture,
-    assert_resume_bit_identical,
     assert_same_gradients,
-    cli_train_and_evaluate,
     dice_ref,
     sigmoid_ramp,
 )
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.mc_net import MCNetConfig, mutual_consistency, sharpen_elementwise
 
@@ -78,15 +78,15 @@ def test_objective_value_and_gradients(n):
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "mc-net", 2)
+    state = smoke(tmp_path, "mc-net", 2).state
     assert state["predictor"]["kwargs"]["up_mode"] == "bilinear"
     assert "decoders" in state["modules"]
 
 
 def test_cli_smoke_3d_mc_net_plus(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "mc-net", 3, sets=("mc-net.num_decoders=3",))
+    state = smoke(tmp_path, "mc-net", 3, ("mc-net.num_decoders=3",)).state
     assert len({k.split(".")[0] for k in state["modules"]["decoders"]}) == 2
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "mc-net")
+    assert_resume_identical(tmp_path, "mc-net")

@@ -8,15 +8,9 @@ import math
 import pytest
 import torch
 
-from _baseline_checks import (
-    assert_resume_identical,
-    batch,
-    build,
-    cli_smoke,
-    ref_sup,
-    sigmoid_ramp,
-    stubbed,
-)
+from _baseline_checks import batch, ref_sup, sigmoid_ramp, stubbed
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build
 
 
 @pytest.mark.parametrize("step", [0, 30, 100])
@@ -99,7 +93,7 @@ def test_bad_config_values_are_named():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_cli_trains_and_evaluates(tmp_path, spatial_dims):
-    rows, summary = cli_smoke(tmp_path, "mean-teacher", spatial_dims)
+    _, rows, summary, _ = smoke(tmp_path, "mean-teacher", spatial_dims)
     assert list(rows[0])[3:6] == ["loss", "loss_sup", "loss_cons"]
     assert all(math.isfinite(float(r["loss_cons"])) for r in rows)
     assert 0.0 <= summary["mean"]["dice"] <= 1.0

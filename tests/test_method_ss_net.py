@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _cli_runs import smoke
 from _multinet import (
     Capture,
-    assert_resume_bit_identical,
     assert_same_gradients,
-    cli_train_and_evaluate,
     dice_ref,
     sigmoid_ramp,
 )
+from _tiny import assert_resume_identical
 from arco.losses.separation import ClassSelectors, PrototypeMemory, separation_loss
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.ss_net import SSNetConfig, soft_dice, vat_loss
@@ -141,13 +141,13 @@ def test_step_composition_and_defaults_per_dimension():
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "ss-net", 2)
+    state = smoke(tmp_path, "ss-net", 2).state
     assert {"student", "projector", "predictor", "selectors", "memory"} <= set(state["modules"])
 
 
 def test_cli_smoke_3d(tmp_path):
-    cli_train_and_evaluate(tmp_path, "ss-net", 3)
+    smoke(tmp_path, "ss-net", 3)
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "ss-net")
+    assert_resume_identical(tmp_path, "ss-net")

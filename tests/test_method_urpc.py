@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from _cli_runs import smoke
 from _multinet import (
     Capture,
-    assert_resume_bit_identical,
     assert_same_gradients,
-    cli_train_and_evaluate,
     sigmoid_ramp,
     sup_ref,
 )
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.urpc import URPCConfig, rectified_consistency
 
@@ -97,13 +97,13 @@ def test_heads_read_perturbed_features_only_in_training():
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "urpc", 2)
+    state = smoke(tmp_path, "urpc", 2).state
     assert {"student", "pyramid"} <= set(state["modules"])
 
 
 def test_cli_smoke_3d(tmp_path):
-    cli_train_and_evaluate(tmp_path, "urpc", 3)
+    smoke(tmp_path, "urpc", 3)
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "urpc")
+    assert_resume_identical(tmp_path, "urpc")

@@ -10,18 +10,13 @@ import sys
 import pytest
 import torch
 
-from _tiny import make_phantom
+from _tiny import TINY_2D, make_phantom
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.cli import main
 from test_config import PLUGIN
 
 TINY = [
-    "data.subjects=6",
-    "data.image_size=32",
-    "data.patch_size=[32, 32]",
-    "data.labeled=2",
-    "model.dim=8",
-    "model.hidden_dim=8",
+    *TINY_2D,
     "schedule.iterations=3",
     "schedule.batch_labeled=2",
     "schedule.batch_unlabeled=2",

@@ -25,6 +25,7 @@ __all__ = [
     "Method",
     "MethodBase",
     "ModelConfig",
+    "StudentMethod",
     "build_backbone",
     "check_model_config",
 ]
@@ -393,3 +394,14 @@ class MethodBase:
     def load_method_state(self, state: dict[str, Any]) -> None:
         if "generator" in state:
             self.generator.set_state(state["generator"].cpu().to(torch.uint8))
+
+
+class StudentMethod(MethodBase):
+    """A method around one segmentation network, component ``student`` (its ``segmenter``, and what a previous
+    stage's checkpoint initialises). It is declared first; subclasses add their teachers and heads after it."""
+
+    init_components: ClassVar[tuple[str, ...]] = ("student",)
+
+    def __init__(self, cfg: Any, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
+        super().__init__(cfg, num_classes, spatial_dims, model)
+        self.add_backbone("student")
