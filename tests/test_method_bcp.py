@@ -158,8 +158,11 @@ def test_recipe_and_its_iteration_shares():
         ("pretrain", "bcp-pretrain", 0.25),
         ("selftrain", "bcp-selftrain", 0.75),
     ]
-    cfg = load_config("phantom2d", ["schedule.iterations=400"], method="bcp")
+    cfg = load_config("phantom2d", ["budget=400"], method="bcp")  # a run's length, shared 1:3
     assert [(s.name, s.schedule.iterations) for s in cfg.stages] == [("pretrain", 100), ("selftrain", 300)]
+    with pytest.warns(UserWarning, match="budget=N"):  # iterations is one stage's length: no split without a budget
+        cfg = load_config("phantom2d", ["schedule.iterations=400"], method="bcp")
+    assert [(s.name, s.schedule.iterations) for s in cfg.stages] == [("pretrain", 400), ("selftrain", 400)]
 
 
 def test_too_small_batches_are_named_errors():

@@ -58,7 +58,7 @@ def test_initialisation_follows_ssl4mis_per_dimension(dims, init):
     model = ModelConfig(arch="unet" if dims == 2 else "vnet", n_filters=8)
     torch.manual_seed(0)
     m = build_method("cps", CPSConfig(), 2, dims, model)
-    assert m.cfg.init == init
+    assert m.cfg.weight_init == init
     a, b = m.components()["student"], m.components()["student2"]
     assert not torch.equal(next(a.parameters()), next(b.parameters()))  # differently initialised
     if dims == 3:
@@ -79,8 +79,16 @@ def test_initialisation_follows_ssl4mis_per_dimension(dims, init):
 
 
 def test_bad_init_is_named():
-    with pytest.raises(ValueError, match="cps.init"):
-        CPSConfig(init="xavier")
+    with pytest.raises(ValueError, match="cps.weight_init"):
+        CPSConfig(weight_init="xavier")
+
+
+def test_the_old_parameter_name_init_reads_as_weight_init():
+    from arco.config import build_config, load_config
+
+    raw = {"method": "cps", "stages": [{"name": "cps", "method": "cps", "params": {"init": "kaiming-xavier"}}]}
+    assert build_config(raw).stage("cps").params.weight_init == "kaiming-xavier"
+    assert load_config("demo", ["cps.params.init=default"], method="cps").stage("cps").params.weight_init == "default"
 
 
 def test_cli_smoke_2d(tmp_path):

@@ -19,12 +19,22 @@ EPILOG = """examples:
   arco train --config acdc --set data.root=data/ACDC --nproc 4 --out runs/acdc4      # DDP on 4 GPUs (or CPU procs)
   torchrun --nproc_per_node=4 -m arco train --config acdc --out runs/acdc4          # the same, launched by torchrun
 
---set KEY=VALUE: KEY is section.key (data, model, optim, schedule, engine, eval) or stage.key, where stage.key is
-the stage's schedule (iterations, batch_labeled, batch_unlabeled, lr, lr_schedule, ...) or a parameter of its method
-(e.g. finetune.sampler, finetune.lambda_unsup). Values are YAML.
+--set KEY=VALUE: KEY is section.key (data, model, optim, schedule, engine, eval), budget, or stage.key, where
+stage.key is the stage's schedule (iterations, batch_labeled, batch_unlabeled, lr, lr_schedule, ...) or a parameter
+of its method (e.g. finetune.sampler, finetune.lambda_unsup); stage.schedule.KEY / stage.params.KEY say which.
+Values are YAML. iterations is always one stage's length; schedule.* are the defaults of every stage.
 
 DDP (--nproc N or torchrun): the stages' batch sizes are GLOBAL; each process trains on batch / N (an error when N
 does not divide it). Only rank 0 writes. engine.sync_bn=true synchronises BatchNorm across processes.
+"""
+
+
+PRINT_HEADER = """\
+# The resolved config (arco train --print-config); `arco train --config THIS_FILE` trains it as it is.
+# stages: what is trained, in order. Each stage trains its `method` with its own, complete `schedule` (iterations is
+#   that stage's length) and `params` (the method's parameters), starting from `init`.
+# schedule: only the defaults each stage's schedule started from. budget: a run's length that recipe stages without
+#   iterations of their own share (null: none). method: the recipe the stages came from, for the record.
 """
 
 
@@ -165,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         args.config, args.overrides, method=args.method, iterations=args.iterations, plugins=tuple(args.plugin)
     )
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(PRINT_HEADER + yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     out = Path(args.out) if args.out else Path("runs") / Path(str(args.config)).stem
     check_out_dir(out)

@@ -8,10 +8,12 @@ from typing import Any
 
 from arco._checks import ConfigError
 
-__all__ = ["upgrade_sections"]
+__all__ = ["upgrade_sections", "upgrade_params"]
 
 #: ``engine`` keys that were test hooks: their no-op value is dropped, any other is refused.
 _TEST_HOOKS = {"nan_at": -1}
+#: Method parameters renamed because their name clashed with a stage key: ``{method: {old: new}}``.
+RENAMED_PARAMS = {"cps": {"init": "weight_init"}}
 
 
 def upgrade_sections(raw: dict[str, Any]) -> dict[str, Any]:
@@ -32,3 +34,9 @@ def upgrade_sections(raw: dict[str, Any]) -> dict[str, Any]:
                         "faults with arco.engine.faults.Faults)"
                     )
     return out
+
+
+def upgrade_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A stage's ``params`` with the renamed parameters of :data:`RENAMED_PARAMS` under their new names."""
+    renamed = RENAMED_PARAMS.get(str(method).lower(), {})
+    return {renamed.get(k, k): v for k, v in params.items()}
