@@ -1,4 +1,4 @@
-"""Method contract (STYLE.md §3/§8), run over every registered method, and ARCO's objective as defined."""
+"""Method contract (docs/design.md), run over every registered method, and ARCO's objective as defined."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def test_demo_fast_end_to_end(tmp_path, capfd):
 
 @pytest.mark.slow
 def test_phantom3d_vnet_pipeline_learns(tmp_path):
-    """SPEC §3/§7: both stages with the VNet, 3D samplers and 3D heads on phantom3d; Dice above chance."""
+    """Both ARCO stages with the VNet, 3D samplers and 3D heads on phantom3d; Dice above chance."""
     from arco.config import load_config
     from arco.pipeline import train
 

@@ -21,7 +21,7 @@ def _positive(section: str, **values: float) -> None:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD as in the paper and the reference code (SPEC §5); the learning rate is part of each stage's schedule.
+    """SGD as in the paper and the reference code (docs/methods.md); the learning rate is part of each stage's schedule.
 
     Attributes:
         momentum: SGD momentum (0.9).

@@ -100,7 +100,8 @@ class ArcoBase(MethodBase):
         )
         self.add_component("global_predictor", LinearHead(model.dim, model.dim, model.dim, nonlinear))
         self.add_teacher("teacher_projector", "projector")
-        self.sup = SupervisedLoss(weight=cfg.sup_weight)  # CE + Dice, a plain sum in the reference code (SPEC §4)
+        # CE + Dice, a plain sum in the reference code (docs/methods.md)
+        self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def student_global(self, pooled: torch.Tensor) -> torch.Tensor:
         """The student's global embedding of pooled bottleneck rows: projector, then predictor."""

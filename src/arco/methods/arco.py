@@ -1,4 +1,4 @@
-"""ARCO stage 2, ``arco-finetune``: anatomical contrastive fine-tuning (SPEC §5, paper App. E(2); the reference
+"""ARCO stage 2, ``arco-finetune``: anatomical contrastive fine-tuning (paper App. E(2), docs/methods.md; the reference
 code's ``code/train_arco_2d.py``), and the recipes ``arco`` (SG, the paper's best), ``arco-sag`` and ``arco-ns``
 that chain stage 1 (``arco_pretrain.py``) and stage 2.
 
@@ -70,7 +70,7 @@ _BATCH_BANK = 2048  # the ``batch`` loss's per-class bank when ``bank_size`` is 
 
 @dataclass(frozen=True)
 class ArcoFinetuneConfig:
-    """Stage 2 (SPEC §5, App. E(2)).
+    """Stage 2 (paper App. E(2)).
 
     Attributes:
         contrast: ``reference`` or ``batch`` (module docstring).
@@ -96,7 +96,7 @@ class ArcoFinetuneConfig:
         cutmix_area: range of the pasted box's area as a fraction of the image (reference: exactly 1/2).
         strong_view: photometric part of the strong view, one of :data:`STRONG_VIEWS`.
         jitter: brightness/contrast strength of the ``reference`` view (0.25 in the reference fine-tuning).
-        unsup_weighting: ``mask`` (SPEC §5: CE on confident pixels only) or ``ratio`` (the reference code: CE on
+        unsup_weighting: ``mask`` (the paper: CE on confident pixels only) or ``ratio`` (the reference code: CE on
             every pixel, weighted per image by its fraction of confident pixels); see :func:`arco.losses.unsup_loss`.
         sup_weight: weight of ``L_sup = CE + Dice`` (reference code: 1).
         rampup: fraction of the stage over which lambda_contrast, lambda_unsup and lambda_nn ramp up from 0

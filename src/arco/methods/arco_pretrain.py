@@ -1,5 +1,5 @@
-"""ARCO stage 1, ``arco-pretrain``: relational semi-supervised pre-training (SPEC §4, paper App. E(1); the reference
-code's ``code/pretrain_2D.py`` with ``ISD`` in ``code/model_2D.py``).
+"""ARCO stage 1, ``arco-pretrain``: relational semi-supervised pre-training (paper App. E(1), docs/methods.md; the
+reference code's ``code/pretrain_2D.py`` with ``ISD`` in ``code/model_2D.py``).
 
 ``L = L_sup + λ_inst (L_inst_global + L_inst_local)``. For every image of the batch, labeled and unlabeled alike
 (the reference runs ``ISD`` on the whole batch), the student's embedding of one view and the EMA teacher's
@@ -46,7 +46,7 @@ __all__ = ["ArcoPretrainConfig", "ArcoPretrainMethod"]
 
 @dataclass(frozen=True)
 class ArcoPretrainConfig:
-    """Stage 1 (SPEC §4, App. E(1)).
+    """Stage 1 (paper App. E(1)).
 
     Attributes:
         queue_size: K mined views in the FIFO queue (paper: 36).
