@@ -38,6 +38,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws / directions (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--data-root", help="the run's dataset folder, if it moved since training")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's engine.threads; 0: torch's)")
+
+
+def _threads(requested: int | None, trained: int) -> None:
+    import torch
+
+    threads = trained if requested is None else requested
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    if threads > 0:  # as the engine does: oversubscribed threads on a busy machine cost far more than they give
+        torch.set_num_threads(threads)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,6 +88,7 @@ def run_pixels(args: argparse.Namespace) -> int:
         raise ValueError(f"--slice must be >= 0, got {args.slice}")
     run = load_run(args.checkpoint, device=args.device, data_root=args.data_root)
     check_pixel_run(run.method)
+    _threads(args.threads, run.cfg.engine.threads)
     items = pixel_landscape(run, args.case, args.slice, args.seed, args.sampler, args.split)
     meta = {"checkpoint": str(run.checkpoint), "iteration": run.iteration, "seed": args.seed,
             "sampler": items[0].strategy, "split": args.split}  # fmt: skip
@@ -99,6 +111,7 @@ def run_weights(args: argparse.Namespace) -> int:
     if args.batches < 1:
         raise ValueError(f"--batches must be >= 1, got {args.batches}")
     model = load_model(args.checkpoint, device=args.device, data_root=args.data_root)
+    _threads(args.threads, model.threads)
     with tqdm(total=args.steps**2, desc="landscape", unit="point", disable=args.no_progress, leave=False) as bar:
         result = weight_landscape(model, args.steps, args.span, args.seed, args.batches, args.radius, bar.update)
     paths = write_weights(result, args.out, {"batches": args.batches})

@@ -25,7 +25,9 @@ from arco.landscape.weights import WeightLandscape
 
 __all__ = ["write_pixels", "write_weights", "plot_pixels", "plot_weights"]
 
-_LABELS = "tab10"  # discrete colours for label maps (class c -> colour c)
+#: Label maps: background black, class c >= 1 in tab10's colour c (as the panels of `arco evaluate`'s overlays).
+_LABEL_COLOURS = ["#000000", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                  "#17becf"]  # fmt: skip
 
 
 def _figure(width: float, height: float):
@@ -48,17 +50,20 @@ def _stem(item: PixelLandscape) -> str:
 
 def plot_pixels(item: PixelLandscape, path: Path, title: str = "") -> None:
     """Image, ground truth, prediction, the loss as a heat map and as a 3-D surface (z = loss at each pixel)."""
-    fig = _figure(20, 4.8)
+    fig = _figure(20, 5.0)
     grid = fig.add_gridspec(1, 5, width_ratios=[1, 1, 1, 1.25, 2.0])
     classes = max(len(item.class_names), int(item.label.max()) + 1, int(item.prediction.max()) + 1)
     loss = np.asarray(item.loss, dtype=np.float64)
     finite = loss[np.isfinite(loss)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    panels = (("image", item.image, "gray", None), ("ground truth", item.label, _LABELS, classes),
-              ("prediction", item.prediction, _LABELS, classes))  # fmt: skip
-    for i, (name, arr, cmap, n) in enumerate(panels):
+    from matplotlib.colors import ListedColormap
+
+    labels = ListedColormap(_LABEL_COLOURS[: max(classes, 2)])
+    panels = (("image", item.image, "gray", False), ("ground truth", item.label, labels, True),
+              ("prediction", item.prediction, labels, True))  # fmt: skip
+    for i, (name, arr, cmap, discrete) in enumerate(panels):
         ax = fig.add_subplot(grid[0, i])
-        kw = {} if n is None else {"vmin": 0, "vmax": 9, "interpolation": "nearest"}
+        kw = {"vmin": 0, "vmax": labels.N - 1, "interpolation": "nearest"} if discrete else {}
         ax.imshow(arr, cmap=cmap, **kw)
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()
@@ -75,7 +80,8 @@ def plot_pixels(item: PixelLandscape, path: Path, title: str = "") -> None:
                     linewidth=0, antialiased=False)  # fmt: skip
     ax.set(xlabel="x", ylabel="y", zlabel="loss")
     ax.invert_yaxis()  # image orientation: row 0 at the back
-    ax.view_init(elev=50, azim=-60)
+    ax.view_init(elev=40, azim=-60)
+    ax.set_box_aspect((1, 1, 0.6), zoom=1.05)
     means = ", ".join(f"{k} {v:.3f}" for k, v in item.class_means().items() if math.isfinite(v))
     head = title or f"{item.case_id}, slice {item.slice_index}"
     fig.suptitle(f"{head}: per-pixel L_contrast ({item.strategy} draws from the banks, seed {item.seed}); "

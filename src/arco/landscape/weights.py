@@ -64,6 +64,7 @@ class LoadedModel:
     checkpoint: Path
     stage_method: str
     run: Any = None
+    threads: int = 0  # the run's engine.threads (0: torch's default)
 
 
 @dataclass
@@ -172,14 +173,14 @@ def load_model(checkpoint: str, device: str = "cpu", data_root: str | None = Non
         heads = [m.rep_head, m.rep_pair, *([m.contrast_head] if m.contrast_head is not None else [])]
         net = m.predictor()
         params = [*net.parameters(), *(p for h in heads for p in h.parameters())]
-        return LoadedModel(net, params, run.data, path, method, run)
+        return LoadedModel(net, params, run.data, path, method, run, cfg.engine.threads)
     if cfg is None:
         raise ValueError(f"{path} holds no run config; give a run folder written by arco train")
     if data_root:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_root)))
     net, _ = load_predictor(path, map_location=device)
     net.to(device)
-    return LoadedModel(net, list(net.parameters()), build_data(cfg.data), path, method or "?")
+    return LoadedModel(net, list(net.parameters()), build_data(cfg.data), path, method or "?", None, cfg.engine.threads)
 
 
 def _sup_batches(data, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
