@@ -177,6 +177,17 @@ def test_weight_surface_centre_is_the_loss_at_the_weights():
     assert not np.array_equal(result.losses["loss_sup"], other.losses["loss_sup"])
 
 
+def test_three_d_weight_surface_uses_one_window_per_validation_case():
+    from test_methods import build
+
+    data = tiny_data(3)  # two 16^3 validation volumes, patch 16^3
+    net = build("supervised", 3).student
+    model = LoadedModel(net, list(net.parameters()), data, Path("tiny3d.pt"), "supervised")
+    result = weight_landscape(model, steps=3, span=0.5, seed=0)
+    direct = sup_loss_fn(net, data, torch.device("cpu"))()
+    assert result.losses["loss_sup"][1, 1] == direct and np.isfinite(result.losses["loss_sup"]).all()
+
+
 # ------------------------------------------------------------------------------------------------ a trained run
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
