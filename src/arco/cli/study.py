@@ -139,6 +139,10 @@ def _dry_run(args: argparse.Namespace, study: str) -> int:
           + (f": {per}" if per else ""))  # fmt: skip
     if est["unknown"]:
         print(f"  not in the cost table, counted at the default: {', '.join(est['unknown'])}")
+    if tuning:
+        keys = {r.key for r in tuning}
+        phase = estimate([t for t in todo if set(t.runs) <= keys], 0, args.jobs, cpu_cores())
+        print(f"  of which the tuning phase: {_hours(phase['cpu_seconds'])}")
     print(f"estimated wall time with --jobs {args.jobs} on {cpu_cores()} cores: {_hours(est['wall_seconds'])} "
           "(idle cores assumed; a loaded machine takes longer)")  # fmt: skip
     return 0
