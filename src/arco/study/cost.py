@@ -18,7 +18,14 @@ from typing import Any
 
 from arco.config import RunConfig
 
-__all__ = ["SECONDS_PER_ITERATION", "DEFAULT_SECONDS", "VALIDATION_SECONDS", "stage_seconds", "estimate"]
+__all__ = [
+    "SECONDS_PER_ITERATION",
+    "DEFAULT_SECONDS",
+    "VALIDATION_SECONDS",
+    "EVALUATION_SECONDS",
+    "stage_seconds",
+    "estimate",
+]
 
 #: Training seconds per iteration on one CPU thread at the demo size, by stage method (validation excluded).
 SECONDS_PER_ITERATION = {

@@ -443,15 +443,17 @@ def arm_runs(
     folder: Callable[[int], Path],
     extra: Sequence[str] = (),
     fast: bool = False,
+    base: tuple[dict, Path] | None = None,
 ) -> list[RunSpec]:
     """The runs of one arm at ``seeds`` in ``folder(seed)``; ``extra`` overrides (a tuning setting or choice) apply
-    after the study's ``set`` and before the arm's own, so an ablation's own value wins over a tuned one.
+    after the study's ``set`` and before the arm's own, so an ablation's own value wins over a tuned one. ``base``:
+    ``read_yaml(spec.base)`` when the caller has it already (it is not modified).
 
     Raises:
         ConfigError: an override or method does not fit the arm (names the arm).
     """
     out = Path(out).resolve()
-    raw, base_dir = read_yaml(spec.base)
+    raw, base_dir = base or read_yaml(spec.base)
     method = arm.method or spec.method
     where = f"study {spec.name}, arm {arm.name}"
     arm_sets = _fitting(arm.overrides, raw, [], method, base_dir, out, where)
@@ -504,7 +506,7 @@ def expand(
         if arm.name in skip:
             continue
         runs += arm_runs(spec, arm, out, spec.seeds, lambda seed, a=arm: out / "runs" / a.name / f"seed{seed}",
-                         (tuned or {}).get(arm.name, ()), fast)  # fmt: skip
+                         (tuned or {}).get(arm.name, ()), fast, (raw, base_dir))  # fmt: skip
     unused = [o for o, fits in used.items() if not fits]
     if unused:
         raise ConfigError(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from arco._checks import ConfigError
-from arco.config import SECTIONS
+from arco.config import SECTIONS, read_yaml
 from arco.study.budget import Setting
 from arco.study.plan import stage_finished
 from arco.study.spec import Arm, RunSpec, StudySpec, arm_runs
@@ -74,6 +74,7 @@ def tuning_runs(spec: StudySpec, out: str | Path, fast: bool = False) -> list[Ru
     if spec.tune is None:
         return []
     out = Path(out).resolve()
+    base = read_yaml(spec.base)
     runs: list[RunSpec] = []
     seen: set[str] = set()
     for arm, key in tuning_arms(spec).values():
@@ -82,7 +83,7 @@ def tuning_runs(spec: StudySpec, out: str | Path, fast: bool = False) -> list[Ru
         seen.add(arm.name)
         for setting in spec.tune.grid[key]:
             (run,) = arm_runs(spec, arm, out, [spec.tune.seed], lambda seed, a=arm, s=setting: _folder(out, a, s, seed),
-                              setting.overrides, fast)  # fmt: skip
+                              setting.overrides, fast, base)  # fmt: skip
             _check_fit(run, setting, key)
             runs.append(
                 dataclasses.replace(run, arm=dataclasses.replace(arm, name=f"{TUNE}/{arm.name}/{setting.name}"))
