@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from arco._checks import ConfigError
+from arco._checks import ConfigError, did_you_mean
 
 __all__ = ["Setting", "TuneSpec", "parse_tune"]
 
@@ -73,6 +73,40 @@ class TuneSpec:
                 if value in others:
                     return key, axis
         return None
+
+    def check(self, axes: dict[str, Any], arms: list[Any], where: str) -> None:
+        """The axes, values and arms (objects with ``name`` and ``values``) the section names exist, and no arm is in
+        two budgets.
+
+        Raises:
+            ConfigError: naming the key and the values it could be.
+        """
+        for axis, value in self.where.items():
+            if axis not in axes:
+                raise ConfigError(f"{where}: tune.where axis {axis!r} is not a grid axis ({', '.join(axes)})")
+            if value not in axes[axis]:
+                raise ConfigError(
+                    f"{where}: tune.where {axis}={value!r} is not a value of that axis"
+                    f"{did_you_mean(value, axes[axis])}; values: {', '.join(axes[axis])}"
+                )
+        values = {v: axis for axis, vals in axes.items() for v in vals}
+        names = [a.name for a in arms]
+        for key in self.grid:
+            if key not in values and key not in names:
+                raise ConfigError(f"{where}: tune.grid names {key!r}, neither a value of a grid axis nor an arm"
+                                  f"{did_you_mean(key, [*values, *names])}")  # fmt: skip
+        for key, others in self.share.items():
+            for other in others:
+                if values.get(other) is None or values.get(other) != values.get(key):
+                    raise ConfigError(
+                        f"{where}: tune.share.{key}: {other!r} must be a value of the same axis as {key!r} "
+                        f"({values.get(key) or 'none'})"
+                    )
+        for arm in arms:
+            try:
+                self.source(arm.name, arm.values)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
 
     def target(self, name: str, values: dict[str, str]) -> dict[str, str] | None:
         """The axis values of the arm whose tuning runs choose the setting of arm ``name`` (None: not tuned)."""

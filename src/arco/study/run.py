@@ -228,21 +228,29 @@ def run_study(
             f"{len(todo)} of {len(plan.jobs)} jobs to run"
         )
         outcomes.update(launch(plan, todo))
-        results, failed = _collect(spec, plan, outcomes)
-        failed += [{"run": f"{arm}/seed{s}", "reason": why, "log": str(out / "logs")}
-                   for arm, why in skipped.items() for s in spec.seeds]  # fmt: skip
-        write_results(results, list(spec.axes), out / "results.csv")
-        write_per_case(results, list(spec.axes), out / "per_case.csv")
-        write_per_case(results, list(spec.axes), out / "per_case_last.csv", checkpoint="last")
-        figures = write_figures(spec, results, out)
-        panels = write_qualitative(spec, results, out) if results else []
-        summary = summarise(spec, results, len(runs) + len(skipped) * len(spec.seeds), failed, fast)
+        summary, figures, results, panels = _summary(spec, plan, outcomes, len(runs), skipped, fast)
         summary["tuning"] = tuning_summary(spec, choices)
         args = {"jobs": jobs, "launcher": launcher, "fast": fast, "set": list(overrides),
                 "seeds": list(seeds) if seeds is not None else None, "reuse": [str(r) for r in reuse]}  # fmt: skip
         summary.update(_provenance(out, started, time.perf_counter() - t0, outcomes, host, args))
         write_report(summary, out, figures, results, panels)
     return summary
+
+
+def _summary(spec: StudySpec, plan: Plan, outcomes: dict, planned: int, skipped: dict, fast: bool) -> tuple:
+    """Collect the finished runs, write the CSV files, figures and panels; returns (the summary, the figures, the
+    results, the panels)."""
+    out = plan.out
+    results, failed = _collect(spec, plan, outcomes)
+    failed += [{"run": f"{arm}/seed{s}", "reason": why, "log": str(out / "logs")}
+               for arm, why in skipped.items() for s in spec.seeds]  # fmt: skip
+    write_results(results, list(spec.axes), out / "results.csv")
+    write_per_case(results, list(spec.axes), out / "per_case.csv")
+    write_per_case(results, list(spec.axes), out / "per_case_last.csv", checkpoint="last")
+    figures = write_figures(spec, results, out)
+    panels = write_qualitative(spec, results, out) if results else []
+    summary = summarise(spec, results, planned + len(skipped) * len(spec.seeds), failed, fast)
+    return summary, figures, results, panels
 
 
 def _tuning_phase(spec, out, fast, reused, resume, launch, report) -> tuple[list[RunSpec], dict]:

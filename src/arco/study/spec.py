@@ -319,35 +319,6 @@ def _check_value(spec: StudySpec, axis: str, value: str, what: str, where: str) 
         )
 
 
-def _check_tune(spec: StudySpec, where: str) -> None:
-    """The axes, values and arms the ``tune:`` section names exist, and no arm is in two budgets."""
-    tune = spec.tune
-    if tune is None:
-        return
-    for axis, value in tune.where.items():
-        _check_value(spec, axis, value, "tune.where", where)
-    arms = spec.arms()
-    values = {v: axis for axis, vals in spec.axes.items() for v in vals}
-    for key in tune.grid:
-        if key not in values and key not in {a.name for a in arms}:
-            known = [*values, *(a.name for a in arms)]
-            raise ConfigError(
-                f"{where}: tune.grid names {key!r}, neither a value of a grid axis nor an arm{did_you_mean(key, known)}"
-            )
-    for key, others in tune.share.items():
-        for other in others:
-            if values.get(other) is None or values.get(other) != values.get(key):
-                raise ConfigError(
-                    f"{where}: tune.share.{key}: {other!r} must be a value of the same axis as {key!r} "
-                    f"({values.get(key) or 'none'})"
-                )
-    for arm in arms:
-        try:
-            tune.source(arm.name, arm.values)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-
-
 def _check_axes(spec: StudySpec, where: str) -> None:
     for ref in spec.references or (spec.compare_to,):
         for axis, value in ref.items():
@@ -358,7 +329,8 @@ def _check_axes(spec: StudySpec, where: str) -> None:
     names = [a.name for a in spec.arms()]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: two arms have the same folder name; rename values ({names})")
-    _check_tune(spec, where)
+    if spec.tune is not None:
+        spec.tune.check(spec.axes, spec.arms(), where)
 
 
 def check_methods(spec: StudySpec) -> None:
