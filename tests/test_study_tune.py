@@ -205,3 +205,18 @@ def test_the_report_shows_the_rule_the_choices_and_every_setting(tmp_path):
     assert (
         json.loads((tmp_path / "study.json").read_text())["tuning"]["choices"][1]["chosen"] == "lr0.01_consistency0.1"
     )
+
+
+def test_each_dataset_keeps_its_own_choice(tmp_path):
+    grid = {"dataset": {"phantom": [], "other": ["data.subjects=7"]}, "method": {"sup": {"method": "supervised"}}}
+    tune = {"grid": {"sup": {"schedule.lr": [0.01, 0.03]}}}
+    spec = _spec(tmp_path, grid=grid, tune=tune)
+    assert {n: a.name for n, (a, _) in tuning_arms(spec).items()} == {"phantom_sup": "phantom_sup",
+                                                                      "other_sup": "other_sup"}  # fmt: skip
+    runs = tuning_runs(spec, tmp_path / "o")
+    assert [r.key for r in runs] == ["tune/phantom_sup/lr0.01/seed0", "tune/phantom_sup/lr0.03/seed0",
+                                     "tune/other_sup/lr0.01/seed0", "tune/other_sup/lr0.03/seed0"]  # fmt: skip
+    for run, val in zip(runs, (0.2, 0.1, 0.1, 0.2)):
+        _finish(run, val)
+    tuned, _ = assign(spec, choose(spec, runs))
+    assert tuned == {"phantom_sup": ("schedule.lr=0.01",), "other_sup": ("schedule.lr=0.03",)}
