@@ -217,7 +217,8 @@ def run_study(
         for c in choices:
             got = f"{c['chosen']} (val Dice {c['val_dice']:.4f})" if c["chosen"] else f"no choice: {c['reason']}"
             report(f"tuned   {c['arm']}: {got}")
-        atomic_write_text(out / "tune.json", json.dumps(tuning_summary(spec, choices), indent=1, default=str) + "\n")
+        if spec.tune is not None:
+            atomic_write_text(out / "tune.json", json.dumps(tuning_summary(spec, choices), indent=1) + "\n")
         plan = make_plan([*tune, *runs], out, tuning={r.key for r in tune}, reuse=reused)
         _prepare_data(plan.runs)
         atomic_write_text(out / "plan.json", _plan_json(plan, fast))
