@@ -121,7 +121,9 @@ def choose(spec: StudySpec, runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
         missing = [c["setting"] for c in candidates if not c["finished"]]
         no_val = [c["setting"] for c in candidates if c["finished"] and c["val_dice"] is None]
         entry: dict[str, Any] = {"arm": name, "budget": key, "candidates": candidates, "chosen": None}
-        if missing:
+        if not candidates:
+            entry["reason"] = f"no tuning runs of {name}"
+        elif missing:
             entry["reason"] = f"tuning run(s) {', '.join(missing)} of {name} did not finish (see DIR/logs/)"
         elif no_val:
             entry["reason"] = f"tuning run(s) {', '.join(no_val)} of {name} have no validation Dice (no val split?)"
