@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from _study import TINY_SET
-from _tiny import tiny_data
+from _tiny import make_phantom, tiny_data
 from arco.cli import main
 from arco.config import load_config
 from arco.contrast_variance import load_run
@@ -192,8 +192,9 @@ def test_three_d_weight_surface_uses_one_window_per_validation_case():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("landscape")
-    cfg = load_config("demo", [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false"])
-    train(cfg, root / "run")
+    sets = [f"data.root={root / 'data'}", *TINY_SET, "engine.progress=false"]
+    make_phantom("demo", sets)  # arco train never generates data
+    train(load_config("demo", sets), root / "run")
     return root
 
 
