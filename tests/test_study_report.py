@@ -120,3 +120,20 @@ def test_last_checkpoint_peaks_and_several_references(tmp_path):
     assert "| big_labeled2 | 10 | 10 [10, 10] | 1.00 [1.00, 1.00] | **may need a longer schedule** |" in md
     assert "| small_labeled1 | 10 | 5 [5, 5] | 0.50 [0.50, 0.50] |  |" in md
     assert "| small_labeled1 | small | 1 | 2 | 0.7500 ± 0.0000 | 0.7500 ± 0.0000 | 0.7400 ± 0.0000 |" in md
+
+
+def test_an_axis_called_arm_is_not_repeated_as_a_column():
+    """A study whose one axis is ``arm`` (arm names = its values) shows the arm once; other axes stay columns."""
+    from arco.study.collect import shown_axes
+    from arco.study.report import _metrics_md
+
+    entry = {"dice": {"mean": 0.5, "std": 0.1, "n": 2}}
+    arm = {"n_runs": 2, "classes": {"RV": entry}, "mean": {"dice": entry["dice"], "hd95": entry["dice"],
+           "asd": entry["dice"]}, "val_dice": entry["dice"]}  # fmt: skip
+    s = {"axes": {"arm": ["a", "b"]}, "arms": [{**arm, "arm": "a", "values": {"arm": "a"}},
+                                              {**arm, "arm": "b", "values": {"arm": "b"}}]}  # fmt: skip
+    assert shown_axes(s) == []
+    assert _metrics_md(s)[2].startswith("| arm | runs |")
+    x_a = {**arm, "arm": "x_a", "values": {"dataset": "x", "arm": "a"}}
+    two = {"axes": {"dataset": ["x"], "arm": ["a"]}, "arms": [x_a]}
+    assert shown_axes(two) == ["dataset", "arm"]

@@ -157,3 +157,9 @@ def write_per_case(results: list[RunResult], axes: Sequence[str], path: Path, ch
     rows = [{"arm": r.arm, **r.axes, "seed": r.seed, **c} for r in results
             for c in (r.cases if checkpoint == "best" else r.last_cases)]  # fmt: skip
     atomic_write_text(path, _csv(header, rows))
+
+
+def shown_axes(s: dict[str, Any]) -> list[str]:
+    """The study's axes as table columns, without an axis called ``arm`` whose value is every arm's own name (it would
+    repeat the first column)."""
+    return [x for x in s["axes"] if x != "arm" or any(a["values"].get(x) != a["arm"] for a in s["arms"])]

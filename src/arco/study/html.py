@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from arco.report_html import Page, source_commit
-from arco.study.collect import RunResult
+from arco.study.collect import RunResult, shown_axes
 
 __all__ = ["study_page", "FIGURE_CAPTIONS"]
 
@@ -76,7 +76,7 @@ def _machine(m: dict[str, Any] | None) -> str:
 
 
 def _metrics(page: Page, s: dict[str, Any]) -> None:
-    axes = list(s["axes"])
+    axes = shown_axes(s)
     arms = [a for a in s["arms"] if a["n_runs"]]
     classes = list(dict.fromkeys(c for a in arms for c in a["classes"]))  # datasets may name different classes
     page.heading("Test metrics per arm")
