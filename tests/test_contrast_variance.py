@@ -78,3 +78,21 @@ def test_cli_writes_table_and_plot_and_rejects_other_methods(run_dir, tmp_path, 
     with pytest.raises(CheckpointError, match="no pixel contrastive loss"):
         load_run(run_dir / "run" / "pretrain")
     assert main(["variance", "--checkpoint", str(run_dir / "run" / "finetune"), "--image", "x.png"]) == 2
+
+
+@pytest.mark.parametrize("framework", ["moco", "byol"])
+def test_framework_runs_measure_their_own_objective(run_dir, tmp_path, framework):
+    # A pixel-level framework's run (MoCo: queue draws; BYOL: its predictor) measures that framework's objective.
+    cfg = load_config("demo", [f"data.root={run_dir / 'data'}", *TINY_SET, "engine.progress=false",
+                               f"finetune.framework={framework}", "finetune.framework_queue=64"])  # fmt: skip
+    init = run_dir / "run" / "pretrain" / "checkpoints" / "best.pt"
+    train(cfg, tmp_path / framework, only=["finetune"], init_from=init)
+    run = load_run(tmp_path / framework / "finetune")
+    assert run.method.cfg.framework == framework
+    state = {k: v.clone() for k, v in run.method.contrast.state_dict().items()}
+    rows = measure(run, ("ns", "sg"), draws=3, batches=1, seed=0)
+    for r in rows:
+        assert r["loss_var"] > 0 and r["grad_var"] > 0 and math.isfinite(r["loss_mean"]), r
+    assert all(torch.equal(v, state[k]) for k, v in run.method.contrast.state_dict().items())  # queues untouched
+    with pytest.raises(ValueError, match=f"finetune.framework={framework}"):
+        measure(run, ("ns", "sg-ref"), draws=2, batches=1)

@@ -367,8 +367,10 @@ def test_evaluate_compare_runs(tmp_path, capsys):
     cfg = {"dataset": "phantom2d", "root": str(tmp_path / "data"), "subjects": 8, "labeled": "1", "image_size": 32,
            "patch_size": [32, 32]}  # fmt: skip
     from arco.checkpoint import load_checkpoint
+    from arco.data.phantom import generate_phantom2d
     from arco.models import MODELS
 
+    generate_phantom2d(tmp_path / "data", subjects=8, seed=0, size=32)  # arco makes data only when asked
     for name in ("a", "b"):
         _checkpoint(tmp_path / name / "checkpoints" / "best.pt", num_classes=4, config_data=cfg)
     state = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")  # b: other random weights than a

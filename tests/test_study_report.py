@@ -78,3 +78,62 @@ def test_summary_means_pairs_and_selection(study, tmp_path):
     md = (tmp_path / "study.md").read_text()
     assert "## Chosen by validation" in md and "test numbers were not consulted" in md
     assert "| big_labeled1 | small_labeled1 |" in md and "![dice_vs_labeled](dice_vs_labeled.png)" in md
+
+
+def _with_last(results, late_arm):
+    """Give every run a last checkpoint (test Dice 0.01 below the selected one) and a peak iteration: 9 of 10 for
+    ``late_arm``'s runs, 5 of 10 for the others."""
+    for r in results:
+        r.last_cases = [{**c, "dice": float(c["dice"]) - 0.01} for c in r.cases]
+        r.last_mean = {**r.mean, "dice": r.mean["dice"] - 0.01}
+        r.last_per_class = {"fg": {**r.per_class["fg"], "dice": r.per_class["fg"]["dice"] - 0.01}}
+        r.best_iteration = 10 if r.arm == late_arm else 5
+    return results
+
+
+def test_last_checkpoint_peaks_and_several_references(tmp_path):
+    grid = {
+        "lam": {"small": ["finetune.lambda_unsup=0.1"], "big": ["finetune.lambda_unsup=1"]},
+        "labeled": {"1": ["data.labeled=1"], "2": ["data.labeled=2"]},
+    }
+    path = write_study(tmp_path / "s.yaml", tmp_path / "d", grid, seeds=(0, 1),
+                       compare_to=[{"lam": "small"}, {"lam": "big"}])  # fmt: skip
+    spec = load_study(str(path))
+    assert spec.compare_to == {"lam": "small"} and len(spec.references) == 2
+    results = _with_last([_result(r) for r in expand(spec, tmp_path / "out")], "big_labeled2")
+    s = summarise(spec, results, planned=8, failed=[], fast=False)
+    cmp = {(c["arm"], c["compare_to"]) for c in s["comparisons"]}
+    assert cmp == {("big_labeled1", "lam = small"), ("big_labeled2", "lam = small"), ("small_labeled1", "lam = big"),
+                   ("small_labeled2", "lam = big")}  # fmt: skip
+    last = {c["arm"]: c for c in s["comparisons_last"] if c["compare_to"] == "lam = small"}
+    best = {c["arm"]: c for c in s["comparisons"] if c["compare_to"] == "lam = small"}
+    assert last["big_labeled1"]["mean"] == pytest.approx(best["big_labeled1"]["mean"])  # both shifted by 0.01
+    arms = {a["arm"]: a for a in s["arms"]}
+    assert arms["small_labeled1"]["last"]["dice"]["mean"] == pytest.approx(0.75 - 0.01)
+    conv = {c["arm"]: c for c in s["convergence"]}
+    assert conv["big_labeled2"]["late"] and conv["big_labeled2"]["fraction"]["median"] == 1.0
+    assert not conv["small_labeled1"]["late"] and conv["small_labeled1"]["best_iteration"]["median"] == 5
+    write_report(s, tmp_path, [])
+    md = (tmp_path / "study.md").read_text()
+    assert "## Paired differences to the reference (lam = big), selected checkpoint" in md
+    assert "## Paired differences to the reference (lam = small), last checkpoint" in md
+    assert "| big_labeled2 | 10 | 10 [10, 10] | 1.00 [1.00, 1.00] | **may need a longer schedule** |" in md
+    assert "| small_labeled1 | 10 | 5 [5, 5] | 0.50 [0.50, 0.50] |  |" in md
+    assert "| small_labeled1 | small | 1 | 2 | 0.7500 ± 0.0000 | 0.7500 ± 0.0000 | 0.7400 ± 0.0000 |" in md
+
+
+def test_an_axis_called_arm_is_not_repeated_as_a_column():
+    """A study whose one axis is ``arm`` (arm names = its values) shows the arm once; other axes stay columns."""
+    from arco.study.collect import shown_axes
+    from arco.study.report import _metrics_md
+
+    entry = {"dice": {"mean": 0.5, "std": 0.1, "n": 2}}
+    arm = {"n_runs": 2, "classes": {"RV": entry}, "mean": {"dice": entry["dice"], "hd95": entry["dice"],
+           "asd": entry["dice"]}, "val_dice": entry["dice"]}  # fmt: skip
+    s = {"axes": {"arm": ["a", "b"]}, "arms": [{**arm, "arm": "a", "values": {"arm": "a"}},
+                                              {**arm, "arm": "b", "values": {"arm": "b"}}]}  # fmt: skip
+    assert shown_axes(s) == []
+    assert _metrics_md(s)[2].startswith("| arm | runs |")
+    x_a = {**arm, "arm": "x_a", "values": {"dataset": "x", "arm": "a"}}
+    two = {"axes": {"dataset": ["x"], "arm": ["a"]}, "arms": [x_a]}
+    assert shown_axes(two) == ["dataset", "arm"]

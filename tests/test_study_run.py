@@ -179,3 +179,61 @@ def test_slurm_path_with_submitit_local_executor(tmp_path, phantom):
     assert len(_rows(out / "results.csv")) == 4  # 3 classes + mean
     # the job ran in submitit's own process, which wrote the job's log
     assert "job sup-seed0: started" in (out / "logs" / "sup-seed0.log").read_text()
+
+
+def test_tuning_phase_then_frozen_choice_then_reuse_by_another_study(tmp_path, phantom, monkeypatch):
+    import yaml
+
+    import arco.pipeline
+
+    calls = []
+    real = arco.pipeline.train
+
+    def counting(cfg, out, only=None, **kw):
+        calls.append(str(out))
+        return real(cfg, out, only=only, **kw)
+
+    monkeypatch.setattr(arco.pipeline, "train", counting)
+    grid = {"labeled": {"1": ["data.labeled=1"], "2": ["data.labeled=2"]}, "method": {"sup": {"method": "supervised"}}}
+    tune = {"where": {"labeled": "1"}, "grid": {"sup": {"schedule.lr": [0.01, 0.03]}}}
+    path = write_study(tmp_path / "s.yaml", phantom, grid, seeds=(0, 1), tune=tune)
+    out = tmp_path / "study"
+    summary = run_study(str(path), out, launcher="inline")
+    assert not summary["runs"]["failed"] and summary["runs"]["finished"] == 4
+    # 2 tuning runs + 4 main runs, one of which is the chosen tuning run (seed 0, labeled 1): 5 trainings
+    assert len(calls) == 5 and sum("/shared/" in c for c in calls) == 2
+    (choice,) = summary["tuning"]["choices"]
+    lr = float(choice["values"]["schedule.lr"])
+    vals = {c["setting"]: c["val_dice"] for c in choice["candidates"]}
+    assert choice["val_dice"] == max(vals.values()) and choice["applies_to"] == ["labeled1_sup", "labeled2_sup"]
+    for arm in ("labeled1_sup", "labeled2_sup"):
+        for seed in (0, 1):
+            run = out / "runs" / arm / f"seed{seed}"
+            cfg = yaml.safe_load((run / "supervised" / "config.yaml").read_text())
+            assert cfg["stages"][0]["schedule"]["lr"] == lr  # the frozen choice, every seed and count
+            assert (run / "evaluation-last" / "per_case.csv").is_file()
+    chosen = out / "tune" / "labeled1_sup" / choice["chosen"] / "seed0" / "supervised"
+    assert (out / "runs" / "labeled1_sup" / "seed0" / "supervised").resolve() == chosen.resolve()
+    assert not (out / "tune" / "labeled1_sup" / choice["chosen"] / "seed0" / "evaluation").exists()  # never tested
+    rows = _rows(out / "results.csv")
+    assert all(r["dice_last"] and r["best_iteration"] for r in rows) and (out / "per_case_last.csv").is_file()
+    md = (out / "study.md").read_text()
+    assert "## Tuning on validation" in md and f"schedule.lr={choice['values']['schedule.lr']}" in md
+    assert "## Where validation Dice peaked" in md and "Dice mean (last ckpt)" in md
+    assert summary["wall_total_seconds"] == summary["wall_seconds"] > 0 and len(summary["history"]) == 1
+    assert summary["machine"]["torch"] and summary["commit"]
+
+    # resumed: nothing trains, the history grows
+    calls.clear()
+    again = run_study(str(path), out, resume=True, launcher="inline")
+    assert calls == [] and len(again["history"]) == 2
+    assert again["wall_total_seconds"] == pytest.approx(summary["wall_seconds"] + again["wall_seconds"], abs=0.2)
+
+    # another study with a run equal to labeled2_sup/seed0 links that stage instead of training it
+    other = write_study(tmp_path / "o.yaml", phantom, {"method": {"sup": {"method": "supervised"}}},
+                        extra=["data.labeled=2", f"schedule.lr={choice['values']['schedule.lr']}"])  # fmt: skip
+    second = run_study(str(other), tmp_path / "second", launcher="inline", reuse=[out])
+    assert calls == [] and second["runs"]["finished"] == 1
+    linked = tmp_path / "second" / "runs" / "sup" / "seed0" / "supervised"
+    assert linked.resolve() == (out / "runs" / "labeled2_sup" / "seed0" / "supervised").resolve()
+    assert json.loads((tmp_path / "second" / "plan.json").read_text())["reused"]

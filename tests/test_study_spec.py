@@ -165,3 +165,75 @@ def test_cli_bad_study_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "not registered: mean-teacherr" in " ".join(proc.stderr.split())
     assert not (tmp_path / "o" / "runs").exists()  # nothing was planned
+
+
+PAPER_TABLES = ("table1", "table2", "table3", "table4", "fig5")
+
+
+@pytest.mark.parametrize("name", PAPER_TABLES)
+def test_paper_tables_tune_every_arm_with_equal_budgets_on_the_phantoms_choices(tmp_path, name):
+    from arco.study.tune import tuning_arms
+
+    spec = load_study(name)
+    assert spec.seeds == (0, 1, 2, 3, 4) and spec.base == "demo" and spec.tune is not None
+    assert set(tuning_arms(spec)) == {a.name for a in spec.arms()}  # every arm takes a tuned setting
+    assert len({len(b) for b in spec.tune.grid.values()}) == 1 and spec.tune.size == 4
+    assert {"data.rotation=20", "finetune.lambda_eqv=1"} <= set(spec.overrides)
+    for run in expand(spec, tmp_path / "o"):
+        stages = {s.name: s for s in run.config.stages}
+        assert run.config.data.rotation == 20
+        assert "finetune" not in stages or stages["finetune"].params.lambda_eqv == 1
+        total = sum(s.schedule.iterations for s in run.config.stages)
+        assert total == 1800  # the demo schedule, the same length for every method
+
+
+def test_table1_arms_and_references():
+    from arco.study.tune import tuning_arms
+
+    spec = load_study("table1")
+    assert list(spec.axes["method"]) == [
+        "supervised", "mean-teacher", "ua-mt", "cps", "unimatch", "bcp", "arco-ns", "arco-sg", "arco-sag", "full",
+    ]  # fmt: skip
+    assert [r for r in spec.references] == [{"method": "supervised"}, {"method": "arco-ns"}]
+    targets = {n: a.name for n, (a, _) in tuning_arms(spec).items()}
+    assert targets["labeled7_cps"] == "labeled1_cps" and targets["labeled3_full"] == "labeled1_full"
+    assert spec.tune.grid["supervised"][0].overrides == ("schedule.lr=0.01",)
+    assert spec.tune.grid["arco-sg"][3].overrides == ("pretrain.lr=0.03", "finetune.lr=0.03",
+                                                      "finetune.lambda_contrast=0.1")  # fmt: skip
+
+
+def test_the_ablation_tables_and_fig5_are_table1s_arco_runs(tmp_path):
+    """With one data root, table2/table4's `full`, table3's and fig5's arms (and their tuning runs) are table1's
+    ARCO runs at 1 labeled subject: `--reuse` of table1 links them instead of training them again."""
+    from arco.study.spec import arm_runs
+
+    root = [f"data.root={tmp_path / 'phantom'}"]
+    t1 = load_study("table1", root)
+    arms1 = {a.values["method"]: a for a in t1.arms() if a.values["labeled"] == "1"}
+
+    def fps(spec, arm, setting):
+        (run,) = arm_runs(spec, arm, tmp_path / spec.name, [0], lambda s: tmp_path, setting.overrides)
+        return fingerprints(run.config)
+
+    pairs = [("table3", "ns", "arco-ns"), ("table3", "sag", "arco-sag"), ("fig5", "sg", "arco-sg"),
+             ("table2", "full", "arco-sg"), ("table4", "full", "arco-sg")]  # fmt: skip
+    for name, value, method in pairs:
+        spec = load_study(name, root)
+        arm = next(a for a in spec.arms() if a.name == value)
+        for setting, same in zip(spec.tune.grid[value], t1.tune.grid[method]):
+            assert setting == same
+            assert fps(spec, arm, setting) == fps(t1, arms1[method], same), (name, value, setting.name)
+
+
+def test_dry_run_prints_the_stages_and_the_estimated_time(tmp_path, capsys):
+    from arco.cli import main
+
+    assert main(["study", "table3", "--out", str(tmp_path / "t3"), "--dry-run", "--jobs", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tuning phase 12 runs (3 budgets x 4 settings, seed 0" in out
+    assert "15 runs (3 arms x 5 seeds), 30 stages (18 shared, 0 reused from --reuse), 30 to train" in out
+    assert (
+        "estimated CPU time (one thread per run, arco.study.cost): 1.7 h" in out and "of which the tuning phase" in out
+    )
+    assert "estimated wall time with --jobs 2 on" in out
+    assert not (tmp_path / "t3").exists()  # nothing planned on disk

@@ -6,11 +6,14 @@ teacher's pseudo-labels and the strong view exactly as the stage-2 step builds t
 then, at those fixed weights, features, banks and batch, evaluates L_contrast again and again with different
 generator seeds, once per sampler. For each sampler it reports the variance of the loss value and the total variance
 (trace of the covariance) of its gradient with respect to the student's representation head (``wrt="rep-head"``:
-the fused map and the linear pair, features detached) or to every student parameter (``wrt="student"``), averaged
-over batches, with their ratios to NS.
+the fused map and the linear pair, and a framework's predictor, features detached) or to every student parameter
+(``wrt="student"``), averaged over batches, with their ratios to NS.
 
 - ``finetune.contrast: reference``: the sampler draws the anchors and the negatives from the banks (both vary with
   the seed, as in training); the banks are not updated between draws. ``sg-ref``/``sag-ref`` do not apply.
+- ``finetune.framework`` other than ``arco`` (SimCLR, MoCo v2, BYOL, ISD, VICReg: :mod:`arco.losses.frameworks`): the
+  sampler draws the pixels (and, for MoCo and ISD, the queue keys); queues are not updated between draws.
+  ``sg-ref``/``sag-ref`` do not apply.
 - ``finetune.contrast: batch``: only the queries are redrawn; the negative keys are drawn with one fixed generator
   from the draws put in a canonical order, so the sampler's choice of pixels is the only source of randomness.
   ``sg-ref``/``sag-ref`` (the reference code's list-position samplers) are plugged in through
@@ -166,7 +169,7 @@ def _one_sampler(run: LoadedRun, inp: dict[str, Any], strategy: str, draws: int,
     losses, g_sum, g_sq = [], None, None
     for r in range(draws):
         gen = torch.Generator(device=m.device).manual_seed(seed * 1_000_003 + r)
-        if m.cfg.contrast == "reference":
+        if m.cfg.contrast == "reference" or m.cfg.framework != "arco":
             loss = m.contrast_loss(inp["views"], inp["out"], inp["label_l"], run.iteration, gen, False, strategy)
         else:
             loss = _batch_loss(run, inp, strategy, gen)
@@ -207,12 +210,14 @@ def measure(
     if draws < 2 or batches < 1:
         raise ValueError(f"measure(): draws must be >= 2 and batches >= 1, got {draws}, {batches}")
     m = run.method
-    if m.cfg.contrast == "reference" and set(samplers) & set(REF_STRATEGIES):
+    if (m.cfg.contrast == "reference" or m.cfg.framework != "arco") and set(samplers) & set(REF_STRATEGIES):
+        what = "finetune.contrast=reference" if m.cfg.framework == "arco" else f"finetune.framework={m.cfg.framework}"
         raise ValueError(
             f"measure(): {sorted(set(samplers) & set(REF_STRATEGIES))} are pixel-list samplers of the batch loss; "
-            "this run's loss (finetune.contrast=reference) samples its banks too: use ns, sg and sag"
+            f"this run's loss ({what}) draws through sample_per_class and sample_bank: use ns, sg and sag"
         )
-    heads = [*m.rep_head.parameters(), *m.rep_pair.parameters()]
+    extra = m.framework_head().parameters() if m.framework_head() is not None else ()  # BYOL's / ISD's predictor
+    heads = [*m.rep_head.parameters(), *m.rep_pair.parameters(), *extra]
     params = [p for p in (heads if wrt == "rep-head" else m.student.parameters()) if p.requires_grad]
     acc: dict[str, dict[str, float]] = {s: {} for s in samplers}
     devices = [m.device] if m.device.type == "cuda" else []

@@ -18,7 +18,7 @@ from arco import __version__
 __all__ = ["main", "build_parser", "VERBS"]
 
 # Order is the order shown in --help.
-VERBS = ("demo", "train", "evaluate", "predict", "variance", "study", "data", "curves")
+VERBS = ("demo", "train", "evaluate", "predict", "variance", "landscape", "study", "data", "curves")
 
 
 def build_parser() -> argparse.ArgumentParser:

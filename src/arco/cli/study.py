@@ -13,14 +13,22 @@ EPILOG = """examples:
   arco study table3 --out runs/t3 --jobs 2 --resume         # after an interruption: finished runs are kept
   arco study my_study.yaml --out runs/s --set data.root=/data/ACDC --seeds 0 1 2
   arco study table1-acdc --out runs/t1 --launcher slurm --partition gpu --time 720 --gpus-per-job 1
+  arco study table1 --out runs/t1 --dry-run --jobs 2         # stages to train and the estimated CPU / wall time
+  arco study table3 --out runs/t3 --reuse runs/t1            # link stages runs/t1 already trained (same fingerprint)
+  arco study report runs/t1 runs/t3 --out docs/results.md --readme README.md --headline table1
 
 A study file has `base` (preset or config), `seeds`, `grid` (axis -> value -> overrides, or {method, set,
-drop_stages}) and `compare_to` (reference arm); see `arco.study.spec`. Every run is an ordinary run folder
-DIR/runs/<arm>/seed<k>/ (`arco evaluate --checkpoint DIR/runs/<arm>/seed<k>/<last stage>`); stages identical
-between runs (stage 1 of arms differing only in stage 2) are trained once under DIR/shared/ and linked.
-Outputs: DIR/study.html (everything on one page), results.csv, per_case.csv, study.json, study.md and PNG
-figures with the qualitative panel. Checkpoints are chosen on the
-validation split only; test metrics are computed once per run and cached in the run folder."""
+drop_stages}), `compare_to` (reference arm, or a list of them) and optionally `tune` (the same small budget per
+method, chosen on validation at one seed; see `arco.study.budget`); see `arco.study.spec`. Every run is an
+ordinary run folder DIR/runs/<arm>/seed<k>/ (`arco evaluate --checkpoint DIR/runs/<arm>/seed<k>/<last stage>`);
+stages identical between runs (stage 1 of arms differing only in stage 2) are trained once under DIR/shared/ and
+linked. Outputs: DIR/study.html (everything on one page), results.csv, per_case.csv, study.json, study.md and PNG
+figures with the qualitative panel. Checkpoints are chosen on the validation split only; test metrics of the
+selected and of the last checkpoint are computed once per run and cached in the run folder.
+
+`arco study report DIR ... --out PAGE.md` writes one results page from finished study folders (tables, reading,
+tuning choices, peak iterations, commit, machine, wall time; figures copied next to the page); `--readme README.md
+--headline STUDY` also rewrites the README's block between <!-- results:headline:start/end --> from that study."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("study", nargs="?", help="built-in study name (see --list) or a study YAML file")
-    p.add_argument("--out", "-o", help="study folder (runs, logs, results)")
+    p.add_argument(
+        "study",
+        nargs="*",
+        metavar="STUDY",
+        help="built-in study name (see --list) or a study YAML file; or `report DIR ...` (results page)",
+    )
+    p.add_argument("--out", "-o", help="study folder (runs, logs, results); with `report`: the page to write")
     p.add_argument("--list", action="store_true", help="print the built-in studies and exit")
     p.add_argument("--jobs", "-j", type=int, default=1,
                    help="jobs at once (local launcher; default 1); with CUDA at most one per visible GPU")  # fmt: skip
@@ -43,7 +56,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="replace the study's seeds")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value of every run ({out} = the study folder; repeatable)")  # fmt: skip
-    p.add_argument("--dry-run", action="store_true", help="print the runs, shared stages and jobs; train nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs, the stages to train and the estimated CPU / wall time; train nothing",
+    )
+    p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="link finished stages of an earlier study folder with the same fingerprint instead of "
+        "training them (repeatable; give every study the same --set data.root=...)",
+    )
+    r = p.add_argument_group("report (arco study report DIR ... --out PAGE)")
+    r.add_argument(
+        "--figures", metavar="DIR", help="where the figures are copied (default: figures/results next to the page)"
+    )
+    r.add_argument("--title", default="Results", help="the page's title (Results)")
+    r.add_argument("--readme", metavar="README", help="also rewrite this file's headline block (needs --headline)")
+    r.add_argument("--headline", metavar="STUDY", help="the study (name or folder) of the README's headline")
     g = p.add_argument_group("slurm (--launcher slurm)")
     g.add_argument("--partition", help="Slurm partition")
     g.add_argument("--time", type=int, default=240, metavar="MIN", help="time limit per job in minutes (240)")
@@ -68,16 +100,79 @@ def _print_list() -> None:
         print(f"  {name:<{width}}{desc}")
 
 
-def _dry_run(args: argparse.Namespace) -> int:
-    from arco.study import plan_study
+def _hours(seconds: float) -> str:
+    return (
+        f"{seconds / 3600:.1f} h ({seconds:.0f} s)" if seconds >= 3600 else f"{seconds / 60:.0f} min ({seconds:.0f} s)"
+    )
 
-    spec, plan = plan_study(args.study, args.out, args.fast, args.overrides, args.seeds, link=False)
-    print(f"study {spec.name}: {len(plan.runs)} runs, {len(plan.stages)} stages to train, {len(plan.shared())} shared")
+
+def _dry_run(args: argparse.Namespace, study: str) -> int:
+    from arco.study import plan_study
+    from arco.study.cost import estimate
+    from arco.study.launch import cpu_cores
+    from arco.study.plan import evaluation_fresh, stage_finished
+
+    spec, plan = plan_study(study, args.out, args.fast, args.overrides, args.seeds, link=False, reuse=args.reuse)
+    tuning = [r for r in plan.runs if r.key.startswith("tune/")]
+    main = [r for r in plan.runs if not r.key.startswith("tune/")]
     for r in plan.runs:
         stages = ", ".join(f"{s.name} ({s.method}, {s.schedule.iterations} it)" for s in r.config.stages)
         print(f"  {r.key}: {stages}")
     for t in plan.shared():
         print(f"  shared {t.stage} {t.fingerprint}: {len(t.runs)} runs")
+    todo = [t for t in plan.stages.values() if not t.reused and not stage_finished(t.folder)]
+    evals = sum(not all(evaluation_fresh(r.folder, r.config.stages[-1], w) for w in ("best", "last")) for r in main)
+    est = estimate(todo, evals, args.jobs, cpu_cores())
+    if spec.tune is not None:
+        where = ", ".join(f"{k}={v}" for k, v in spec.tune.where.items()) or "every setting of the other axes"
+        print(f"study {spec.name}: tuning phase {len(tuning)} runs ({len(spec.tune.grid)} budgets x {spec.tune.size} "
+              f"settings, seed {spec.tune.seed}, {where}); main runs counted with each undecided budget's first "
+              "setting (an estimate until the tuning has run)")  # fmt: skip
+    print(f"study {spec.name}: {len(main)} runs ({len(spec.arms())} arms x {len(spec.seeds)} seeds), "
+          f"{len(plan.stages)} stages ({len(plan.shared())} shared, {len(plan.reused())} reused from --reuse), "
+          f"{len(todo)} to train, {evals} run evaluations to do")  # fmt: skip
+    if est["gpu"]:
+        print("estimate: none for GPU runs (arco.study.cost holds CPU costs only)")
+        return 0
+    per = ", ".join(f"{m} {_hours(sec)}" for m, sec in sorted(est["by_method"].items(), key=lambda t: -t[1]))
+    print(f"estimated CPU time (one thread per run, arco.study.cost): {_hours(est['cpu_seconds'])}"
+          + (f": {per}" if per else ""))  # fmt: skip
+    if est["unknown"]:
+        print(f"  not in the cost table, counted at the default: {', '.join(est['unknown'])}")
+    if tuning:
+        keys = {r.key for r in tuning}
+        phase = estimate([t for t in todo if set(t.runs) <= keys], 0, args.jobs, cpu_cores())
+        print(f"  of which the tuning phase: {_hours(phase['cpu_seconds'])}")
+    print(f"estimated wall time with --jobs {args.jobs} on {cpu_cores()} cores: {_hours(est['wall_seconds'])} "
+          "(idle cores assumed; a loaded machine takes longer)")  # fmt: skip
+    return 0
+
+
+def _report(args: argparse.Namespace, folders: list[str]) -> int:
+    from pathlib import Path
+
+    from arco.study.results import load_summary, results_page, write_headline
+
+    if not folders or not args.out:
+        raise ValueError("arco study report needs study folders and --out PAGE.md, e.g. arco study report runs/t1 "
+                         "runs/t3 --out docs/results.md")  # fmt: skip
+    if bool(args.readme) != bool(args.headline):
+        raise ValueError("--readme and --headline go together: --readme README.md --headline STUDY")
+    command = "arco study report " + " ".join(folders) + f" --out {args.out}"
+    if args.readme:
+        command += f" --readme {args.readme} --headline {args.headline}"
+    copied = results_page(folders, args.out, args.figures, args.title, command)
+    print(f"wrote {args.out} ({len(folders)} studies, {sum(map(len, copied.values()))} figures)")
+    if args.readme:
+        names = {load_summary(f)["study"]: f for f in folders}
+        by_folder = {str(Path(f).resolve()): f for f in folders}
+        folder = names.get(args.headline) or by_folder.get(str(Path(args.headline).resolve()))
+        if folder is None:
+            raise ValueError(f"--headline {args.headline!r} is none of the studies given ({', '.join(names)})")
+        name = load_summary(folder)["study"]
+        figure = next((f for f in copied.get(name, []) if f.name.endswith("dice_per_arm.png")), None)
+        write_headline(args.readme, folder, args.out, figure)
+        print(f"rewrote the headline block of {args.readme} from {name}")
     return 0
 
 
@@ -87,13 +182,18 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         _print_list()
         return 0
+    if args.study[:1] == ["report"]:
+        return _report(args, args.study[1:])
+    if len(args.study) > 1:
+        raise ValueError(f"give one study, got {' '.join(args.study)} (for a results page: arco study report DIR ...)")
     if not args.study or not args.out:
         raise ValueError("give a study (a built-in name, see --list, or a YAML file) and --out DIR")
+    study = args.study[0]
     from arco._io import check_out_dir
 
     check_out_dir(args.out)
     if args.dry_run:
-        return _dry_run(args)
+        return _dry_run(args, study)
     for e in args.slurm_param:
         if "=" not in e:
             raise ValueError(f"--slurm-param expects KEY=VALUE, got {e!r}")
@@ -108,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         extra=tuple(args.slurm_param),
     )
     summary = run_study(
-        args.study,
+        study,
         args.out,
         jobs=args.jobs,
         resume=args.resume,
@@ -118,13 +218,15 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         seeds=args.seeds,
         report=lambda line: print(line, flush=True),
+        reuse=args.reuse,
     )
     from pathlib import Path
 
     print()
     print((Path(args.out) / "study.md").read_text())
     failed = summary["runs"]["failed"]
-    print(f"study took {summary['wall_seconds']:.0f} s; results in {args.out}")
+    print(f"study took {summary['wall_seconds']:.0f} s (all invocations: {summary['wall_total_seconds']:.0f} s); "
+          f"results in {args.out}")  # fmt: skip
     print(f"open {Path(args.out) / 'study.html'}")
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{f['run']} (log: {f['log']})" for f in failed))

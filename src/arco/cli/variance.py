@@ -20,7 +20,8 @@ uses 3D sampling. Writes variance.csv and variance.png to --out.
 With --checkpoint the run's data, weights and banks are rebuilt (from last.pt); on real training batches
 (pseudo-labels and strong views as in training, computed once) L_contrast is evaluated --draws times per sampler at
 the same weights, banks and batch (the reference loss: anchors and negatives redrawn; the batch loss: queries
-redrawn); the table gives the variance of the loss and the total variance of its gradient (w.r.t. the
+redrawn; a finetune.framework run (simclr, moco, byol, isd, vicreg): its pixels, and the queue keys of moco and
+isd, redrawn); the table gives the variance of the loss and the total variance of its gradient (w.r.t. the
 representation head, or every student weight with --wrt student) and their ratio to NS. sg-ref/sag-ref (the
 reference code's list-position samplers) apply to the batch loss only. Writes contrast_variance.csv/.png."""
 
@@ -68,13 +69,14 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
         raise ValueError(f"--draws must be >= 2 and --batches >= 1, got {args.draws} and {args.batches}")
     run = load_run(args.checkpoint, device=args.device, data_root=args.data_root)
     if not args.samplers:
-        batch = run.method.cfg.contrast == "batch"
+        batch = run.method.cfg.contrast == "batch" and run.method.cfg.framework == "arco"
         args.samplers = ["ns", "sg", "sag", *(("sg-ref", "sag-ref") if batch else ())]
     total = args.draws * args.batches * len(args.samplers)
     with tqdm(total=total, desc="variance", unit="draw", disable=args.no_progress, leave=False) as bar:
         rows = measure(run, args.samplers, args.draws, args.batches, args.seed, args.wrt, progress=bar.update)
     cfg = run.method.cfg
-    print(f"{run.checkpoint} ({run.stage.method}, L_contrast {cfg.contrast!r}, trained with sampler {cfg.sampler!r})")
+    loss = f"L_contrast {cfg.contrast!r}" if cfg.framework == "arco" else f"framework {cfg.framework!r}"
+    print(f"{run.checkpoint} ({run.stage.method}, {loss}, trained with sampler {cfg.sampler!r})")
     print(format_table(rows, args.wrt))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     title = "/".join(Path(run.checkpoint).parts[-5:-2])  # e.g. sg/seed0/finetune

@@ -28,10 +28,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from arco._checks import choice
 from arco.augment import cutmix, random_similarity, warp
 from arco.losses import NearestNeighbourLoss, PixelContrastiveLoss, unsup_loss
+from arco.losses.frameworks import NAMES as FRAMEWORK_NAMES
+from arco.losses.frameworks import FrameworkOptions, PixelFramework, build_framework
 from arco.losses.hard_negative import RULES, HardNegativeContrastiveLoss, expand_capacities
 from arco.losses.unsupervised import UNSUP_WEIGHTINGS
 from arco.methods._arco_common import (
@@ -60,11 +63,15 @@ __all__ = [
     "ArcoPretrainMethod",
     "ArcoFinetuneMethod",
     "CONTRASTS",
+    "FRAMEWORKS",
     "StrongViews",
 ]
 
 #: The two L_contrast of stage 2 (module docstring).
 CONTRASTS = ("reference", "batch")
+#: ``finetune.framework``: ARCO's own L_contrast (``arco``, as ``contrast`` says) or a pixel-level self-supervised
+#: framework on the sampled pixels (:mod:`arco.losses.frameworks`; paper Sec. 1 / App. L).
+FRAMEWORKS = ("arco", *FRAMEWORK_NAMES)
 _BATCH_BANK = 2048  # the ``batch`` loss's per-class bank when ``bank_size`` is not set
 
 
@@ -109,6 +116,14 @@ class ArcoFinetuneConfig:
             ``eqv_confidence`` (the reference's ``weak_threshold`` 0.7). See docs/diagnosis.md.
         eqv_confidence: that confidence threshold.
         eqv_rotate: the warps' maximal rotation in degrees (reference: 60).
+        framework: ``arco`` (the L_contrast above) or one of ``simclr``, ``moco``, ``byol``, ``isd``, ``vicreg``:
+            that framework's dense objective replaces L_contrast (weight ``lambda_contrast``) on pixels drawn by
+            ``sampler`` (``num_queries`` per class; ``num_negatives`` queue keys per pixel for MoCo and ISD);
+            ``contrast``, ``contrast_rule``, the deltas, ``neg_ranks``, ``alpha0`` and ``bank_size`` then do not
+            apply. See :mod:`arco.losses.frameworks`.
+        framework_tau / framework_tau_teacher / framework_queue / framework_weights: the framework's temperature
+            (SimCLR 0.1, MoCo 0.2, ISD student 0.1), ISD's teacher temperature (0.01), the queue size (MoCo
+            65 536, ISD 128 000) and VICReg's (λ, μ, ν) (25, 25, 1); ``None`` = those defaults.
     """
 
     contrast: str = "reference"
@@ -142,10 +157,17 @@ class ArcoFinetuneConfig:
     lambda_eqv: float = 0.0
     eqv_confidence: float = 0.7
     eqv_rotate: float = 60.0
+    framework: str = "arco"
+    framework_tau: float | None = None
+    framework_tau_teacher: float | None = None
+    framework_queue: int | None = None
+    framework_weights: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         # Fail when the config is read, not at the first training step.
         choice("finetune.contrast", self.contrast, CONTRASTS)
+        choice("finetune.framework", self.framework, FRAMEWORKS)
+        self.framework_options()  # checks the framework_* values
         choice("finetune.sampler", self.sampler, STRATEGIES)
         choice("finetune.contrast_rule", self.contrast_rule, RULES)
         choice("finetune.strong_bn", self.strong_bn, STRONG_BN)
@@ -179,6 +201,15 @@ class ArcoFinetuneConfig:
                 f"{list(self.neg_ranks)}, {self.bank_size}"
             )
 
+    def framework_options(self) -> FrameworkOptions:
+        """The ``framework_*`` settings (``None`` = the framework's default)."""
+        try:
+            return FrameworkOptions(
+                self.framework_tau, self.framework_tau_teacher, self.framework_queue, self.framework_weights
+            )
+        except ValueError as exc:
+            raise ValueError(f"finetune: {exc} (finetune.framework_*)") from exc
+
 
 class StrongViews(NamedTuple):
     """What stage 2 builds from an unlabeled batch before the student runs (``ArcoFinetuneMethod.strong_views``)."""
@@ -211,11 +242,20 @@ class ArcoFinetuneMethod(ArcoBase):
         self.add_teacher("teacher_rep_head", "rep_head")
         self.add_component("rep_pair", LinearPair(model.dim))
         self.add_component("contrast", self._build_contrast(cfg, num_classes, model.dim), "state")
+        head = self.contrast.build_head(model.dim, model.hidden_dim) if cfg.framework != "arco" else None
+        if head is not None:  # BYOL's / ISD's predictor: a component only for the frameworks that have one
+            self.add_component("contrast_head", head)
         self.add_component("nn_loss", NearestNeighbourLoss(model.dim, bank_size=cfg.nn_bank, k=cfg.nn_k), "state")
         self._pending: torch.Tensor | None = None
 
     @staticmethod
     def _build_contrast(cfg: ArcoFinetuneConfig, num_classes: int, dim: int) -> torch.nn.Module:
+        if cfg.framework != "arco":
+            return build_framework(
+                cfg.framework, num_classes=num_classes, dim=dim, strategy=cfg.sampler, grid=cfg.grid,
+                bank_blocks=cfg.bank_blocks, num_queries=cfg.num_queries, num_negatives=cfg.num_negatives,
+                options=cfg.framework_options(),
+            )  # fmt: skip
         common = dict(strategy=cfg.sampler, grid=cfg.grid, num_queries=cfg.num_queries, tau=cfg.tau)
         if cfg.contrast == "batch":
             bank = max(expand_capacities(cfg.bank_size, num_classes)) if cfg.bank_size else _BATCH_BANK
@@ -276,6 +316,12 @@ class ArcoFinetuneMethod(ArcoBase):
         def rep_student(index: torch.Tensor) -> torch.Tensor:
             return self.rep_pair(self.rep_head.forward_at(s_levels, index))
 
+        def rep_teacher(index: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.teacher_rep_head.forward_at(views.teacher_levels, index)
+
+        if isinstance(self.contrast, PixelFramework):  # finetune.framework other than arco
+            return self.contrast(label, rep_student, rep_teacher, generator, update, strategy, self.framework_head())
         if cfg.contrast == "reference":
             with torch.no_grad():
                 prob_s = torch.softmax(out.logits[bl:].detach().float(), dim=1)
@@ -286,12 +332,11 @@ class ArcoFinetuneMethod(ArcoBase):
                 label, bl, views.teacher_prob, entropy, progress, teacher_map, rep_student, generator, update, strategy
             )  # fmt: skip
         valid = torch.cat([torch.ones_like(label_l, dtype=torch.bool), views.confidence >= cfg.confidence])
-
-        def rep_teacher(index: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return self.teacher_rep_head.forward_at(views.teacher_levels, index)
-
         return self.contrast(label, valid, rep_student, rep_teacher, generator, strategy=strategy, store=update)
+
+    def framework_head(self) -> nn.Module | None:
+        """BYOL's / ISD's predictor (component ``contrast_head``, or its DDP replica); None for the other frameworks."""
+        return getattr(self, "contrast_head", None)
 
     def equivariance_loss(
         self, image_l: torch.Tensor, mixed: torch.Tensor, logits: torch.Tensor, label: torch.Tensor, conf: torch.Tensor

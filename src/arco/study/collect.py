@@ -1,5 +1,6 @@
-"""Reading a study's finished runs back: test metrics (from each run's cached evaluation), validation Dice, length,
-time and training curves; writing ``results.csv`` and ``per_case.csv``."""
+"""Reading a study's finished runs back: test metrics of the selected and of the last checkpoint (from each run's
+cached evaluations), validation Dice and where it peaked, length, time and training curves; writing
+``results.csv``, ``per_case.csv`` and ``per_case_last.csv``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from arco._io import atomic_write_text
-from arco.study.plan import EVALUATION
+from arco.study.plan import EVALUATION, EVALUATION_LAST
 from arco.study.spec import RunSpec
 
 __all__ = ["RunResult", "collect_run", "write_results", "write_per_case", "METRICS"]
@@ -21,7 +22,9 @@ METRICS = ("dice", "jaccard", "hd95", "asd")
 
 
 class RunResult:
-    """One finished run: per-class test means, per-case rows, validation Dice, iterations, seconds, curves."""
+    """One finished run: per-class test means and per-case rows of the selected checkpoint (``last_*``: of the
+    last checkpoint), validation Dice and the iteration of the selected checkpoint counted from the start of the run
+    (``best_iteration``), iterations, seconds, curves."""
 
     def __init__(self, run: RunSpec, axes: Sequence[str]) -> None:
         self.run = run
@@ -30,6 +33,10 @@ class RunResult:
         self.mean: dict[str, float] = {}
         self.cases: list[dict[str, Any]] = []
         self.val_dice: float | None = None
+        self.best_iteration: int | None = None
+        self.last_per_class: dict[str, dict[str, float]] = {}
+        self.last_mean: dict[str, float] = {}
+        self.last_cases: list[dict[str, Any]] = []
         self.iterations = 0
         self.train_seconds = 0.0
         self.curves: list[dict[str, Any]] = []
@@ -43,10 +50,17 @@ class RunResult:
     def seed(self) -> int:
         return self.run.seed
 
-    def case_dice(self) -> dict[str, float]:
-        """Per test case: the mean Dice over foreground classes."""
+    @property
+    def best_fraction(self) -> float | None:
+        """Where the selected checkpoint lies in the run's schedule (its iteration / the run's iterations)."""
+        if self.best_iteration is None or not self.iterations:
+            return None
+        return self.best_iteration / self.iterations
+
+    def case_dice(self, checkpoint: str = "best") -> dict[str, float]:
+        """Per test case: the mean Dice over foreground classes (of the ``best`` or the ``last`` checkpoint)."""
         acc: dict[str, list[float]] = {}
-        for r in self.cases:
+        for r in self.cases if checkpoint == "best" else self.last_cases:
             acc.setdefault(r["case"], []).append(float(r["dice"]))
         return {c: sum(v) / len(v) for c, v in acc.items()}
 
@@ -78,12 +92,9 @@ def _curves(stage_dirs: list[Path]) -> list[dict[str, Any]]:
 def collect_run(run: RunSpec, axes: Sequence[str]) -> RunResult:
     """Read a finished, evaluated run folder (raises FileNotFoundError when it is not)."""
     res = RunResult(run, axes)
-    ev = run.folder / EVALUATION
-    summary = json.loads((ev / "summary.json").read_text())
-    res.per_class = {name: dict(entry["mean"]) for name, entry in summary["per_class"].items()}
-    res.mean = dict(summary["mean"])
-    with open(ev / "per_case.csv", newline="") as fh:
-        res.cases = list(csv.DictReader(fh))
+    res.per_class, res.mean, res.cases = _evaluation(run.folder / EVALUATION)
+    if (run.folder / EVALUATION_LAST / "summary.json").is_file():
+        res.last_per_class, res.last_mean, res.last_cases = _evaluation(run.folder / EVALUATION_LAST)
     stage_dirs = [run.folder / s.name for s in run.config.stages]
     for folder in stage_dirs:
         s = json.loads((folder / "summary.json").read_text())
@@ -92,8 +103,19 @@ def collect_run(run: RunSpec, axes: Sequence[str]) -> RunResult:
         res.train_seconds += float(s.get("wall_seconds", 0.0))
     last = json.loads((stage_dirs[-1] / "summary.json").read_text())
     res.val_dice = last.get("best_val_dice")
+    if last.get("best_iteration") is not None and int(last["best_iteration"]) >= 0:
+        offset = res.stage_ends[-2] if len(res.stage_ends) > 1 else 0  # the stages before the last one
+        res.best_iteration = offset + int(last["best_iteration"])
     res.curves = _curves(stage_dirs)
     return res
+
+
+def _evaluation(folder: Path) -> tuple[dict[str, dict[str, float]], dict[str, float], list[dict[str, Any]]]:
+    """(per-class means, mean over classes, per-case rows) of a cached evaluation folder."""
+    summary = json.loads((folder / "summary.json").read_text())
+    with open(folder / "per_case.csv", newline="") as fh:
+        cases = list(csv.DictReader(fh))
+    return {n: dict(e["mean"]) for n, e in summary["per_class"].items()}, dict(summary["mean"]), cases
 
 
 def _csv(header: Sequence[str], rows: list[dict[str, Any]]) -> str:
@@ -106,24 +128,38 @@ def _csv(header: Sequence[str], rows: list[dict[str, Any]]) -> str:
 
 
 def write_results(results: list[RunResult], axes: Sequence[str], path: Path) -> None:
-    """``results.csv``: one row per run and class (then ``class = mean``: the mean over foreground classes)."""
-    header = ["arm", *axes, "seed", "class", *METRICS, "val_dice", "iterations", "train_seconds"]
+    """``results.csv``: one row per run and class (then ``class = mean``: the mean over foreground classes); the
+    metrics of the selected checkpoint, then ``dice_last`` (the last checkpoint's Dice) and where the selected
+    checkpoint lies (``best_iteration`` counted from the start of the run)."""
+    header = ["arm", *axes, "seed", "class", *METRICS, "dice_last", "val_dice", "best_iteration", "iterations",
+              "train_seconds"]  # fmt: skip
     rows = []
     for r in results:
         common = {"arm": r.arm, **r.axes, "seed": r.seed, "val_dice": r.val_dice, "iterations": r.iterations}
-        common["train_seconds"] = round(r.train_seconds, 1)
+        common.update(train_seconds=round(r.train_seconds, 1), best_iteration=r.best_iteration)
+        last = {**r.last_per_class, "mean": r.last_mean}
         for name, m in [*r.per_class.items(), ("mean", r.mean)]:
-            rows.append({**common, "class": name, **{k: m.get(k) for k in METRICS}})
+            rows.append({**common, "class": name, **{k: m.get(k) for k in METRICS},
+                         "dice_last": last.get(name, {}).get("dice")})  # fmt: skip
     atomic_write_text(path, _csv(header, rows))
 
 
-def write_per_case(results: list[RunResult], axes: Sequence[str], path: Path) -> None:
-    """``per_case.csv``: every run's per-case, per-class test rows with the arm, axes and seed in front."""
+def write_per_case(results: list[RunResult], axes: Sequence[str], path: Path, checkpoint: str = "best") -> None:
+    """``per_case.csv``: every run's per-case, per-class test rows with the arm, axes and seed in front (of the
+    ``last`` checkpoint: ``per_case_last.csv``)."""
     extra: list[str] = []
     for r in results:
-        for k in r.cases[0] if r.cases else ():
+        cases = r.cases if checkpoint == "best" else r.last_cases
+        for k in cases[0] if cases else ():
             if k not in ("case", "class") and k not in extra:
                 extra.append(k)
     header = ["arm", *axes, "seed", "case", "class", *extra]
-    rows = [{"arm": r.arm, **r.axes, "seed": r.seed, **c} for r in results for c in r.cases]
+    rows = [{"arm": r.arm, **r.axes, "seed": r.seed, **c} for r in results
+            for c in (r.cases if checkpoint == "best" else r.last_cases)]  # fmt: skip
     atomic_write_text(path, _csv(header, rows))
+
+
+def shown_axes(s: dict[str, Any]) -> list[str]:
+    """The study's axes as table columns, without an axis called ``arm`` whose value is every arm's own name (it would
+    repeat the first column)."""
+    return [x for x in s["axes"] if x != "arm" or any(a["values"].get(x) != a["arm"] for a in s["arms"])]

@@ -1,7 +1,8 @@
-"""``study.html``: a study on one self-contained page (:class:`arco.report_html.Page`): what was run, the test
-metrics per arm and class, the paired differences and their statistics, the selection by validation, sortable
-per-run and per-case tables, every figure and qualitative panel embedded, the study file and each arm's
-resolved configuration, and the commit of the code."""
+"""``study.html``: a study on one self-contained page (:class:`arco.report_html.Page`): what was run, where and how
+long, the test metrics per arm and class (selected and last checkpoint), the paired differences and their
+statistics, the tuning on validation, where validation Dice peaked, the selection by validation, sortable per-run
+and per-case tables, every figure and qualitative panel embedded, the study file and each arm's resolved
+configuration."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from arco.report_html import Page, source_commit
-from arco.study.collect import RunResult
+from arco.study.collect import RunResult, shown_axes
 
 __all__ = ["study_page", "FIGURE_CAPTIONS"]
 
@@ -45,51 +46,61 @@ def _overview(page: Page, s: dict[str, Any]) -> None:
             ("base configuration", s["base"]),
             ("seeds", ", ".join(str(x) for x in s["seeds"])),
             ("axes", "; ".join(f"{a}: {', '.join(v)}" for a, v in s["axes"].items()) or "-"),
-            ("reference (compare_to)", ", ".join(f"{k} = {v}" for k, v in s["compare_to"].items()) or "-"),
+            ("reference (compare_to)", "; ".join(", ".join(f"{k} = {v}" for k, v in r.items())
+                                                   for r in s.get("references") or [s["compare_to"]]) or "-"),
             ("runs", f"{runs['planned']} planned, {runs['finished']} finished, {len(runs['failed'])} failed"),
-            ("wall time", f"{s['wall_seconds']:.0f} s" if s.get("wall_seconds") is not None else "n/a"),
-            ("arco commit", source_commit()),
+            ("wall time", _wall(s)),
+            ("arco commit", s.get("commit") or source_commit()),
+            ("machine", _machine(s.get("machine"))),
         ]
-    )
+    )  # fmt: skip
     if s.get("fast"):
         page.paragraph("Fast smoke run (--fast): every schedule divided by 10; the numbers do not measure the "
                        "methods.", note=True)  # fmt: skip
     page.paragraph(s["selection_note"])
 
 
+def _wall(s: dict[str, Any]) -> str:
+    if s.get("wall_seconds") is None:
+        return "n/a"
+    total, n = s.get("wall_total_seconds", s["wall_seconds"]), len(s.get("history") or []) or 1
+    return f"{total:.0f} s over {n} invocation(s) with --jobs {s.get('jobs', '?')} (this one {s['wall_seconds']:.0f} s)"
+
+
+def _machine(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "n/a"
+    out = f"{m.get('cpu')}, {m.get('usable_cores')} of {m.get('cores')} cores, torch {m.get('torch')}"
+    out += f", Python {m.get('python')}, load average {m.get('load_average')} at the start"
+    return out + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+
+
 def _metrics(page: Page, s: dict[str, Any]) -> None:
-    axes = list(s["axes"])
+    axes = shown_axes(s)
     arms = [a for a in s["arms"] if a["n_runs"]]
     classes = list(dict.fromkeys(c for a in arms for c in a["classes"]))  # datasets may name different classes
     page.heading("Test metrics per arm")
     page.paragraph("Mean ± sample standard deviation over seeds of each run's mean over test cases.")
-    header = ["arm", *axes, "runs", *(f"Dice {c}" for c in classes), "Dice mean", "HD95", "ASD", "val Dice"]
+    header = ["arm", *axes, "runs", *(f"Dice {c}" for c in classes), "Dice mean", "Dice mean (last ckpt)", "HD95",
+              "ASD", "val Dice"]  # fmt: skip
     rows = []
     for a in s["arms"]:
         cells = [a["arm"], *(a["values"].get(x, "") for x in axes), a["n_runs"]]
         cells += [_pm(a.get("classes", {}).get(c, {}).get("dice")) for c in classes]
-        cells += [_pm(a["mean"]["dice"]), _pm(a["mean"]["hd95"], 2), _pm(a["mean"]["asd"], 2), _pm(a["val_dice"])]
+        cells += [_pm(a["mean"]["dice"]), _pm(a.get("last", {}).get("dice")), _pm(a["mean"]["hd95"], 2),
+                  _pm(a["mean"]["asd"], 2), _pm(a["val_dice"])]  # fmt: skip
         rows.append(cells)
     page.table(header, rows, sortable=True)
-    if s["comparisons"]:
-        page.heading("Paired differences to the reference")
-        page.table(
-            ["arm", "reference", "Δ mean Dice", "95 % CI low", "95 % CI high", "Wilcoxon p", "pairs", "runs"],
-            [
-                [
-                    c["arm"],
-                    c["reference"],
-                    c.get("mean"),
-                    c.get("ci_low"),
-                    c.get("ci_high"),
-                    c.get("p_wilcoxon"),
-                    c["n_pairs"],
-                    c["n_runs"],
-                ]
-                for c in s["comparisons"]
-            ],  # fmt: skip
-            sortable=True,
-        )
+    for key, what in (("comparisons", "selected checkpoint"), ("comparisons_last", "last checkpoint")):
+        rows = s.get(key) or []
+        for label in dict.fromkeys(c.get("compare_to", "") for c in rows):
+            page.heading(f"Paired differences to the reference ({label}), {what}")
+            page.table(
+                ["arm", "reference", "Δ mean Dice", "95 % CI low", "95 % CI high", "Wilcoxon p", "pairs", "runs"],
+                [[c["arm"], c["reference"], c.get("mean"), c.get("ci_low"), c.get("ci_high"), c.get("p_wilcoxon"),
+                  c["n_pairs"], c["n_runs"]] for c in rows if c.get("compare_to", "") == label],
+                sortable=True,
+            )  # fmt: skip
     page.heading("Statistics", level=3)
     page.raw("<ul>" + "".join(f"<li><b>{k}</b>: {_esc(v)}</li>" for k, v in s["statistics"].items()) + "</ul>")
     page.paragraph(
@@ -111,9 +122,53 @@ def _metrics(page: Page, s: dict[str, Any]) -> None:
                 for e in s["selection"]
             ],  # fmt: skip
         )
+    _tuning(page, s)
+    _convergence(page, s)
     if s["runs"]["failed"]:
         page.heading("Failed runs")
         page.table(["run", "reason", "log"], [[f["run"], f["reason"], f["log"]] for f in s["runs"]["failed"]])
+
+
+def _tuning(page: Page, s: dict[str, Any]) -> None:
+    t = s.get("tuning")
+    if not t:
+        return
+    page.heading("Tuning on validation")
+    where = ", ".join(f"{k} = {v}" for k, v in t["where"].items()) or "every setting of the other axes"
+    page.paragraph(f"{t['rule']} Seed {t['seed']}, at {where}; {t['settings_per_budget']} settings per method.")
+    page.table(
+        ["tuned arm", "budget", "chosen", "val Dice of the choice", "used by"],
+        [[c["arm"], c["budget"], ", ".join(f"{k}={v}" for k, v in c.get("values", {}).items()) if c["chosen"]
+          else "none: " + c.get("reason", ""), c.get("val_dice"), ", ".join(c.get("applies_to", [])) or "-"]
+         for c in t["choices"]],
+    )  # fmt: skip
+    if t.get("untuned"):
+        page.paragraph("Not tuned (the study's settings): " + ", ".join(t["untuned"]) + ".")
+    page.table(
+        ["tuned arm", "setting", "val Dice", "chosen", "peak iteration (last stage)"],
+        [[c["arm"], ", ".join(f"{k}={v}" for k, v in cand["values"].items()),
+          cand.get("val_dice") if cand.get("finished") else "not finished",
+          "yes" if cand["setting"] == c.get("chosen") else "", cand.get("best_iteration")]
+         for c in t["choices"] for cand in c["candidates"]],
+        sortable=True,
+    )  # fmt: skip
+
+
+def _convergence(page: Page, s: dict[str, Any]) -> None:
+    rows = s.get("convergence") or []
+    if not rows:
+        return
+    page.heading("Where validation Dice peaked")
+    page.paragraph("The iteration of each run's selected checkpoint, counted from the start of the run, and as a "
+                   "fraction of the run's iterations (median, min and max over seeds). Arms whose median is in the "
+                   "last 10 % of the schedule may need a longer schedule.")  # fmt: skip
+    page.table(
+        ["arm", "iterations", "peak iteration (median)", "min", "max", "fraction (median)", "min", "max", "flag"],
+        [[c["arm"], c["iterations"], c["best_iteration"]["median"], c["best_iteration"]["min"],
+          c["best_iteration"]["max"], c["fraction"]["median"], c["fraction"]["min"], c["fraction"]["max"],
+          "may need a longer schedule" if c["late"] else ""] for c in rows],
+        sortable=True,
+    )  # fmt: skip
 
 
 def _esc(x: Any) -> str:
@@ -137,7 +192,9 @@ def _per_run(page: Page, results: Sequence[RunResult], axes: list[str]) -> None:
             "Dice mean",
             "HD95",
             "ASD",
+            "Dice mean (last ckpt)",
             "val Dice",
+            "peak iteration",
             "iterations",
             "train s",
         ],
@@ -150,7 +207,9 @@ def _per_run(page: Page, results: Sequence[RunResult], axes: list[str]) -> None:
                 r.mean.get("dice"),
                 r.mean.get("hd95"),
                 r.mean.get("asd"),
+                r.last_mean.get("dice"),
                 r.val_dice,
+                r.best_iteration,
                 r.iterations,
                 round(r.train_seconds, 1),
             ]

@@ -12,10 +12,13 @@ folder refers to it with a relative symbolic link ``DIR/runs/<arm>/seed<k>/<stag
 Every stage folder records the fingerprint it is trained for (``fingerprint.json``). On ``--resume`` a stage
 folder whose record differs from its planned fingerprint (the code or the settings changed since; or a folder of an
 arco that kept no record) is moved to ``DIR/stale/`` and the stage trains again (:func:`retire_stale`), with every
-stage that starts from it.
+stage that starts from it. Stages linked from another study (``--reuse``) are left as they are.
 
 Jobs: one per shared stage (``shared-<fingerprint>``), and one per run holding the run's own stages and its
-evaluation (:func:`run_job_id`); a job waits for the jobs that train the stages it needs.
+evaluation (:func:`run_job_id`); a job waits for the jobs that train the stages it needs. A study's tuning runs
+(:mod:`arco.study.tune`) have every stage in ``DIR/shared/`` (a main run may later link to them) and no run job (they
+are never scored on the test split). A finished stage of another study with the same fingerprint (``reuse``) is
+linked instead of trained.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ __all__ = [
     "make_plan",
     "run_job_id",
     "retire_stale",
+    "reusable_stages",
     "stage_finished",
     "evaluation_fresh",
     "waves",
@@ -52,6 +56,8 @@ NEUTRAL_ENGINE = ("threads", "progress", "log_every", "num_workers", "save_every
 EVALUATION = "evaluation"
 FINGERPRINT_FILE = "fingerprint.json"
 STALE = "stale"
+#: The test evaluation of the last checkpoint (``last.pt``) of a run's last stage, beside the selected one's.
+EVALUATION_LAST = "evaluation-last"
 
 
 def run_job_id(run_key: str) -> str:
@@ -131,6 +137,8 @@ class StageTask:
     home: Path
     config: RunConfig
     runs: list[str] = field(default_factory=list)
+    shared: bool = False
+    reused: bool = False
 
     @property
     def folder(self) -> Path:
@@ -182,7 +190,12 @@ class Plan:
     run_fingerprints: dict[str, list[str]]
 
     def shared(self) -> list[StageTask]:
-        return [t for t in self.stages.values() if len(t.runs) > 1]
+        """Stages trained in ``DIR/shared/`` (not those linked from another study)."""
+        return [t for t in self.stages.values() if t.shared and not t.reused]
+
+    def reused(self) -> list[StageTask]:
+        """Stages linked from another study's finished stage."""
+        return [t for t in self.stages.values() if t.reused]
 
     def run_job(self, run: RunSpec) -> Job:
         """The job of ``run``."""
@@ -213,9 +226,22 @@ def _truncate(cfg: RunConfig, index: int) -> RunConfig:
     return dataclasses.replace(cfg, stages=cfg.stages[: index + 1])
 
 
-def make_plan(runs: Sequence[RunSpec], out: str | Path, link: bool = True) -> Plan:
-    """Fingerprint every stage, decide where each is trained, create the folder links and group tasks into jobs."""
+def make_plan(
+    runs: Sequence[RunSpec],
+    out: str | Path,
+    link: bool = True,
+    tuning: Collection[str] = (),
+    reuse: Mapping[str, Path] | None = None,
+) -> Plan:
+    """Fingerprint every stage, decide where each is trained, create the folder links and group tasks into jobs.
+
+    Args:
+        tuning: keys of the tuning runs among ``runs`` (their stages go to ``DIR/shared/``; no run job).
+        reuse: fingerprint -> finished stage folder of another study (:func:`reusable_stages`), linked instead of
+            trained unless this study already trained that stage itself.
+    """
     out = Path(out).resolve()
+    reuse = reuse or {}
     fps = {r.key: fingerprints(r.config) for r in runs}
     users: dict[str, list[tuple[RunSpec, int]]] = {}
     for r in runs:
@@ -224,30 +250,34 @@ def make_plan(runs: Sequence[RunSpec], out: str | Path, link: bool = True) -> Pl
     stages: dict[str, StageTask] = {}
     for fp, used in users.items():
         run, i = used[0]
-        shared = len(used) > 1
+        name = run.config.stages[i].name
+        shared = len(used) > 1 or any(r.key in tuning for r, _ in used)
         home = out / "shared" / fp if shared else run.folder
         cfg = _truncate(run.config, i) if shared else run.config
-        stages[fp] = StageTask(fp, run.config.stages[i].name, home, cfg, [r.key for r, _ in used])
+        here = home / name
+        reused = fp in reuse and not (here.exists() and not here.is_symlink())  # trained here: keep it
+        if reused:
+            home = reuse[fp].parent
+        stages[fp] = StageTask(fp, name, home, cfg, [r.key for r, _ in used], shared, reused)
     jobs: dict[str, Job] = {}
     owner: dict[str, str] = {}
     for fp, task in stages.items():
-        if len(task.runs) > 1:
+        if task.shared and not task.reused:
             jobs[f"shared-{fp}"] = Job(f"shared-{fp}", [task], log=out / "logs" / f"shared-{fp}.log")
             owner[fp] = f"shared-{fp}"
     for r in runs:
-        own = [stages[fp] for fp in fps[r.key] if len(stages[fp].runs) == 1]
+        if r.key in tuning:
+            continue
+        own = [stages[fp] for fp in fps[r.key] if not stages[fp].shared and not stages[fp].reused]
         job_id = run_job_id(r.key)
-        job = Job(job_id, own, run=r, log=out / "logs" / f"{job_id}.log")
-        for fp in fps[r.key]:
-            owner.setdefault(fp, job_id)
-        jobs[job_id] = job
+        jobs[job_id] = Job(job_id, own, run=r, log=out / "logs" / f"{job_id}.log")
+        for t in own:
+            owner[t.fingerprint] = job_id
     for job in jobs.values():
-        for task in job.tasks:
-            for dep in _upstream(task, stages):
-                if owner[dep] != job.id:
-                    job.needs.add(owner[dep])
+        deps = [d for t in job.tasks for d in _upstream(t, stages)]
         if job.run is not None:
-            job.needs |= {owner[fp] for fp in fps[job.run.key] if owner[fp] != job.id}
+            deps += fps[job.run.key]
+        job.needs |= {owner[d] for d in deps if d in owner and owner[d] != job.id}
     plan = Plan(out, list(runs), stages, jobs, fps)
     if link:
         _make_links(plan)
@@ -307,7 +337,7 @@ def retire_stale(plan: Plan) -> list[tuple[StageTask, Path]]:
     moved = []
     for task in plan.stages.values():
         folder = task.folder
-        if folder.is_symlink() or not folder.is_dir():
+        if task.reused or folder.is_symlink() or not folder.is_dir():
             continue
         trained = [p for p in folder.iterdir() if p.name != FINGERPRINT_FILE]
         recorded = _recorded(folder)
@@ -329,9 +359,30 @@ def write_fingerprints(plan: Plan) -> None:
     from arco._io import atomic_write_text
 
     for task in plan.stages.values():
-        if _recorded(task.folder) != task.fingerprint:
+        if not task.reused and _recorded(task.folder) != task.fingerprint:
             task.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(task.folder / FINGERPRINT_FILE, json.dumps(_record(task), indent=2))
+
+
+def reusable_stages(studies: Sequence[str | os.PathLike]) -> dict[str, Path]:
+    """Fingerprint -> finished stage folder, from other study folders' ``plan.json`` (``arco study --reuse``).
+
+    Raises:
+        ConfigError: a folder holds no ``plan.json`` (not a study folder).
+    """
+    out: dict[str, Path] = {}
+    for study in studies:
+        path = Path(study) / "plan.json"
+        if not path.is_file():
+            raise ConfigError(f"--reuse {study}: no plan.json there; give the folder of an earlier `arco study` run")
+        plan = json.loads(path.read_text())
+        folders = [(fp, Path(r["folder"]) / stage) for r in plan.get("runs", {}).values()
+                   for stage, fp in r.get("stages", {}).items()]  # fmt: skip
+        folders += [(fp, Path(s["folder"])) for fp, s in plan.get("shared", {}).items()]
+        for fp, folder in folders:
+            if fp not in out and stage_finished(folder):
+                out[fp] = Path(os.path.realpath(folder))
+    return out
 
 
 def stage_finished(folder: Path) -> bool:
@@ -345,16 +396,24 @@ def stage_finished(folder: Path) -> bool:
         return False
 
 
-def evaluation_fresh(run_folder: Path, stage: StageConfig | str) -> bool:
-    """True when ``run/evaluation`` holds the test evaluation of the run's current selected checkpoint."""
+def evaluated_checkpoint(run_folder: Path, stage: StageConfig | str, which: str = "best") -> Path:
+    """The checkpoint of the run's last stage that an evaluation scores: the selected one (``best``: best.pt, or
+    last.pt without validation) or ``last`` (last.pt)."""
     from arco.checkpoint import resolve_checkpoint
 
     name = stage if isinstance(stage, str) else stage.name
-    source = run_folder / EVALUATION / "source.json"
-    if not source.is_file() or not (run_folder / EVALUATION / "per_case.csv").is_file():
+    return resolve_checkpoint(run_folder / name) if which == "best" else run_folder / name / "checkpoints" / "last.pt"
+
+
+def evaluation_fresh(run_folder: Path, stage: StageConfig | str, which: str = "best") -> bool:
+    """True when ``run/evaluation`` (``which="last"``: ``run/evaluation-last``) holds the test evaluation of the
+    run's current selected (last) checkpoint."""
+    folder = run_folder / (EVALUATION if which == "best" else EVALUATION_LAST)
+    source = folder / "source.json"
+    if not source.is_file() or not (folder / "per_case.csv").is_file():
         return False
     try:
-        ckpt = resolve_checkpoint(run_folder / name)
+        ckpt = evaluated_checkpoint(run_folder, stage, which)
         recorded = json.loads(source.read_text())
     except Exception:  # noqa: BLE001 - any unreadable cache means: evaluate again
         return False
@@ -373,8 +432,9 @@ def job_done(job: Job) -> bool:
         return False
     if job.run is None:
         return True
-    return all(stage_finished(job.run.folder / s.name) for s in job.run.config.stages) and evaluation_fresh(
-        job.run.folder, job.run.config.stages[-1]
+    last = job.run.config.stages[-1]
+    return all(stage_finished(job.run.folder / s.name) for s in job.run.config.stages) and all(
+        evaluation_fresh(job.run.folder, last, which) for which in ("best", "last")
     )
 
 

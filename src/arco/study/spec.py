@@ -15,8 +15,10 @@ A study file (built-in: ``arco study --list``)::
         supervised: {method: supervised}
         arco-ns: [method=arco-ns]                   # `method=NAME` in a list is the same thing
       data.labeled: [1, 3, 7]                       # a config key with a list: the value is the key's value
-    compare_to: {sampler: ns}                       # reference arm of the paired differences
+    compare_to: {sampler: ns}                       # reference arm of the paired differences (a list of such
+                                                    # mappings: one set of differences per reference)
     select_by_val: [lambda]                         # optional: pick these axes' values by validation Dice
+    tune: {seed: 0, where: {...}, grid: {...}}      # optional: a tuning phase (arco.study.budget)
 
 Overrides under ``set`` (and ``--set``) and an arm's own overrides that name a stage apply to the runs that have that
 stage (a ``dataset`` value may set ``finetune.*`` for the ARCO arms next to a supervised one); an override that fits
@@ -30,13 +32,14 @@ import dataclasses
 import itertools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from arco._checks import ConfigError, did_you_mean
 from arco.config import SECTIONS, RunConfig, build_config, read_yaml
+from arco.study.budget import TuneSpec, parse_tune
 
 __all__ = [
     "Arm",
@@ -46,13 +49,14 @@ __all__ = [
     "builtin_studies",
     "load_study",
     "expand",
+    "arm_runs",
     "check_methods",
     "shorten",
 ]
 
 #: Folder of the built-in study definitions (``arco study --list``).
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
-_KEYS = ("description", "base", "set", "method", "seeds", "grid", "compare_to", "select_by_val")
+_KEYS = ("description", "base", "set", "method", "seeds", "grid", "compare_to", "select_by_val", "tune")
 _ARM_KEYS = ("method", "set", "drop_stages")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -82,6 +86,8 @@ class StudySpec:
     compare_to: dict[str, str] = field(default_factory=dict)
     select_by_val: tuple[str, ...] = ()
     source: str = ""
+    references: tuple[dict[str, str], ...] = ()
+    tune: TuneSpec | None = None
 
     def arms(self) -> list[Arm]:
         """Every arm: the product of the axes in their order (one arm named ``base`` without axes)."""
@@ -103,12 +109,19 @@ class StudySpec:
             )
         return out
 
-    def reference(self, arm: Arm) -> str | None:
-        """Name of ``arm``'s counterpart in ``compare_to`` (None for the reference arms themselves)."""
-        if not self.compare_to or all(arm.values.get(a) == v for a, v in self.compare_to.items()):
+    def reference(self, arm: Arm, compare_to: dict[str, str] | None = None) -> str | None:
+        """Name of ``arm``'s counterpart in ``compare_to`` (default: the first reference; None for the reference
+        arms themselves)."""
+        ref = self.compare_to if compare_to is None else compare_to
+        if not ref or all(arm.values.get(a) == v for a, v in ref.items()):
             return None
-        values = {**arm.values, **self.compare_to}
+        values = {**arm.values, **ref}
         return next(a.name for a in self.arms() if a.values == values)
+
+    def references_of(self, arm: Arm) -> list[str]:
+        """``arm``'s counterpart under every reference of ``compare_to`` (a list when the file gives several)."""
+        out = [self.reference(arm, ref) for ref in self.references or (self.compare_to,)]
+        return [r for r in out if r is not None]
 
 
 @dataclass(frozen=True)
@@ -157,17 +170,19 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _compare_to(value: Any, where: str) -> dict[str, str]:
-    """``compare_to``: a mapping axis -> value name (``{sampler: ns}``)."""
+def _compare_to(value: Any, where: str) -> list[dict[str, str]]:
+    """``compare_to``: a mapping axis -> value name (``{sampler: ns}``), or a list of such mappings."""
     if value is None:
-        return {}
+        return []
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [m for v in value for m in _compare_to(v, where)]
     if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
         hint = f" (write {{{value[0]}: {value[1]}}})" if isinstance(value, list) and len(value) == 2 else ""
         raise ConfigError(
             f"{where} must map a grid axis to its reference value, e.g. {{sampler: ns}}, got {type(value).__name__} "
             f"{value!r}{hint}"
         )
-    return {str(k): str(v) for k, v in value.items()}
+    return [{str(k): str(v) for k, v in value.items()}]
 
 
 def _scalar(raw: dict, key: str, where: str, required: bool = False) -> str | None:
@@ -275,6 +290,7 @@ def load_study(name_or_path: str, overrides: Sequence[str] = (), seeds: Sequence
         raise ConfigError(f"{where}: seeds must be a non-empty list of integers, e.g. [0, 1, 2], got {seed_list!r}")
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"{where}: seeds must be distinct, got {seed_list}")
+    references = _compare_to(raw.get("compare_to"), f"{where}: compare_to")
     spec = StudySpec(
         name=path.stem,
         description=str(_scalar(raw, "description", where) or "").strip(),
@@ -283,29 +299,38 @@ def load_study(name_or_path: str, overrides: Sequence[str] = (), seeds: Sequence
         axes=_parse_axes(raw.get("grid"), where),
         overrides=_strings(raw.get("set"), f"{where}: set") + tuple(overrides),
         method=_scalar(raw, "method", where),
-        compare_to=_compare_to(raw.get("compare_to"), f"{where}: compare_to"),
+        compare_to=references[0] if references else {},
         select_by_val=_names(raw.get("select_by_val"), f"{where}: select_by_val"),
         source=str(path),
+        references=tuple(references),
+        tune=parse_tune(raw.get("tune"), seed_list[0], where),
     )
     _check_axes(spec, where)
     return spec
 
 
+def _check_value(spec: StudySpec, axis: str, value: str, what: str, where: str) -> None:
+    if axis not in spec.axes:
+        raise ConfigError(f"{where}: {what} axis {axis!r} is not a grid axis ({', '.join(spec.axes)})")
+    if value not in spec.axes[axis]:
+        raise ConfigError(
+            f"{where}: {what} {axis}={value!r} is not a value of that axis"
+            f"{did_you_mean(value, spec.axes[axis])}; values: {', '.join(spec.axes[axis])}"
+        )
+
+
 def _check_axes(spec: StudySpec, where: str) -> None:
-    for axis, value in spec.compare_to.items():
-        if axis not in spec.axes:
-            raise ConfigError(f"{where}: compare_to axis {axis!r} is not a grid axis ({', '.join(spec.axes)})")
-        if value not in spec.axes[axis]:
-            raise ConfigError(
-                f"{where}: compare_to {axis}={value!r} is not a value of that axis"
-                f"{did_you_mean(value, spec.axes[axis])}; values: {', '.join(spec.axes[axis])}"
-            )
+    for ref in spec.references or (spec.compare_to,):
+        for axis, value in ref.items():
+            _check_value(spec, axis, value, "compare_to", where)
     for axis in spec.select_by_val:
         if axis not in spec.axes:
             raise ConfigError(f"{where}: select_by_val axis {axis!r} is not a grid axis ({', '.join(spec.axes)})")
     names = [a.name for a in spec.arms()]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: two arms have the same folder name; rename values ({names})")
+    if spec.tune is not None:
+        spec.tune.check(spec.axes, spec.arms(), where)
 
 
 def check_methods(spec: StudySpec) -> None:
@@ -382,9 +407,61 @@ def _fitting(overrides, raw, arm_sets, method, base_dir, out: Path, where: str) 
     return [o for o in sets if o.split("=", 1)[0].split(".")[0].strip() in (*SECTIONS, *stages)]
 
 
-def expand(spec: StudySpec, out: str | Path, fast: bool = False) -> list[RunSpec]:
+def arm_runs(
+    spec: StudySpec,
+    arm: Arm,
+    out: str | Path,
+    seeds: Sequence[int],
+    folder: Callable[[int], Path],
+    extra: Sequence[str] = (),
+    fast: bool = False,
+    base: tuple[dict, Path] | None = None,
+) -> list[RunSpec]:
+    """The runs of one arm at ``seeds`` in ``folder(seed)``; ``extra`` overrides (a tuning setting or choice) apply
+    after the study's ``set`` and before the arm's own, so an ablation's own value wins over a tuned one. ``base``:
+    ``read_yaml(spec.base)`` when the caller has it already (it is not modified).
+
+    Raises:
+        ConfigError: an override or method does not fit the arm (names the arm).
+    """
+    out = Path(out).resolve()
+    raw, base_dir = base or read_yaml(spec.base)
+    method = arm.method or spec.method
+    where = f"study {spec.name}, arm {arm.name}"
+    arm_sets = _fitting(arm.overrides, raw, [], method, base_dir, out, where)
+    tuned = _fitting(extra, raw, arm_sets, method, base_dir, out, where) if extra else []
+    shared = [*_fitting(spec.overrides, raw, [*tuned, *arm_sets], method, base_dir, out, where), *tuned, *arm_sets]
+    runs = []
+    for seed in seeds:
+        sets = [*shared, f"engine.seed={seed}", "engine.progress=false"]
+        try:
+            cfg = build_config(raw, sets, method=method, base_dir=base_dir)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        cfg = _drop(cfg, arm.drop_stages, where)
+        if cfg.data.root:  # workers and Slurm jobs may start elsewhere
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))
+        plugins = tuple(str((base_dir / p).resolve()) if (base_dir / p).is_file() else p for p in cfg.plugins)
+        cfg = dataclasses.replace(cfg, plugins=plugins)
+        if fast:
+            cfg = shorten(cfg, 10)
+        runs.append(RunSpec(arm, seed, cfg, folder(seed)))
+    return runs
+
+
+def expand(
+    spec: StudySpec,
+    out: str | Path,
+    fast: bool = False,
+    tuned: Mapping[str, Sequence[str]] | None = None,
+    skip: Collection[str] = (),
+) -> list[RunSpec]:
     """Every (arm, seed) run with its resolved config (seed in ``engine.seed``; ``{out}`` in overrides replaced by
     the study folder; ``--fast`` schedules divided by 10) and its folder ``out/runs/<arm>/seed<k>``.
+
+    Args:
+        tuned: arm name -> the overrides of the setting its tuning budget chose (:mod:`arco.study.tune`).
+        skip: arms left out (their tuning did not finish).
 
     Raises:
         ConfigError: an override or method does not fit an arm (names the arm).
@@ -394,26 +471,14 @@ def expand(spec: StudySpec, out: str | Path, fast: bool = False) -> list[RunSpec
     runs = []
     used: dict[str, bool] = {}  # arm override -> fits at least one arm
     for arm in spec.arms():
-        method = arm.method or spec.method
         where = f"study {spec.name}, arm {arm.name}"
-        arm_sets = _fitting(arm.overrides, raw, [], method, base_dir, out, where)
+        arm_sets = _fitting(arm.overrides, raw, [], arm.method or spec.method, base_dir, out, where)
         for o in arm.overrides:
             used[o] = used.get(o, False) or o.replace("{out}", str(out)) in arm_sets
-        shared = [*_fitting(spec.overrides, raw, arm_sets, method, base_dir, out, where), *arm_sets]
-        for seed in spec.seeds:
-            sets = [*shared, f"engine.seed={seed}", "engine.progress=false"]
-            try:
-                cfg = build_config(raw, sets, method=method, base_dir=base_dir)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from exc
-            cfg = _drop(cfg, arm.drop_stages, where)
-            if cfg.data.root:  # workers and Slurm jobs may start elsewhere
-                cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))
-            plugins = tuple(str((base_dir / p).resolve()) if (base_dir / p).is_file() else p for p in cfg.plugins)
-            cfg = dataclasses.replace(cfg, plugins=plugins)
-            if fast:
-                cfg = shorten(cfg, 10)
-            runs.append(RunSpec(arm, seed, cfg, out / "runs" / arm.name / f"seed{seed}"))
+        if arm.name in skip:
+            continue
+        runs += arm_runs(spec, arm, out, spec.seeds, lambda seed, a=arm: out / "runs" / a.name / f"seed{seed}",
+                         (tuned or {}).get(arm.name, ()), fast, (raw, base_dir))  # fmt: skip
     unused = [o for o, fits in used.items() if not fits]
     if unused:
         raise ConfigError(

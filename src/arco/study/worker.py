@@ -2,7 +2,8 @@
 
 A job trains its stages in order with :func:`arco.pipeline.train` (each stage in ``home/<stage>``, resumed from
 ``last.pt`` when asked) and, for a run job, evaluates the run's selected checkpoint (best on validation) of its
-last stage on the test split once, caching the result in ``RUN/evaluation/``.
+last stage on the test split once, caching the result in ``RUN/evaluation/``, and its last checkpoint (``last.pt``)
+likewise in ``RUN/evaluation-last/``.
 """
 
 from __future__ import annotations
@@ -16,30 +17,31 @@ from pathlib import Path
 from typing import Any
 
 from arco._io import atomic_write_text
-from arco.study.plan import EVALUATION, checkpoint_stamp, evaluation_fresh
+from arco.study.plan import EVALUATION, EVALUATION_LAST, checkpoint_stamp, evaluated_checkpoint, evaluation_fresh
 
 __all__ = ["run_job", "evaluate_run", "serve", "main"]
 
 logger = logging.getLogger("arco.study")
 
 
-def evaluate_run(cfg: Any, run: Path, stage: str, data: Any) -> dict[str, Any]:
-    """Evaluate ``run/<stage>``'s selected checkpoint on ``data.test`` into ``run/evaluation`` (cached: nothing
-    is done when the cache matches the checkpoint). Returns the evaluation summary."""
+def evaluate_run(cfg: Any, run: Path, stage: str, data: Any, which: str = "best") -> dict[str, Any]:
+    """Evaluate ``run/<stage>``'s selected checkpoint (``which="last"``: its last.pt) on ``data.test`` into
+    ``run/evaluation`` (``run/evaluation-last``), cached: nothing is done when the cache matches the checkpoint.
+    Returns the evaluation summary."""
     from arco._checks import ArcoError
-    from arco.checkpoint import resolve_checkpoint
     from arco.pipeline import evaluate_test
 
-    out = run / EVALUATION
-    if evaluation_fresh(run, stage):
-        logger.info("%s: evaluation is up to date", run)
+    out = run / (EVALUATION if which == "best" else EVALUATION_LAST)
+    if evaluation_fresh(run, stage, which):
+        logger.info("%s: evaluation of the %s checkpoint is up to date", run, which)
         return json.loads((out / "summary.json").read_text())
     if not data.test:
         raise ArcoError(f"{run}: the test split of {cfg.data.dataset!r} is empty; a study needs test cases")
-    ckpt = resolve_checkpoint(run / stage)
+    ckpt = evaluated_checkpoint(run, stage, which)
     (out / "source.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
-    result = evaluate_test(ckpt, data, cfg, out, overlays=3, batch_size=cfg.engine.val_batch)
+    overlays = 3 if which == "best" else 0
+    result = evaluate_test(ckpt, data, cfg, out, overlays=overlays, batch_size=cfg.engine.val_batch)
     atomic_write_text(out / "source.json", json.dumps(checkpoint_stamp(ckpt), indent=2))
     logger.info(
         "%s: test mean Dice %.4f over %d cases (%s, %.1f s)",
@@ -82,7 +84,8 @@ def run_job(spec: dict[str, Any], log_to_file: bool = True) -> dict[str, Any]:
                 logger.info("job %s: stage %s in %s", spec["id"], task["stage"], task["home"])
                 train(cfg, task["home"], only=(task["stage"],), resume=spec["resume"], data=data)
             else:
-                evaluate_run(cfg, Path(task["run"]), task["stage"], data)
+                for which in ("best", "last"):
+                    evaluate_run(cfg, Path(task["run"]), task["stage"], data, which)
     except BaseException:
         logger.exception("job %s failed", spec["id"])
         raise
