@@ -38,7 +38,7 @@ def _method(spatial_dims: int = 2):
     from test_methods import build
 
     m = build("arco-finetune", spatial_dims, delta_p=0.0)  # delta_p 0: every candidate is an anchor
-    m.train(False)
+    m.set_training(False)
     return m
 
 

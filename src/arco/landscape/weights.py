@@ -229,7 +229,7 @@ def contrast_loss_fn(run, batches: int, seed: int) -> Callable[[], float]:
     from arco.engine import BatchStream
 
     m, sched = run.method, run.stage.schedule
-    m.train(False)
+    m.set_training(False)
     stream = BatchStream(run.data.labeled, run.data.unlabeled, sched.batch_labeled, sched.batch_unlabeled, seed, 0,
                          batches)  # fmt: skip
     prepared = []
@@ -240,7 +240,7 @@ def contrast_loss_fn(run, batches: int, seed: int) -> Callable[[], float]:
 
     @torch.no_grad()
     def fn() -> float:
-        m.train(False)
+        m.set_training(False)
         total = 0.0
         for b, (batch, views) in enumerate(prepared):
             out = m.student_forward(batch.image_l, views.image)
