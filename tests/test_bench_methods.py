@@ -22,7 +22,7 @@ def bench():
     return module
 
 
-def test_every_registered_2d_method_is_benchmarked_plugins_included(bench, tmp_path):
+def test_every_registered_2d_method_is_benchmarked_plugins_included(bench, tmp_path, scratch_registry):
     plugin = tmp_path / "bench_plugin.py"
     plugin.write_text(PLUGIN.replace("plugin-mean-consistency", "plugin-bench-consistency"))
     names = bench.methods_2d((str(plugin),))

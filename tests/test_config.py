@@ -237,7 +237,7 @@ def test_training_sampler_is_checked_when_the_config_is_read(sampler):
         load_config("phantom2d", [f"finetune.sampler={sampler}"])
 
 
-def test_plugins_are_loaded_before_stages_are_read(tmp_path):
+def test_plugins_are_loaded_before_stages_are_read(tmp_path, scratch_registry):
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(PLUGIN)
     cfg = build_config({"plugins": [str(plugin)], "schedule": {"iterations": 4}}, method="plugin-mean-consistency")

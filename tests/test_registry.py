@@ -24,15 +24,6 @@ from arco.methods import (
 )
 
 
-@pytest.fixture
-def scratch_registry():
-    """Entries registered by a test are removed after it."""
-    before = dict(registry._ENTRIES)
-    yield
-    registry._ENTRIES.clear()
-    registry._ENTRIES.update(before)
-
-
 @dataclass(frozen=True)
 class _Cfg:
     weight: float = 1.0

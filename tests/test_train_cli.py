@@ -91,7 +91,7 @@ def test_list_methods_reads_the_registry(capsys):
         assert name in out
 
 
-def test_a_plugin_method_from_a_file_outside_arco_trains_through_the_cli(tmp_path, capsys):
+def test_a_plugin_method_from_a_file_outside_arco_trains_through_the_cli(tmp_path, capsys, scratch_registry):
     plugin = tmp_path / "elsewhere" / "my_method.py"
     plugin.parent.mkdir()
     plugin.write_text(PLUGIN.replace("plugin-mean-consistency", "plugin-cli-consistency"))
