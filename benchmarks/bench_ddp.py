@@ -71,7 +71,7 @@ def _rank(rank: int, world: int, spec: dict[str, Any], out: str) -> None:
     engine = EngineConfig(device=spec["device"], progress=False, sync_bn=spec["sync_bn"])
     trainer = _Trainer(method, data, StageSpec("bench", schedule), OptimConfig(), engine, Path(out), {}, "default")
     trainer.prepare()
-    method.train(True)
+    method.set_training(True)
     batches = [_batch(spec["size"], spec["batch"], s, rank, world) for s in range(4)]
 
     def sync() -> None:

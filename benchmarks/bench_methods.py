@@ -31,10 +31,10 @@ PRESET = "phantom2d"
 
 def methods_2d(plugins: tuple[str, ...] = ()) -> list[str]:
     """Registered methods that run in 2D, ``supervised`` first (the reference row)."""
-    from arco.methods import get_method, load_plugins, method_names
+    from arco.methods import get_method, list_methods, load_plugins
 
     load_plugins(plugins)
-    names = [n for n in method_names() if 2 in get_method(n).spatial_dims]
+    names = [n for n in list_methods(kind="method") if 2 in get_method(n).spatial_dims]
     return sorted(names, key=lambda n: (n != "supervised", n))
 
 
@@ -125,7 +125,7 @@ def measure(name: str, size: int, batch: int, iters: int, warmup: int, threads: 
     rss0 = _rss_kib("VmRSS") or 0
     method = build_method(cls.name, params, NUM_CLASSES, 2, model)
     method.setup(dev, 0, warmup + iters)
-    method.train(True)
+    method.set_training(True)
     opt = Optimizers(method.param_groups(), OptimConfig(), 0.01)
     scaler = torch.amp.GradScaler(dev.type, enabled=False)
 

@@ -102,7 +102,7 @@ def _fill_banks(method: Any) -> None:
     import torch.nn.functional as F
 
     g = torch.Generator(device="cpu").manual_seed(1)
-    for module in method.modules().values():
+    for module in method.components().values():
         for name, buf in module.named_buffers():
             leaf = name.rsplit(".", 1)[-1]
             if leaf in ("bank", "queue", "keys") and buf.is_floating_point():
@@ -166,7 +166,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     )
     trainer = _Trainer(method, data, stage, OptimConfig(), engine, Path("."), {}, "default")
     trainer.prepare()
-    method.train(True)
+    method.set_training(True)
     with torch.no_grad():
         _fill_banks(method)
     step = _Floor(trainer) if spec["what"] == "network" else trainer.step

@@ -74,7 +74,7 @@ def per_image_dice(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def module_states(method: Any) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v.detach().clone() for n, m in method.modules().items() for k, v in m.state_dict().items()}
+    return {f"{n}.{k}": v.detach().clone() for n, m in method.components().items() for k, v in m.state_dict().items()}
 
 
 def run_ranks(rank: int, world: int, out: Path, plan: dict[str, Any]) -> None:

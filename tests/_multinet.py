@@ -1,44 +1,12 @@
 """Helpers of the multi-decoder / multi-network method tests (CCT, URPC, MC-Net, SS-Net, DCT, CPS): an independent
-Dice, output capture, gradient comparison, the CLI smoke run and the bit-identical resume check."""
+Dice, output capture and gradient comparison (the CLI smoke run: ``_cli_runs``; the resume check: ``_tiny``)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import torch
 import torch.nn.functional as F
-
-from _tiny import MODEL3D, make_phantom, run_method, tiny_data
-from arco.checkpoint import load_checkpoint, load_predictor
-from arco.cli import main
-from arco.engine import EngineConfig
-
-SMOKE_2D = [
-    "data.subjects=6",
-    "data.image_size=32",
-    "data.patch_size=[32, 32]",
-    "data.labeled=2",
-    "model.dim=8",
-    "model.hidden_dim=8",
-]
-SMOKE_3D = [
-    "data.subjects=6",
-    "data.image_size=32",
-    "data.patch_size=[32, 32, 32]",
-    "data.labeled=2",
-    "model.n_filters=4",
-    "model.dim=8",
-    "model.hidden_dim=8",
-]
-COMMON = [
-    "schedule.batch_labeled=2",
-    "schedule.batch_unlabeled=2",
-    "engine.device=cpu",
-    "engine.log_every=1",
-    "engine.val_every=3",
-    "engine.progress=false",
-]
 
 
 def dice_ref(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -82,44 +50,3 @@ def assert_same_gradients(a: torch.Tensor, b: torch.Tensor, params: list[torch.T
         x = torch.zeros_like(params[i]) if x is None else x
         y = torch.zeros_like(params[i]) if y is None else y
         assert torch.allclose(x, y, atol=atol, rtol=1e-4), f"parameter {i} {tuple(params[i].shape)}: gradients differ"
-
-
-def cli_train_and_evaluate(tmp_path, name: str, dims: int = 2, sets: tuple[str, ...] = ()) -> dict:
-    """``arco train --method name`` 3 iterations on the phantom, then ``arco evaluate`` of the stage folder.
-    Returns the final checkpoint's state."""
-    config = "phantom2d" if dims == 2 else "phantom3d"
-    kv = [*(SMOKE_2D if dims == 2 else SMOKE_3D), *COMMON, f"data.root={tmp_path / 'data'}", *sets]
-    run = tmp_path / "run"
-    args = ["train", "--config", config, "--method", name, "--iterations", "3", "--out", str(run)]
-    make_phantom(config, kv)
-    assert main([*args, *[a for x in kv for a in ("--set", x)]]) == 0
-    stage = run / name
-    state = load_checkpoint(stage / "checkpoints" / "last.pt")
-    assert state["method"] == name and state["iteration"] == 3
-    out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(stage), "--out", str(out)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert 0.0 <= summary["mean"]["dice"] <= 1.0
-    model, meta = load_predictor(stage)
-    size = (1, 1, *([32] * dims))
-    assert model(torch.zeros(size)).logits.shape == (1, meta["data"]["num_classes"], *size[2:])
-    return state
-
-
-def _states(method) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v for n, m in method.modules().items() for k, v in m.state_dict().items()}
-
-
-def assert_resume_bit_identical(tmp_path, name: str, dims: int = 2, iterations: int = 4) -> None:
-    """Training ``iterations`` steps in one go equals stopping half-way and resuming, for every module tensor."""
-    data = tiny_data(dims)
-    kw = {"model": MODEL3D} if dims == 3 else {}
-    eng = EngineConfig(device="cpu", log_every=2, val_every=0, deterministic=True, progress=False)
-    full, _ = run_method(tmp_path / "full", name, data, iterations, engine=eng, **kw)
-    run_method(tmp_path / "cut", name, data, iterations, engine=eng, stop_at=iterations // 2, **kw)
-    resumed, summary = run_method(tmp_path / "cut", name, data, iterations, engine=eng, resume=True, **kw)
-    assert summary["completed_iterations"] == iterations
-    a, b = _states(full), _states(resumed)
-    assert a.keys() == b.keys()
-    diff = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not diff, diff[:5]

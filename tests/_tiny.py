@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from arco.data.volume import Volume
 from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, fit, seed_everything
+from arco.engine.faults import Faults
 from arco.methods import ModelConfig, build_method, get_method
 
 
@@ -125,11 +126,13 @@ def run_method(
     lr: float = 0.05,
     init_from: Any = None,
     stop_at: int | None = None,
+    nan_at: int | None = None,
     batch: int = 2,
     **kw: Any,
 ):
     """Build method ``name`` (seed 0) and train it ``iterations`` steps on ``data`` into ``tmp_path`` (``batch``
-    labeled + ``batch`` unlabeled images per step: the global batch under DDP)."""
+    labeled + ``batch`` unlabeled images per step: the global batch under DDP). ``stop_at`` / ``nan_at`` inject
+    those faults (:class:`arco.engine.faults.Faults`)."""
     seed_everything(0)
     method = build_method(name, params or params_for(name), 3, data.spatial_dims, model)
     engine = engine or EngineConfig(device="cpu", log_every=5, val_every=0, progress=False)
@@ -137,14 +140,57 @@ def run_method(
     summary = fit(
         method,
         data,
-        StageSpec(name, schedule, init_from=init_from, stop_at=stop_at),
+        StageSpec(name, schedule, init_from=init_from),
         optim=optim or OptimConfig(),
         engine=engine,
         run_dir=tmp_path,
         config={"test": True},
+        faults=Faults(nan_at=nan_at, stop_at=stop_at),
         **kw,
     )
     return method, summary
+
+
+def build(name: str, spatial_dims: int = 2, total: int = 100, **over: Any):
+    """Registered method ``name`` with :func:`params_for` settings (``over`` applied), 3 classes, small heads, seed 0,
+    set up on the CPU for a stage of ``total`` steps, in training mode (the per-method tests' method)."""
+    model = ModelConfig(arch="unet" if spatial_dims == 2 else "vnet", dim=8, hidden_dim=8, n_filters=4)
+    torch.manual_seed(0)
+    m = build_method(name, params_for(name, **over), 3, spatial_dims, model)
+    m.setup(torch.device("cpu"), 0, total)
+    m.set_training(True)
+    return m
+
+
+def component_states(method: Any) -> dict[str, torch.Tensor]:
+    """Every tensor of every component, keyed ``component.key``."""
+    return {f"{n}.{k}": v for n, m in method.components().items() for k, v in m.state_dict().items()}
+
+
+def assert_resume_identical(
+    tmp_path, name: str, iterations: int = 4, stop_at: int | None = None, dims: int = 2, log_every: int = 2, **kw: Any
+) -> dict[str, Any]:
+    """Trained ``iterations`` steps in one go, and stopped at ``stop_at`` (default half-way) then resumed, method
+    ``name`` ends with the same tensors in every component, the same generator state and the same last log row
+    (deterministic CPU). Returns the interrupted run's ``last.pt``."""
+    from arco.checkpoint import load_checkpoint
+
+    data, model = tiny_data(dims), (MODEL2D if dims == 2 else MODEL3D)
+    eng = EngineConfig(device="cpu", log_every=log_every, val_every=0, deterministic=True, progress=False, threads=1)
+    stop = iterations // 2 if stop_at is None else stop_at
+    full, _ = run_method(tmp_path / "full", name, data, iterations, model=model, engine=eng, **kw)
+    run_method(tmp_path / "cut", name, data, iterations, model=model, engine=eng, stop_at=stop, **kw)
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert cut["iteration"] == stop
+    resumed, summary = run_method(tmp_path / "cut", name, data, iterations, model=model, engine=eng, resume=True, **kw)
+    assert summary["completed_iterations"] == iterations
+    a, b = component_states(full), component_states(resumed)
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, diff[:5]
+    assert torch.equal(full.generator.get_state(), resumed.generator.get_state())
+    assert read_log(tmp_path / "full" / "log.csv")[-1]["loss"] == read_log(tmp_path / "cut" / "log.csv")[-1]["loss"]
+    return cut
 
 
 def read_log(path) -> list[dict[str, str]]:
@@ -152,14 +198,24 @@ def read_log(path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-#: `arco train` settings for a tiny, deterministic phantom2d run on one CPU thread (subprocess and CLI tests).
-TRAIN_CLI_BASE = (
+#: `arco train --set` values for a tiny 2D phantom and network (CLI tests).
+TINY_2D = (
     "data.subjects=6",
     "data.image_size=32",
     "data.patch_size=[32, 32]",
     "data.labeled=2",
     "model.dim=8",
     "model.hidden_dim=8",
+)
+#: ... and for a tiny 3D one (a 32^3 patch, a VNet of 4 base filters).
+TINY_3D = (
+    *(s for s in TINY_2D if not s.startswith("data.patch_size")),
+    "data.patch_size=[32, 32, 32]",
+    "model.n_filters=4",
+)
+#: `arco train` settings for a tiny, deterministic phantom2d run on one CPU thread (subprocess and CLI tests).
+TRAIN_CLI_BASE = (
+    *TINY_2D,
     "schedule.batch_labeled=2",
     "schedule.batch_unlabeled=2",
     "engine.device=cpu",

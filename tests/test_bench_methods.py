@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from arco.methods import get_method, method_names
+from arco.methods import get_method, list_methods
 from test_config import PLUGIN
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_methods.py"
@@ -22,12 +22,12 @@ def bench():
     return module
 
 
-def test_every_registered_2d_method_is_benchmarked_plugins_included(bench, tmp_path):
+def test_every_registered_2d_method_is_benchmarked_plugins_included(bench, tmp_path, scratch_registry):
     plugin = tmp_path / "bench_plugin.py"
     plugin.write_text(PLUGIN.replace("plugin-mean-consistency", "plugin-bench-consistency"))
     names = bench.methods_2d((str(plugin),))
     assert names[0] == "supervised" and "plugin-bench-consistency" in names
-    assert set(names) == {n for n in method_names() if 2 in get_method(n).spatial_dims}
+    assert set(names) == {n for n in list_methods(kind="method") if 2 in get_method(n).spatial_dims}
 
 
 def test_measure_one_method_in_process(bench):

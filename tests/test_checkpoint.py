@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny import MODEL3D, run_method, tiny_data, train_argv
+from _tiny import MODEL2D, MODEL3D, params_for, run_method, tiny_data, train_argv
 from arco._checks import CheckpointError
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.cli import main
 from arco.engine import EngineConfig
-from arco.methods import ModelConfig
+from arco.engine.state import load_modules
+from arco.methods import ModelConfig, build_method
 
 ENGINE = EngineConfig(device="cpu", log_every=1, val_every=2, progress=False, deterministic=True)
 
@@ -72,7 +73,7 @@ KINDS = [
     ("pickled_model", "holding pickled Python objects (e.g. a whole model)"),
     ("state_dict", "holding a plain state_dict (2 tensors, e.g. 'weight'), not an arco checkpoint"),
     ("list", "holding a list, not an arco checkpoint"),
-    ("format", "is an arco checkpoint of format 99; this arco reads format 1"),
+    ("format", "is an arco checkpoint of format 99; this arco reads formats 1 to 2"),
 ]
 
 
@@ -147,3 +148,29 @@ def test_init_names_a_foreign_checkpoint(run, tmp_path, capsys):
     torch.save({**state, "modules": {}}, tmp_path / "empty_modules.pt")
     with pytest.raises(CheckpointError, match="holds no 'student' weights to initialise supervised"):
         run_method(tmp_path / "b", "supervised", data2d, 1, init_from=tmp_path / "empty_modules.pt")
+
+
+def _as_format_1(state: dict) -> dict:
+    """``state`` as arco wrote it before format 2 (ARCO's BYOL head under ``modules["predictor"]``)."""
+    modules = {("predictor" if k == "global_predictor" else k): v for k, v in state["modules"].items()}
+    return {**state, "format": 1, "modules": modules}
+
+
+def test_format_1_arco_checkpoints_load_for_init_resume_and_predict(tmp_path):
+    data = tiny_data(2)
+    run_method(tmp_path / "pre", "arco-pretrain", data, 1, engine=ENGINE)
+    state = torch.load(tmp_path / "pre" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["format"] == 2 and "global_predictor" in state["modules"] and "predictor" not in state["modules"]
+    old = tmp_path / "old.pt"
+    torch.save(_as_format_1(state), old)
+    assert set(load_checkpoint(old)["modules"]) == set(state["modules"])  # upgraded when loaded
+    model, _ = load_predictor(old)  # arco evaluate / predict
+    assert all(torch.equal(v, state["predictor"]["state_dict"][k]) for k, v in model.state_dict().items())
+    method = build_method("arco-finetune", params_for("arco-finetune"), 3, 2, MODEL2D)
+    loaded = load_modules(method, load_checkpoint(old)["modules"], method.init_components, old)  # what --init loads
+    assert "global_predictor" in loaded and set(loaded) == set(method.init_components)
+    run_method(tmp_path / "fine", "arco-finetune", data, 2, engine=ENGINE, init_from=old)  # --init
+    resumed_from = tmp_path / "fine" / "checkpoints" / "last.pt"
+    torch.save(_as_format_1(torch.load(resumed_from, weights_only=True)), resumed_from)
+    _, summary = run_method(tmp_path / "fine", "arco-finetune", data, 3, engine=ENGINE, resume=True)  # --resume
+    assert summary["completed_iterations"] == 3 and torch.load(resumed_from, weights_only=True)["format"] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -69,9 +70,73 @@ def test_method_replaces_the_stages_and_keeps_matching_preset_settings():
     ns = load_config("demo", method="arco-ns")
     assert ns.stage("finetune").params.sampler == "ns"
     assert ns.stage("finetune").params.confidence == load_config("demo").stage("finetune").params.confidence
-    # a recipe stage the preset does not tune gets its share of the run's budget
-    fresh = build_config({"schedule": {"iterations": 100}}, method="arco")
-    assert [s.schedule.iterations for s in fresh.stages] == [50, 50]
+    # a recipe stage the config does not list: schedule.iterations (one stage's length), or its share of a budget
+    with pytest.warns(UserWarning, match=r"stages pretrain, finetune train schedule.iterations each.*budget=N"):
+        fresh = build_config({"schedule": {"iterations": 100}}, method="arco")
+    assert [s.schedule.iterations for s in fresh.stages] == [100, 100]
+    shared = build_config({"schedule": {"iterations": 100}, "budget": 100}, method="arco")
+    assert [s.schedule.iterations for s in shared.stages] == [50, 50] and shared.budget == 100
+    bcp = load_config("acdc", ["budget=40000", "selftrain.iterations=5"], method="bcp")
+    assert [s.schedule.iterations for s in bcp.stages] == [10000, 5]  # 1:3 of the budget; a stage's own length wins
+    assert load_config("demo", ["budget=900"], method="supervised").stages[0].schedule.iterations == 900
+    with pytest.raises(ConfigError, match="budget must be >= 1"):
+        load_config("demo", ["budget=0"])
+
+
+def test_a_recipe_with_shares_warns_only_when_its_stages_get_no_length():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [s.schedule.iterations for s in load_config("demo", method="bcp", iterations=5).stages] == [5, 5]
+        sized = load_config("demo", ["pretrain.iterations=3", "selftrain.schedule.iterations=4"], method="bcp")
+        assert [s.schedule.iterations for s in sized.stages] == [3, 4]
+        assert [s.schedule.iterations for s in load_config("demo", ["budget=8"], method="bcp").stages] == [2, 6]
+        load_config("demo", method="supervised")  # one stage, share 1: nothing to split
+    assert not [w for w in caught if "budget=N" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"stages selftrain train schedule.iterations each \(iterations is one"):
+        half = load_config("demo", ["pretrain.iterations=3"], method="bcp")
+    assert [s.schedule.iterations for s in half.stages] == [3, 1800]
+
+
+def _flat(stage: dict) -> dict:
+    """A nested stage mapping in the flat form of arco 0.1's config files."""
+    return (
+        {k: v for k, v in stage.items() if k not in ("schedule", "params")}
+        | stage.get("schedule", {})
+        | stage.get("params", {})
+    )
+
+
+@pytest.mark.parametrize("preset", presets())
+def test_presets_separate_schedule_and_params_and_the_old_flat_form_reads_the_same(preset):
+    from arco.config import read_yaml
+
+    raw, base = read_yaml(preset)
+    for stage in raw.get("stages") or []:
+        assert set(stage) <= {"name", "method", "init", "init_checkpoint", "schedule", "params"}, (preset, stage)
+    old = {**raw, "stages": [_flat(s) for s in raw.get("stages") or []]}
+    assert to_dict(build_config(old, base_dir=base)) == to_dict(load_config(preset))
+    cfg = load_config(preset, method="supervised")  # iterations: one stage's length in every preset
+    assert cfg.stages[0].schedule.iterations == cfg.schedule.iterations
+
+
+def test_print_config_says_what_each_part_means_and_reads_back(tmp_path, capsys):
+    from arco.cli import main
+
+    assert main(["train", "--config", "acdc", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# The resolved config") and "iterations is\n#   that stage's length" in text
+    path = tmp_path / "resolved.yaml"
+    path.write_text(text)
+    assert to_dict(load_config(str(path))) == to_dict(load_config("acdc"))
+
+
+def test_no_method_names_a_parameter_like_a_stage_or_schedule_key():
+    from arco.config.schema import STAGE_KEYS
+    from arco.methods import list_methods
+
+    reserved = {*STAGE_KEYS, "schedule", "params", *(f.name for f in dataclasses.fields(ScheduleConfig))}
+    for name in list_methods(kind="method"):
+        assert not reserved & {f.name for f in dataclasses.fields(get_method(name).config_class)}, name
 
 
 def test_iterations_sets_every_stage():
@@ -155,11 +220,11 @@ def _fields(cls, prefix=""):
 
 def test_every_config_field_is_read():
     """Each field is read as ``<something>.<field>`` in library code outside its own dataclass definition."""
-    from arco.methods import method_names
+    from arco.methods import list_methods
 
     code = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
     fields = list(_fields(RunConfig)) + list(_fields(StageConfig)) + list(_fields(ScheduleConfig))
-    for name in method_names():
+    for name in list_methods(kind="method"):
         fields += list(_fields(get_method(name).config_class, f"{name}."))
     unread = [full for full, name in fields if not re.search(rf"\.{name}\b", code)]
     assert not unread, f"config fields nothing reads: {unread}"
@@ -172,7 +237,7 @@ def test_training_sampler_is_checked_when_the_config_is_read(sampler):
         load_config("phantom2d", [f"finetune.sampler={sampler}"])
 
 
-def test_plugins_are_loaded_before_stages_are_read(tmp_path):
+def test_plugins_are_loaded_before_stages_are_read(tmp_path, scratch_registry):
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(PLUGIN)
     cfg = build_config({"plugins": [str(plugin)], "schedule": {"iterations": 4}}, method="plugin-mean-consistency")
@@ -204,11 +269,11 @@ class MeanConsistency(MethodBase):
     description = "test plug-in: supervised + consistency between two noisy views"
     paper = "(a user's own method)"
     loss_names = ("loss_sup", "loss_cons")
-    init_modules = ("student",)
+    init_components = ("student",)
 
     def __init__(self, cfg, num_classes, spatial_dims, model):
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         self.sup = SupervisedLoss()
 
     def training_step(self, batch, step):

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from _tiny import MODEL2D, MODEL3D, params_for, read_log, run_method, tiny_data
-from arco._checks import ArcoError, CheckpointError
+from _tiny import MODEL2D, MODEL3D, assert_resume_identical, params_for, read_log, run_method, tiny_data
+from arco._checks import ArcoError, CheckpointError, ConfigError
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, lr_factor
 from arco.methods import get_method
@@ -42,23 +42,9 @@ def test_stage_3d_learns(tmp_path, name):
     assert float(rows[-1]["loss_sup"]) < float(rows[0]["loss_sup"])
 
 
-def _states(method) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v for n, m in method.modules().items() for k, v in m.state_dict().items()}
-
-
 @pytest.mark.parametrize("name", ["arco-pretrain", "arco-finetune"])
 def test_resume_gives_identical_weights(tmp_path, name):
-    data = tiny_data(2)
-    eng = EngineConfig(device="cpu", log_every=2, val_every=0, deterministic=True, progress=False)
-    full, _ = run_method(tmp_path / "full", name, data, 6, engine=eng)
-    run_method(tmp_path / "cut", name, data, 6, engine=eng, stop_at=3)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == 3
-    resumed, summary = run_method(tmp_path / "cut", name, data, 6, engine=eng, resume=True)
-    assert summary["completed_iterations"] == 6
-    a, b = _states(full), _states(resumed)
-    assert a.keys() == b.keys()
-    diff = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not diff, diff[:5]
+    assert_resume_identical(tmp_path, name, iterations=6, stop_at=3)
     rows = read_log(tmp_path / "cut" / "log.csv")
     assert [r["iteration"] for r in rows] == ["2", "3", "4", "6"]  # 3: the interrupted run's last row
 
@@ -72,9 +58,9 @@ def test_resume_refuses_another_methods_checkpoint(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     data = tiny_data(2)
-    eng = EngineConfig(device="cpu", log_every=2, val_every=2, nan_at=4, progress=False)
+    eng = EngineConfig(device="cpu", log_every=2, val_every=2, progress=False)
     with pytest.raises(ArcoError, match=r"NaN/inf between iterations 5 and 6.*last good checkpoint"):
-        run_method(tmp_path, "supervised", data, 10, engine=eng)
+        run_method(tmp_path, "supervised", data, 10, engine=eng, nan_at=4)
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["iteration"] == 4
     assert all(torch.isfinite(v).all() for v in state["predictor"]["state_dict"].values() if v.is_floating_point())
@@ -92,10 +78,10 @@ def test_stage2_initialises_declared_modules_from_stage1(tmp_path):
         lr=1e-12,
         optim=OptimConfig(momentum=0.0, weight_decay=0.0),
     )
-    w_pre = pre.modules()["projector"].state_dict()["0.weight"]
-    assert torch.allclose(fine.modules()["projector"].state_dict()["0.weight"], w_pre)
+    w_pre = pre.components()["projector"].state_dict()["0.weight"]
+    assert torch.allclose(fine.components()["projector"].state_dict()["0.weight"], w_pre)
     # The stage-1-only local projector is not part of stage 2; stage 2's own heads start fresh.
-    assert "local_projector" not in fine.modules()
+    assert "local_projector" not in fine.components()
 
 
 def test_lr_schedules():
@@ -181,3 +167,39 @@ def test_grad_clip_comes_from_the_method_unless_the_config_sets_it(tmp_path):
 
     assert clip(OptimConfig(), 0.0) == 0.0 and clip(OptimConfig(), 5.0) == 5.0
     assert clip(OptimConfig(grad_clip=12.0), 0.0) == 12.0 and clip(OptimConfig(grad_clip=0.0), 5.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("save", "saved"),
+    [
+        ({}, [6]),  # val_every=0: last.pt at the end only
+        ({"save_every": 4}, [4, 6]),
+        ({"save_every_minutes": 1e-9}, [2, 4, 6]),  # due at every log row
+    ],
+)
+def test_last_pt_is_written_every_save_every_without_validation(tmp_path, monkeypatch, save, saved):
+    from arco.engine import loop
+
+    seen: list[int] = []
+    real = loop._Trainer.save_last
+
+    def record(self, iteration):
+        seen.append(iteration)
+        real(self, iteration)
+
+    monkeypatch.setattr(loop._Trainer, "save_last", record)
+    eng = EngineConfig(device="cpu", log_every=2, val_every=0, progress=False, **save)
+    run_method(tmp_path, "supervised", tiny_data(2), 6, engine=eng)
+    assert seen == saved
+    assert [r["iteration"] for r in read_log(tmp_path / "log.csv")] == ["2", "4", "6"]
+
+
+def test_the_user_config_has_no_test_hooks():
+    from dataclasses import fields
+
+    from arco.config import load_config
+
+    assert not {"nan_at", "stop_at"} & {f.name for f in fields(EngineConfig)}
+    with pytest.raises(ConfigError, match=r"engine\.nan_at=3 was a test hook.*remove it"):
+        load_config("demo", ["engine.nan_at=3"])
+    assert load_config("demo", ["engine.nan_at=-1"]).engine.seed == 0  # old run configs wrote the no-op value

@@ -189,7 +189,7 @@ def test_training_steps_give_finite_losses_and_student_gradients(framework):
 
     m = _method(framework)
     assert type(m.contrast) is FRAMEWORKS.get(framework)
-    assert ("contrast_head" in m.modules()) == (framework in ("byol", "isd"))
+    assert ("contrast_head" in m.components()) == (framework in ("byol", "isd"))
     b = batch()
     sgd_step(m, b, 0)  # fills the queues
     out = m.training_step(b, 1)
@@ -197,8 +197,8 @@ def test_training_steps_give_finite_losses_and_student_gradients(framework):
     contrast = m.contrast_loss(m.strong_views(b, torch.Generator().manual_seed(0)), m.student_forward(
         b.image_l, b.image_u), b.label_l, 1, torch.Generator().manual_seed(1), update=False)  # fmt: skip
     contrast.backward()
-    for name in ("student", "rep_head", "rep_pair", *(("contrast_head",) if m.contrast_head is not None else ())):
-        grads = [p.grad for p in m.modules()[name].parameters()]
+    for name in ("student", "rep_head", "rep_pair", *(("contrast_head",) if m.framework_head() is not None else ())):
+        grads = [p.grad for p in m.components()[name].parameters()]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{name} got no gradient"
     assert all(p.grad is None for p in m.teacher_rep_head.parameters())
 

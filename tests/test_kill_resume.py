@@ -137,3 +137,12 @@ def test_arco_two_stages_killed_anywhere_resume_to_the_same_weights(tmp_path):
     ]
     sets = [*ARCO, f"pretrain.iterations={p}", f"finetune.iterations={f}"]
     _kill_and_resume(tmp_path, sets, ("pretrain", "finetune"), plan)
+
+
+def test_without_validation_save_every_gives_a_checkpoint_to_resume_from(tmp_path):
+    """val_every=0, save_every=3: SIGKILLed inside the second write of last.pt (iteration 6 of 8), the run resumes
+    from iteration 3's last.pt and ends with the uninterrupted run's weights, log and summary."""
+    sets = ["schedule.iterations=8", "engine.val_every=0", "engine.save_every=3"]
+    plan = [("write", "last.pt", 2, 0.5)]
+    report = _kill_and_resume(tmp_path, sets, ("supervised",), plan, ("--method", "supervised"))
+    assert report[0]["killed"] and report[0]["left"]["supervised"]["last.pt"] == 3

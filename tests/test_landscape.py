@@ -38,7 +38,7 @@ def _method(spatial_dims: int = 2):
     from test_methods import build
 
     m = build("arco-finetune", spatial_dims, delta_p=0.0)  # delta_p 0: every candidate is an anchor
-    m.train(False)
+    m.set_training(False)
     return m
 
 
@@ -204,7 +204,8 @@ def test_trained_run_surface_centre_and_cli(run_dir, tmp_path, capsys):
     result = weight_landscape(model, steps=3, span=0.2, seed=0, batches=1)
     fresh = load_run(run_dir / "run" / "finetune")
     assert result.losses["loss_contrast"][1, 1] == contrast_loss_fn(fresh, 1, 0)()
-    assert result.losses["loss_sup"][1, 1] == sup_loss_fn(fresh.method.predictor(), fresh.data, torch.device("cpu"))()
+    net = fresh.method.segmentation_network()
+    assert result.losses["loss_sup"][1, 1] == sup_loss_fn(net, fresh.data, torch.device("cpu"))()
 
     out = tmp_path / "w"
     assert main(["landscape", "weights", "--checkpoint", str(run_dir / "run" / "finetune"), "--steps", "3",

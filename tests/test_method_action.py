@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _cli_runs import train_and_evaluate
-from _tiny import params_for, run_method, tiny_data
-from arco.engine import EngineConfig
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, params_for
 from arco.methods import Batch, ModelConfig, build_method, get_recipe
 from arco.methods.action import negative_classes, reco_loss, weighted_unsup_loss
 from test_method_dan import _dice
@@ -75,7 +74,7 @@ def test_step_weights_supervised_pseudo_label_and_contrast_terms():
         "action-finetune", params_for("action-finetune", cutmix_p=0.0), 3, 2, ModelConfig(dim=8, hidden_dim=8)
     )
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     g = torch.Generator().manual_seed(1)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),
               torch.randn(2, 1, 32, 32, generator=g))  # fmt: skip
@@ -87,8 +86,8 @@ def test_step_weights_supervised_pseudo_label_and_contrast_terms():
     def teacher(_m, _i, out) -> None:
         seen.setdefault("teacher", out.logits.detach())
 
-    m.modules()["student"].register_forward_hook(student)
-    m.modules()["teacher"].register_forward_hook(teacher)
+    m.components()["student"].register_forward_hook(student)
+    m.components()["teacher"].register_forward_hook(teacher)
     out = m.training_step(b, 0)
     logits = seen["logits"]
     conf, pseudo = seen["teacher"].softmax(1).max(1)  # no CutMix: the strong view keeps the teacher's labels
@@ -102,14 +101,7 @@ def test_step_weights_supervised_pseudo_label_and_contrast_terms():
 
 
 def test_resume_is_bit_identical(tmp_path):
-    data = tiny_data(2)
-    eng = EngineConfig(device="cpu", log_every=2, val_every=0, deterministic=True, progress=False)
-    full, _ = run_method(tmp_path / "full", "action-finetune", data, 4, engine=eng)
-    run_method(tmp_path / "cut", "action-finetune", data, 4, engine=eng, stop_at=2)
-    resumed, _ = run_method(tmp_path / "cut", "action-finetune", data, 4, engine=eng, resume=True)
-    for name in ("student", "teacher", "rep_head"):
-        a, b = full.modules()[name].state_dict(), resumed.modules()[name].state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert {"student", "teacher", "rep_head"} <= set(assert_resume_identical(tmp_path, "action-finetune")["modules"])
 
 
 def test_recipes_are_presets_of_the_arco_stages():
@@ -133,7 +125,6 @@ ARCO_TINY = ("pretrain.queue_size=4",)
     ],
 )  # fmt: skip
 def test_cli_trains_both_stages_and_evaluates(tmp_path, method, extra):
-    run, result = train_and_evaluate(tmp_path, method, 2, extra)
-    assert 0.0 <= result["mean"]["dice"] <= 1.0
+    run = smoke(tmp_path, method, 2, extra, iterations=2, split="val").run
     config = (run / "finetune" / "config.yaml").read_text()
     assert ("sampler: ns" in config) == (method == "mona")

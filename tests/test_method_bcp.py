@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _baseline_checks import TEACHER, Stub, assert_resume_identical, batch, build, cli_smoke, install, stubbed
+from _baseline_checks import TEACHER, Stub, batch, install, stubbed
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build
 from arco.methods import bcp, get_recipe
 
 
@@ -136,10 +138,10 @@ def test_pseudo_labels_keep_the_largest_blob():
 def test_selftrain_starts_with_the_teacher_equal_to_the_student():
     m = build("bcp-selftrain")
     with torch.no_grad():
-        for p in m.modules()["student"].parameters():
+        for p in m.components()["student"].parameters():
             p.mul_(1.5)  # as if initialised from bcp-pretrain's checkpoint
     m.training_step(batch(bl=2, bu=2, size=32), 0)
-    t, s = dict(m.modules()["teacher"].named_parameters()), dict(m.modules()["student"].named_parameters())
+    t, s = dict(m.components()["teacher"].named_parameters()), dict(m.components()["student"].named_parameters())
     assert all(torch.equal(t[k], s[k]) for k in t)
 
 
@@ -156,8 +158,11 @@ def test_recipe_and_its_iteration_shares():
         ("pretrain", "bcp-pretrain", 0.25),
         ("selftrain", "bcp-selftrain", 0.75),
     ]
-    cfg = load_config("phantom2d", ["schedule.iterations=400"], method="bcp")
+    cfg = load_config("phantom2d", ["budget=400"], method="bcp")  # a run's length, shared 1:3
     assert [(s.name, s.schedule.iterations) for s in cfg.stages] == [("pretrain", 100), ("selftrain", 300)]
+    with pytest.warns(UserWarning, match="budget=N"):  # iterations is one stage's length: no split without a budget
+        cfg = load_config("phantom2d", ["schedule.iterations=400"], method="bcp")
+    assert [(s.name, s.schedule.iterations) for s in cfg.stages] == [("pretrain", 400), ("selftrain", 400)]
 
 
 def test_too_small_batches_are_named_errors():
@@ -171,7 +176,7 @@ def test_too_small_batches_are_named_errors():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_recipe_cli_trains_both_stages_and_evaluates(tmp_path, spatial_dims):
-    rows, summary = cli_smoke(tmp_path, "bcp", spatial_dims, stage="selftrain", iterations=2)
+    _, rows, summary, _ = smoke(tmp_path, "bcp", spatial_dims, iterations=2)
     assert list(rows[0])[3:6] == ["loss", "loss_mix_u", "loss_mix_l"]
     assert (tmp_path / "run" / "pretrain" / "checkpoints" / "last.pt").is_file()
     assert 0.0 <= summary["mean"]["dice"] <= 1.0

@@ -7,14 +7,9 @@ import math
 import pytest
 import torch
 
-from _multinet import (
-    Capture,
-    assert_resume_bit_identical,
-    assert_same_gradients,
-    cli_train_and_evaluate,
-    sigmoid_ramp,
-    sup_ref,
-)
+from _cli_runs import smoke
+from _multinet import Capture, assert_same_gradients, sigmoid_ramp, sup_ref
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.cct import CCTConfig
 from arco.models.perturbations import feature_dropout, feature_noise, random_dropout
@@ -51,9 +46,9 @@ def _step(step: int = 30, total: int = 100, **over):
     torch.manual_seed(0)
     m = build_method("cct", CCTConfig(**over), 3, 2, ModelConfig(arch="unet"))
     m.setup(torch.device("cpu"), 0, total)
-    m.train(True)
+    m.set_training(True)
     main = Capture(m.student.out_conv)
-    aux = [Capture(d) for d in m.aux]
+    aux = [Capture(d) for d in m.aux_decoders]
     g = torch.Generator().manual_seed(2)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),
               torch.randn(2, 1, 32, 32, generator=g))  # fmt: skip
@@ -70,7 +65,7 @@ def test_objective_value_and_main_decoder_as_a_detached_target():
     w = 0.1 * sigmoid_ramp(30, 100, 1.0)
     expected = sup + w * cons
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    params = [p for n in ("student", "aux_decoders") for p in m.modules()[n].parameters()]
+    params = [p for n in ("student", "aux_decoders") for p in m.components()[n].parameters()]
     assert_same_gradients(out.loss, expected, params)
     # the consistency reaches the encoder and the auxiliary decoders, never the main decoder
     main_params = list(m.student.decoder.parameters()) + list(m.student.out_conv.parameters())
@@ -91,10 +86,10 @@ def test_each_auxiliary_decoder_sees_its_own_perturbation():
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "cct", 2)
+    state = smoke(tmp_path, "cct", 2).state
     assert {"student", "aux_decoders"} <= set(state["modules"])
     assert not any(k.startswith("0.net.encoder") for k in state["modules"]["aux_decoders"])  # decoders only
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "cct")
+    assert_resume_identical(tmp_path, "cct")

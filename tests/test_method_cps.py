@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _multinet import assert_resume_bit_identical, cli_train_and_evaluate, sigmoid_ramp, sup_ref
+from _cli_runs import smoke
+from _multinet import sigmoid_ramp, sup_ref
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.cps import CPSConfig
 from arco.models import SegOutput
@@ -38,7 +40,7 @@ def test_objective_is_supervision_plus_each_network_on_the_others_argmax():
     label = torch.randint(0, 3, (2, 2, 3), generator=g)
     batch = Batch(torch.zeros(2, 1, 2, 3), label, torch.zeros(2, 1, 2, 3))
     m = _method()
-    m.student, m.student2 = Fixed(l1), Fixed(l2)
+    m.bind_replicas({"student": Fixed(l1), "student2": Fixed(l2)})  # the method calls these in place of its networks
     out = m.training_step(batch, 50)
     w = 0.1 * sigmoid_ramp(50, 100, 1.0)
     assert w == pytest.approx(0.1 * math.exp(-1.25))
@@ -56,8 +58,8 @@ def test_initialisation_follows_ssl4mis_per_dimension(dims, init):
     model = ModelConfig(arch="unet" if dims == 2 else "vnet", n_filters=8)
     torch.manual_seed(0)
     m = build_method("cps", CPSConfig(), 2, dims, model)
-    assert m.cfg.init == init
-    a, b = m.modules()["student"], m.modules()["student2"]
+    assert m.cfg.weight_init == init
+    a, b = m.components()["student"], m.components()["student2"]
     assert not torch.equal(next(a.parameters()), next(b.parameters()))  # differently initialised
     if dims == 3:
         conv = nn.Conv3d
@@ -77,18 +79,26 @@ def test_initialisation_follows_ssl4mis_per_dimension(dims, init):
 
 
 def test_bad_init_is_named():
-    with pytest.raises(ValueError, match="cps.init"):
-        CPSConfig(init="xavier")
+    with pytest.raises(ValueError, match="cps.weight_init"):
+        CPSConfig(weight_init="xavier")
+
+
+def test_the_old_parameter_name_init_reads_as_weight_init():
+    from arco.config import build_config, load_config
+
+    raw = {"method": "cps", "stages": [{"name": "cps", "method": "cps", "params": {"init": "kaiming-xavier"}}]}
+    assert build_config(raw).stage("cps").params.weight_init == "kaiming-xavier"
+    assert load_config("demo", ["cps.params.init=default"], method="cps").stage("cps").params.weight_init == "default"
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "cps", 2)
+    state = smoke(tmp_path, "cps", 2).state
     assert {"student", "student2"} <= set(state["modules"])
 
 
 def test_cli_smoke_3d(tmp_path):
-    cli_train_and_evaluate(tmp_path, "cps", 3)
+    smoke(tmp_path, "cps", 3)
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "cps")
+    assert_resume_identical(tmp_path, "cps")

@@ -9,14 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _multinet import (
-    Capture,
-    assert_resume_bit_identical,
-    assert_same_gradients,
-    cli_train_and_evaluate,
-    sigmoid_ramp,
-    sup_ref,
-)
+from _cli_runs import smoke
+from _multinet import Capture, assert_same_gradients, sigmoid_ramp, sup_ref
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.dct import DCTConfig, cross_entropy_soft, js_divergence
 
@@ -39,7 +34,7 @@ def test_objective_adversarial_views_and_gradients():
     torch.manual_seed(0)
     m = build_method("dct", DCTConfig(), 3, 2, ModelConfig(arch="unet"))
     m.setup(torch.device("cpu"), 0, 600)
-    m.train(True)
+    m.set_training(True)
     c1, c2 = Capture(m.student), Capture(m.student2)
     g = torch.Generator().manual_seed(6)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),
@@ -62,14 +57,14 @@ def test_objective_adversarial_views_and_gradients():
     ramp = sigmoid_ramp(40, 600, 80 / 600)
     expected = sup + 10 * ramp * cot + 0.5 * ramp * dif
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    params = [p for n in ("student", "student2") for p in m.modules()[n].parameters()]
+    params = [p for n in ("student", "student2") for p in m.components()[n].parameters()]
     assert_same_gradients(out.loss, expected, params, atol=1e-5)
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "dct", 2)
+    state = smoke(tmp_path, "dct", 2).state
     assert {"student", "student2"} <= set(state["modules"])
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "dct")
+    assert_resume_identical(tmp_path, "dct")

@@ -9,21 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from _cli_runs import train_and_evaluate
-from _tiny import params_for, run_method, tiny_data
-from arco.checkpoint import load_checkpoint
-from arco.engine import EngineConfig
-from arco.methods import Batch, ModelConfig, build_method, get_method
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build
+from arco.methods import Batch, get_method
 from test_losses_sdf import dtc_reference
-
-
-def build(name: str, spatial_dims: int = 2, total: int = 100, **over):
-    model = ModelConfig(arch="unet" if spatial_dims == 2 else "vnet", dim=8, hidden_dim=8, n_filters=4)
-    torch.manual_seed(0)
-    m = build_method(name, params_for(name, **over), 3, spatial_dims, model)
-    m.setup(torch.device("cpu"), 0, total)
-    m.train(True)
-    return m
 
 
 def blob_batch(spatial_dims: int = 2, seed: int = 1) -> Batch:
@@ -46,8 +35,8 @@ def capture(m) -> dict:
     def sdf(_m, _i, out) -> None:
         seen.setdefault("sdf", out.detach())
 
-    m.modules()["student"].register_forward_hook(seg)
-    m.modules()["sdf_head"].register_forward_hook(sdf)
+    m.components()["student"].register_forward_hook(seg)
+    m.components()["sdf_head"].register_forward_hook(sdf)
     return seen
 
 
@@ -88,19 +77,11 @@ def test_binary_case_is_dtcs_sigmoid_head():
     logits = torch.randn(2, 2, 8, 8)
     assert torch.allclose(logits.softmax(1)[:, 1], torch.sigmoid(logits[:, 1] - logits[:, 0]), atol=1e-6)
     m = build("dtc")
-    assert m.modules()["sdf_head"].conv.out_channels == 2 and m.modules()["sdf_head"].conv.kernel_size == (3, 3)
+    assert m.components()["sdf_head"].conv.out_channels == 2 and m.components()["sdf_head"].conv.kernel_size == (3, 3)
 
 
 def test_resume_is_bit_identical_with_the_sdf_head(tmp_path):
-    data = tiny_data(2)
-    eng = EngineConfig(device="cpu", log_every=2, val_every=0, deterministic=True, progress=False)
-    full, _ = run_method(tmp_path / "full", "dtc", data, 4, engine=eng)
-    run_method(tmp_path / "cut", "dtc", data, 4, engine=eng, stop_at=2)
-    assert "sdf_head" in load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["modules"]
-    resumed, _ = run_method(tmp_path / "cut", "dtc", data, 4, engine=eng, resume=True)
-    for name in ("student", "sdf_head"):
-        a, b = full.modules()[name].state_dict(), resumed.modules()[name].state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert "sdf_head" in assert_resume_identical(tmp_path, "dtc")["modules"]
 
 
 def test_bad_config_values_are_named():
@@ -113,5 +94,4 @@ def test_bad_config_values_are_named():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_cli_trains_and_evaluates(tmp_path, spatial_dims):
-    _, result = train_and_evaluate(tmp_path, "dtc", spatial_dims)
-    assert 0.0 <= result["mean"]["dice"] <= 1.0
+    smoke(tmp_path, "dtc", spatial_dims, iterations=2, split="val")

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from _baseline_checks import NUM_CLASSES, batch, cli_smoke, ref_sup, sigmoid_ramp, stubbed
+from _baseline_checks import NUM_CLASSES, batch, ref_sup, sigmoid_ramp, stubbed
+from _cli_runs import smoke
 
 
 def _normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ def test_entropy_is_zero_for_certain_and_one_for_uniform_predictions():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_cli_trains_and_evaluates(tmp_path, spatial_dims):
-    rows, summary = cli_smoke(tmp_path, "entropy-min", spatial_dims)
+    _, rows, summary, _ = smoke(tmp_path, "entropy-min", spatial_dims)
     assert list(rows[0])[3:6] == ["loss", "loss_sup", "loss_ent"]
     assert all(0.0 <= float(r["loss_ent"]) <= 1.0 for r in rows)
     assert 0.0 <= summary["mean"]["dice"] <= 1.0

@@ -7,20 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _cli_runs import train_and_evaluate
-from _tiny import make_phantom, params_for, run_method, tiny_data
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build, make_phantom
 from arco.checkpoint import load_checkpoint
-from arco.engine import EngineConfig
 from arco.losses.gcl import global_contrastive_loss, local_contrastive_loss, local_regions, region_corners
-from arco.methods import Batch, ModelConfig, build_method, get_recipe
-
-
-def build(name: str, **over):
-    torch.manual_seed(0)
-    m = build_method(name, params_for(name, **over), 3, 2, ModelConfig(dim=8, hidden_dim=8))
-    m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
-    return m
+from arco.methods import Batch, get_recipe
 
 
 def batch(positions: tuple[list[float], list[float]] | None = None) -> Batch:
@@ -134,7 +125,7 @@ def test_slice_positions_travel_from_the_dataset_to_the_batch(tmp_path):
 
 
 def _params(m, prefix):
-    return {k: v.detach().clone() for k, v in m.modules()["student"].named_parameters() if k.startswith(prefix)}
+    return {k: v.detach().clone() for k, v in m.components()["student"].named_parameters() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize(
@@ -172,22 +163,14 @@ def test_crop_resize_takes_the_requested_window():
 
 @pytest.mark.parametrize("name", ["gcl-global", "gcl-local"])
 def test_resume_is_bit_identical_with_the_heads(tmp_path, name):
-    data = tiny_data(2)
-    eng = EngineConfig(device="cpu", log_every=2, val_every=0, deterministic=True, progress=False)
-    full, _ = run_method(tmp_path / "full", name, data, 4, engine=eng)
-    run_method(tmp_path / "cut", name, data, 4, engine=eng, stop_at=2)
-    resumed, _ = run_method(tmp_path / "cut", name, data, 4, engine=eng, resume=True)
     head = "global_head" if name == "gcl-global" else "local_head"
-    assert head in load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["modules"]
-    for mod in ("student", head):
-        a, b = full.modules()[mod].state_dict(), resumed.modules()[mod].state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a), mod
+    assert head in assert_resume_identical(tmp_path, name)["modules"]
 
 
 def test_recipe_trains_three_stages_through_the_cli_and_evaluates(tmp_path):
     assert [s.method for s in get_recipe("gcl").stages] == ["gcl-global", "gcl-local", "gcl-finetune"]
     sets = ("global.head_grid=1", "global.hidden_dim=32", "global.embed_dim=16", "local.embed_dim=16")
-    run, result = train_and_evaluate(tmp_path, "gcl", 2, sets)
+    run, _, result, _ = smoke(tmp_path, "gcl", 2, sets, iterations=2, split="val")
     assert 0.0 <= result["mean"]["dice"] <= 1.0
     glob, loc = (
         load_checkpoint(run / s / "checkpoints" / "last.pt")["modules"]["student"] for s in ("global", "local")

@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from _baseline_checks import assert_resume_identical, batch, cli_smoke, ref_sup, sigmoid_ramp, stubbed
+from _baseline_checks import batch, ref_sup, sigmoid_ramp, stubbed
+from _cli_runs import smoke
+from _tiny import assert_resume_identical
 
 
 @pytest.mark.parametrize("bu", [2, 5])
@@ -70,7 +72,7 @@ def test_one_unlabeled_image_is_a_named_error():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_cli_trains_and_evaluates(tmp_path, spatial_dims):
-    rows, summary = cli_smoke(tmp_path, "ict", spatial_dims)
+    _, rows, summary, _ = smoke(tmp_path, "ict", spatial_dims)
     assert list(rows[0])[3:6] == ["loss", "loss_sup", "loss_cons"]
     assert 0.0 <= summary["mean"]["dice"] <= 1.0
 

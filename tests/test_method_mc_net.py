@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from _cli_runs import smoke
 from _multinet import (
     Capture,
-    assert_resume_bit_identical,
     assert_same_gradients,
-    cli_train_and_evaluate,
     dice_ref,
     sigmoid_ramp,
 )
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.mc_net import MCNetConfig, mutual_consistency, sharpen_elementwise
 
@@ -41,7 +41,7 @@ def test_mutual_consistency_by_hand_two_decoders_one_pixel():
 def test_decoders_differ_in_up_sampling_as_mc_net(dims, n, ups):
     model = ModelConfig(arch="unet" if dims == 2 else "vnet", n_filters=4)
     m = build_method("mc-net", MCNetConfig(num_decoders=n), 3, dims, model)
-    assert m.predictor_spec["kwargs"]["up_mode"] == ups[0]
+    assert m.segmentation_spec()["kwargs"]["up_mode"] == ups[0]
     nets = [m.student, *(d.net for d in m.decoders)]
     kinds = []
     for net in nets:
@@ -59,7 +59,7 @@ def test_objective_value_and_gradients(n):
     torch.manual_seed(0)
     m = build_method("mc-net", MCNetConfig(num_decoders=n), 3, 2, ModelConfig(arch="unet"))
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     caps = [Capture(m.student.out_conv), *(Capture(d) for d in m.decoders)]
     g = torch.Generator().manual_seed(4)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),
@@ -73,20 +73,20 @@ def test_objective_value_and_gradients(n):
     expected = sup + 0.1 * sigmoid_ramp(25, 100, 1.0) * cons
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     # the pseudo-labels are not detached in the official code: gradients flow through both sides
-    params = [p for name in ("student", "decoders") for p in m.modules()[name].parameters()]
+    params = [p for name in ("student", "decoders") for p in m.components()[name].parameters()]
     assert_same_gradients(out.loss, expected, params)
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "mc-net", 2)
+    state = smoke(tmp_path, "mc-net", 2).state
     assert state["predictor"]["kwargs"]["up_mode"] == "bilinear"
     assert "decoders" in state["modules"]
 
 
 def test_cli_smoke_3d_mc_net_plus(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "mc-net", 3, sets=("mc-net.num_decoders=3",))
+    state = smoke(tmp_path, "mc-net", 3, ("mc-net.num_decoders=3",)).state
     assert len({k.split(".")[0] for k in state["modules"]["decoders"]}) == 2
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "mc-net")
+    assert_resume_identical(tmp_path, "mc-net")

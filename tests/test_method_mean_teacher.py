@@ -8,15 +8,9 @@ import math
 import pytest
 import torch
 
-from _baseline_checks import (
-    assert_resume_identical,
-    batch,
-    build,
-    cli_smoke,
-    ref_sup,
-    sigmoid_ramp,
-    stubbed,
-)
+from _baseline_checks import batch, ref_sup, sigmoid_ramp, stubbed
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build
 
 
 @pytest.mark.parametrize("step", [0, 30, 100])
@@ -57,7 +51,7 @@ def test_teacher_sees_clamped_gaussian_noise_and_the_student_the_clean_image():
 @pytest.mark.parametrize(("step", "momentum"), [(0, 0.0), (3, 0.75), (500, 0.99)])
 def test_ema_uses_the_true_average_until_it_reaches_the_momentum(step, momentum):
     m = build("mean-teacher")
-    teacher, student = m.modules()["teacher"], m.modules()["student"]
+    teacher, student = m.components()["teacher"], m.components()["student"]
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.5)
@@ -72,11 +66,11 @@ def test_ema_uses_the_true_average_until_it_reaches_the_momentum(step, momentum)
 def test_stage_start_copies_the_student_into_the_teacher():
     m = build("mean-teacher")
     with torch.no_grad():
-        for p in m.modules()["student"].parameters():
+        for p in m.components()["student"].parameters():
             p.mul_(1.5)  # as if a previous stage had initialised the student only
     m.training_step(batch(size=32), 0)
     # parameters, not BN buffers: the student's forward after the copy updates its running statistics
-    t, s = dict(m.modules()["teacher"].named_parameters()), dict(m.modules()["student"].named_parameters())
+    t, s = dict(m.components()["teacher"].named_parameters()), dict(m.components()["student"].named_parameters())
     assert all(torch.equal(t[k], s[k]) for k in t)
 
 
@@ -99,7 +93,7 @@ def test_bad_config_values_are_named():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_cli_trains_and_evaluates(tmp_path, spatial_dims):
-    rows, summary = cli_smoke(tmp_path, "mean-teacher", spatial_dims)
+    _, rows, summary, _ = smoke(tmp_path, "mean-teacher", spatial_dims)
     assert list(rows[0])[3:6] == ["loss", "loss_sup", "loss_cons"]
     assert all(math.isfinite(float(r["loss_cons"])) for r in rows)
     assert 0.0 <= summary["mean"]["dice"] <= 1.0

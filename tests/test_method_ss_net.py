@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _cli_runs import smoke
 from _multinet import (
     Capture,
-    assert_resume_bit_identical,
     assert_same_gradients,
-    cli_train_and_evaluate,
     dice_ref,
     sigmoid_ramp,
 )
+from _tiny import assert_resume_identical
 from arco.losses.separation import ClassSelectors, PrototypeMemory, separation_loss
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.ss_net import SSNetConfig, soft_dice, vat_loss
@@ -121,7 +121,7 @@ def test_step_composition_and_defaults_per_dimension():
     m3 = build_method("ss-net", SSNetConfig(), 2, 3, ModelConfig(arch="vnet", n_filters=4))
     assert (m3.cfg.consistency, m3.cfg.rampup, m3.cfg.epsilon) == (1.0, 0.4, 10.0)
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     cap = Capture(m.student)
     g = torch.Generator().manual_seed(5)
     b = Batch(torch.randn(2, 1, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g),
@@ -141,13 +141,13 @@ def test_step_composition_and_defaults_per_dimension():
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "ss-net", 2)
+    state = smoke(tmp_path, "ss-net", 2).state
     assert {"student", "projector", "predictor", "selectors", "memory"} <= set(state["modules"])
 
 
 def test_cli_smoke_3d(tmp_path):
-    cli_train_and_evaluate(tmp_path, "ss-net", 3)
+    smoke(tmp_path, "ss-net", 3)
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "ss-net")
+    assert_resume_identical(tmp_path, "ss-net")

@@ -8,16 +8,9 @@ import math
 import pytest
 import torch
 
-from _baseline_checks import (
-    NUM_CLASSES,
-    assert_resume_identical,
-    batch,
-    build,
-    cli_smoke,
-    ref_sup,
-    sigmoid_ramp,
-    stubbed,
-)
+from _baseline_checks import NUM_CLASSES, batch, ref_sup, sigmoid_ramp, stubbed
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build
 
 
 @pytest.mark.parametrize("step", [20, 60])
@@ -40,7 +33,7 @@ def test_objective_masks_the_consistency_by_the_teachers_entropy(step):
 
 
 def test_threshold_ramps_from_three_quarters_of_ln_c_to_ln_c():
-    m = build("ua-mt", total_steps=1000)
+    m = build("ua-mt", total=1000)
     ln_c = math.log(NUM_CLASSES)
     assert m.threshold(0) == pytest.approx((0.75 + 0.25 * math.exp(-5)) * ln_c)
     assert m.threshold(500) == pytest.approx((0.75 + 0.25 * math.exp(-1.25)) * ln_c)
@@ -49,7 +42,7 @@ def test_threshold_ramps_from_three_quarters_of_ln_c_to_ln_c():
 
 def test_uncertainty_is_one_batched_mc_dropout_pass_with_eval_batch_norm():
     m = build("ua-mt", noise_std=0.0)
-    teacher = m.modules()["teacher"]
+    teacher = m.components()["teacher"]
     calls = []
     teacher.register_forward_hook(lambda mod, inp, out: calls.append(out.logits.detach()))
     running = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -85,7 +78,7 @@ def test_bad_config_values_are_named():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_cli_trains_and_evaluates(tmp_path, spatial_dims):
-    rows, summary = cli_smoke(tmp_path, "ua-mt", spatial_dims)
+    _, rows, summary, _ = smoke(tmp_path, "ua-mt", spatial_dims)
     assert list(rows[0])[3:7] == ["loss", "loss_sup", "loss_cons", "certain"]
     assert all(0.0 <= float(r["certain"]) <= 1.0 for r in rows)
     assert 0.0 <= summary["mean"]["dice"] <= 1.0

@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from _baseline_checks import assert_resume_identical, batch, cli_smoke, ref_dice, stubbed
+from _baseline_checks import batch, ref_dice, stubbed
+from _cli_runs import smoke
+from _tiny import assert_resume_identical, build
 from arco.methods import unimatch
 
 
@@ -102,15 +104,13 @@ def test_jitter_and_channel_dropout():
 
 
 def test_student_returns_to_training_mode_after_the_eval_pass():
-    from _baseline_checks import build
-
     m = build("unimatch")
     m.training_step(batch(size=32), 0)
-    assert m.modules()["student"].training
+    assert m.components()["student"].training
 
 
 def test_cli_trains_and_evaluates(tmp_path):
-    rows, summary = cli_smoke(tmp_path, "unimatch", 2)
+    _, rows, summary, _ = smoke(tmp_path, "unimatch", 2)
     assert list(rows[0])[3:8] == ["loss", "loss_sup", "loss_s", "loss_fp", "confident"]
     assert 0.0 <= summary["mean"]["dice"] <= 1.0
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from _cli_runs import smoke
 from _multinet import (
     Capture,
-    assert_resume_bit_identical,
     assert_same_gradients,
-    cli_train_and_evaluate,
     sigmoid_ramp,
     sup_ref,
 )
+from _tiny import assert_resume_identical
 from arco.methods import Batch, ModelConfig, build_method
 from arco.methods.urpc import URPCConfig, rectified_consistency
 
@@ -64,7 +64,7 @@ def test_objective_on_the_pyramid_outputs(dims):
     model = ModelConfig(arch="unet" if dims == 2 else "vnet", n_filters=4)
     m = build_method("urpc", URPCConfig(), 3, dims, model)
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     assert m.cfg.rampup == (1.0 if dims == 2 else 2.0)  # SSL4MIS: 200 / 400 epochs of 150 iterations over 30k
     kernel = m.pyramid.heads[0].kernel_size[0]
     assert kernel == (3 if dims == 2 else 1) and m.pyramid.mode == ("nearest" if dims == 2 else "trilinear")
@@ -80,7 +80,7 @@ def test_objective_on_the_pyramid_outputs(dims):
     w = 0.1 * sigmoid_ramp(40, 100, m.cfg.rampup)
     expected = sup + w * _ssl4mis([o[2:] for o in outputs])
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    params = [p for n in ("student", "pyramid") for p in m.modules()[n].parameters()]
+    params = [p for n in ("student", "pyramid") for p in m.components()[n].parameters()]
     assert_same_gradients(out.loss, expected, params)
 
 
@@ -97,13 +97,13 @@ def test_heads_read_perturbed_features_only_in_training():
 
 
 def test_cli_smoke_2d(tmp_path):
-    state = cli_train_and_evaluate(tmp_path, "urpc", 2)
+    state = smoke(tmp_path, "urpc", 2).state
     assert {"student", "pyramid"} <= set(state["modules"])
 
 
 def test_cli_smoke_3d(tmp_path):
-    cli_train_and_evaluate(tmp_path, "urpc", 3)
+    smoke(tmp_path, "urpc", 3)
 
 
 def test_resume_bit_identical(tmp_path):
-    assert_resume_bit_identical(tmp_path, "urpc")
+    assert_resume_identical(tmp_path, "urpc")

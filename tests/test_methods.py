@@ -1,4 +1,4 @@
-"""Method contract (STYLE.md §3/§8), run over every registered method, and ARCO's objective as defined."""
+"""Method contract (docs/design.md), run over every registered method, and ARCO's objective as defined."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from _tiny import params_for
 from arco._checks import ConfigError
-from arco.methods import Batch, Method, ModelConfig, build_method, get_method, get_recipe, method_names, recipe_names
+from arco.methods import Batch, Method, ModelConfig, build_method, get_method, get_recipe, list_methods
 
 
 def build(name: str, spatial_dims: int = 2, **over):
@@ -16,7 +16,7 @@ def build(name: str, spatial_dims: int = 2, **over):
     torch.manual_seed(0)
     m = build_method(name, params_for(name, **over), 3, spatial_dims, model)
     m.setup(torch.device("cpu"), 0, 100)
-    m.train(True)
+    m.set_training(True)
     return m
 
 
@@ -42,28 +42,28 @@ def sgd_step(m, b: Batch, it: int = 0, lr: float = 0.1):
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_registry_holds_the_built_in_methods_and_recipes():
-    assert {"supervised", "arco-pretrain", "arco-finetune"} <= set(method_names())
-    assert {"arco", "arco-ns", "arco-sag", "supervised"} <= set(recipe_names())
+    assert {"supervised", "arco-pretrain", "arco-finetune"} <= set(list_methods(kind="method"))
+    assert {"arco", "arco-ns", "arco-sag", "supervised"} <= set(list_methods())
     assert [s.method for s in get_recipe("arco").stages] == ["arco-pretrain", "arco-finetune"]
     assert dict(get_recipe("arco-ns").stages[1].params) == {"sampler": "ns"}
     with pytest.raises(ConfigError, match="did you mean 'supervised'"):
         get_method("supervise")
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", list_methods(kind="method"))
 def test_every_method_declares_what_the_engine_reads(name):
     cls = get_method(name)
     assert cls.description and cls.paper and cls.loss_names and cls.loss_names[0].startswith("loss")
     assert all(n.startswith("loss_") for n in cls.loss_names)
     m = build(name, cls.spatial_dims[0])
     assert isinstance(m, Method)
-    assert m.predict_module in m.modules() and set(cls.init_modules) <= set(m.modules())
-    assert m.predictor_spec["arch"] in ("unet", "vnet")
+    assert m.segmenter in m.components() and set(cls.init_components) <= set(m.components())
+    assert m.segmentation_spec()["arch"] in ("unet", "vnet")
 
 
 # ------------------------------------------------------------------------------------- contract, every method
 # Every registered method in every dimension it declares (a 2D-only method has no 3D case to skip).
-_CASES = [(name, dims) for name in method_names() for dims in get_method(name).spatial_dims]
+_CASES = [(name, dims) for name in list_methods(kind="method") for dims in get_method(name).spatial_dims]
 
 
 @pytest.mark.parametrize(("name", "spatial_dims"), _CASES)
@@ -77,7 +77,7 @@ def test_one_step_finite_loss_gradients_and_frozen_teachers(name, spatial_dims):
     out.loss.backward()
     trainable = {id(p) for g in m.param_groups() for p in g["params"]}
     frozen = {t for t, _ in m.ema_pairs}
-    for mod_name, mod in m.modules().items():
+    for mod_name, mod in m.components().items():
         for pname, p in mod.named_parameters():
             if id(p) in trainable:
                 assert p.grad is not None and torch.isfinite(p.grad).all(), f"{mod_name}.{pname} got no gradient"
@@ -86,15 +86,15 @@ def test_one_step_finite_loss_gradients_and_frozen_teachers(name, spatial_dims):
                 assert mod_name in frozen or not p.requires_grad, f"{mod_name}.{pname} is neither optimised nor fixed"
                 assert not p.requires_grad and p.grad is None, f"fixed {mod_name}.{pname} got a gradient"
     for t in frozen:
-        assert not m.modules()[t].training, f"{t} must stay in eval mode"
+        assert not m.components()[t].training, f"{t} must stay in eval mode"
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", list_methods(kind="method"))
 def test_generator_state_round_trip(name):
     m = build(name, get_method(name).spatial_dims[0])
-    state = m.state_dict()
+    state = m.method_state()
     a = torch.rand(3, generator=m.generator)
-    m.load_state_dict(state)
+    m.load_method_state(state)
     assert torch.equal(torch.rand(3, generator=m.generator), a)
 
 
@@ -107,11 +107,11 @@ def test_ema_momentum_on_every_teacher_student_pair(name):
     students = {s for _, s in pairs}
     assert {"student", "projector"} <= students
     assert ("rep_head" in students) if name == "arco-finetune" else ("local_projector" in students)
-    before = {t: {k: v.clone() for k, v in m.modules()[t].state_dict().items()} for t, _ in pairs}
+    before = {t: {k: v.clone() for k, v in m.components()[t].state_dict().items()} for t, _ in pairs}
     sgd_step(m, batch())
     momentum = m.cfg.ema
     for t, s in pairs:
-        t_state, s_state = m.modules()[t].state_dict(), m.modules()[s].state_dict()
+        t_state, s_state = m.components()[t].state_dict(), m.components()[s].state_dict()
         for k, v in t_state.items():
             if v.is_floating_point():
                 expected = momentum * before[t][k] + (1 - momentum) * s_state[k]
@@ -136,7 +136,7 @@ def test_supervised_term_is_ce_plus_dice_with_the_methods_weight(name, weight):
     def hook(_m, _i, out) -> None:
         seen.setdefault("logits", out.logits)
 
-    m.modules()["student"].register_forward_hook(hook)
+    m.components()["student"].register_forward_hook(hook)
     out = m.training_step(b, 0)
     logits = seen["logits"][: b.image_l.shape[0]].detach()
     expected = weight * (F.cross_entropy(logits, b.label_l) + _dice(logits, b.label_l))
@@ -193,7 +193,7 @@ def test_sampler_strategy_and_grid_reach_the_sampler_from_the_config(monkeypatch
         cfg = load_config("demo", [f"finetune.sampler={sampler}", f"finetune.grid={grid}", "model.dim=8"])
         m = build_stage_method(cfg, cfg.stage("finetune"), data)
         m.setup(torch.device("cpu"), 0, 10)
-        m.train(True)
+        m.set_training(True)
         m.training_step(batch(), 0)
         assert seen[-1] == (sampler, grid)
 
@@ -203,11 +203,11 @@ def test_nearest_neighbour_term_trains_the_student_once_its_bank_is_full():
         m = build("arco-finetune", lambda_contrast=0.0, lambda_unsup=0.0, lambda_nn=lambda_nn, nn_bank=4, nn_k=2)
         for it in range(3):  # two unlabeled images per step: the 4-entry bank is full after two steps
             sgd_step(m, batch(seed=10 + it), it, lr=0.0)
-        assert bool(m.modules()["nn_loss"].bank_valid.all())
+        assert bool(m.components()["nn_loss"].bank_valid.all())
         out = m.training_step(batch(seed=99), 3)
         assert lambda_nn == 0 or float(out.logs["loss_nn"]) > 0
         out.loss.backward()
-        return {n: p.grad.clone() for n, p in m.modules()["student"].named_parameters() if p.grad is not None}
+        return {n: p.grad.clone() for n, p in m.components()["student"].named_parameters() if p.grad is not None}
 
     with_nn, without = grads(1.0), grads(0.0)
     differ = [n for n in with_nn if not torch.allclose(with_nn[n], without[n], atol=1e-8)]
@@ -225,7 +225,7 @@ def test_finetune_never_runs_the_students_representation_densely(monkeypatch, co
     original = FusedRepresentation.dense
 
     def dense(self, features):
-        calls.append(self is m.modules()["teacher_rep_head"])
+        calls.append(self is m.components()["teacher_rep_head"])
         return original(self, features)
 
     monkeypatch.setattr(FusedRepresentation, "dense", dense)
@@ -259,7 +259,7 @@ def test_teacher_keys_come_from_the_mixed_strong_view(monkeypatch, contrast):
 
 def test_stage1_passes_each_temperature_to_its_side():
     m = build("arco-pretrain", tau_s=0.2, tau_t=0.03)
-    for loss in (m.modules()["inst_global"], m.modules()["inst_local"]):
+    for loss in (m.components()["inst_global"], m.components()["inst_local"]):
         assert (loss.tau_s, loss.tau_t) == (0.2, 0.03)
 
 
@@ -282,7 +282,7 @@ def test_arco_heads_hold_no_batchnorm(stage):
     from torch.nn.modules.batchnorm import _BatchNorm
 
     m = build(stage)
-    heads = {n: mod for n, mod in m.modules().items() if n not in ("student", "teacher")}
+    heads = {n: mod for n, mod in m.components().items() if n not in ("student", "teacher")}
     assert heads and not [n for n, mod in heads.items() for x in mod.modules() if isinstance(x, _BatchNorm)]
 
 
@@ -298,7 +298,7 @@ def test_bad_arguments_are_named():
 
 def _capture_student(m) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
-    m.modules()["student"].register_forward_hook(lambda _m, _i, out: seen.append(out.logits.detach()))
+    m.components()["student"].register_forward_hook(lambda _m, _i, out: seen.append(out.logits.detach()))
     return seen
 
 

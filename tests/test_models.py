@@ -51,9 +51,9 @@ def test_vnet_full_size_eval():
 @pytest.mark.parametrize(
     "name, kwargs, expected",
     [
-        # SPEC §3: ~1.9 M. Transposed-conv up (SPEC) gives 1,944,324; SSL4MIS's bilinear default: 1.81 M.
+        # docs/design.md: transposed-conv up gives 1,944,324; SSL4MIS's bilinear default: 1.81 M.
         ("unet", {"num_classes": 4}, 1_944_324),
-        ("vnet", {"num_classes": 2}, 9_448_866),  # SPEC §3: ~9.4 M (UA-MT VNet)
+        ("vnet", {"num_classes": 2}, 9_448_866),  # docs/design.md: the UA-MT VNet
     ],
 )
 def test_parameter_count(name, kwargs, expected):

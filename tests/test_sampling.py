@@ -228,8 +228,9 @@ def test_sag_pairs_are_mirror_symmetric_on_full_masks():
         idx = sample(mask, 48, "sag", (4, 3), torch.Generator().manual_seed(seed))
         chosen = set(idx.tolist())
         assert len(chosen) == 48 and all(mirror[p] in chosen for p in chosen)
-    # With 4 per group two primaries may be each other's mirrors; SPEC §2 then replaces both partners by fresh
-    # draws, so most (not all) points are paired: P(collision) = 1/15 per group, E[paired] >= 1 - 2/15.
+    # With 4 per group two primaries may be each other's mirrors; the SAG rule (docs/samplers.md) then replaces
+    # both partners by fresh draws, so most (not all) points are paired: P(collision) = 1/15 per group,
+    # E[paired] >= 1 - 2/15.
     idx = sample_many(mask, 96, "sag", 50, (4, 3), torch.Generator().manual_seed(0))
     paired = sum(sum(mirror[p] in set(r.tolist()) for p in r.tolist()) for r in idx) / idx.numel()
     assert paired > 0.8

@@ -1,4 +1,4 @@
-"""Statistical tests of the samplers (SPEC §2, paper Thm 3.2 and Lemma 3.1), with fixed generators.
+"""Statistical tests of the samplers (docs/samplers.md; paper Thm 3.2 and Lemma 3.1), with fixed generators.
 
 Every tolerance is z standard errors of the Monte-Carlo estimate; z is written next to each check.
 """
@@ -86,7 +86,7 @@ def test_sg_and_sag_unbiased_in_3d_on_a_full_mask():
 
 
 def test_sag_is_biased_where_mirrors_leave_the_mask_as_specified():
-    # SPEC §2 replaces a mirror outside the candidates by a fresh draw: candidates whose mirror is outside the
+    # SAG replaces a mirror outside the candidates by a fresh draw: candidates whose mirror is outside the
     # mask are then drawn less often than paired ones, so SAG's plain mean is biased on asymmetric regions.
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     mask[0, :4, :4] = True

@@ -13,7 +13,7 @@ from _tiny import MODEL2D, params_for, run_method, tiny_data
 from arco.engine import EngineConfig, OptimConfig, ScheduleConfig, StageSpec, seed_everything
 from arco.engine.loop import _Trainer
 from arco.engine.optim import Optimizers, fast_kwargs
-from arco.methods import Batch, ModelConfig, build_method, get_method, method_names
+from arco.methods import Batch, ModelConfig, build_method, get_method, list_methods
 
 #: Methods whose step syncs with the host on purpose, with the reason (the CUDA test runs them without it).
 DOCUMENTED_SYNCS = {
@@ -34,7 +34,7 @@ def _trainer(name: str, spatial_dims: int, device: str, tmp: Path, **engine: obj
     eng = EngineConfig(device=device, progress=False, **engine)
     trainer = _Trainer(method, data, stage, OptimConfig(), eng, tmp, {}, "default")
     trainer.prepare()
-    trainer.method.train(True)
+    trainer.method.set_training(True)
     return trainer
 
 
@@ -54,7 +54,7 @@ def _batch(spatial_dims: int, b: int, pin: bool = False) -> Batch:
 
 
 def _cases() -> list[tuple[str, int]]:
-    return [(n, d) for n in method_names() for d in (2, 3) if d in get_method(n).spatial_dims]
+    return [(n, d) for n in list_methods(kind="method") for d in (2, 3) if d in get_method(n).spatial_dims]
 
 
 @pytest.mark.parametrize(("name", "spatial_dims"), _cases())
@@ -63,11 +63,11 @@ def test_every_method_steps_under_bf16_autocast_on_cpu(tmp_path, name, spatial_d
     banks) without a dtype error, finite, and the weights stay float32 and move."""
     trainer = _trainer(name, spatial_dims, "cpu", tmp_path, precision="bf16")
     assert trainer.amp_dtype is torch.bfloat16 and trainer.precision == "bf16"
-    before = {k: v.clone() for k, v in trainer.method.predictor().state_dict().items()}
+    before = {k: v.clone() for k, v in trainer.method.segmentation_network().state_dict().items()}
     for it in range(2):
         loss = trainer.step(_batch(spatial_dims, 2 if spatial_dims == 2 else 4), it)
         assert loss.dtype == torch.float32 and torch.isfinite(loss), (name, it, loss)
-    after = trainer.method.predictor().state_dict()
+    after = trainer.method.segmentation_network().state_dict()
     assert all(v.dtype == before[k].dtype for k, v in after.items())
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
     sums = trainer.progress.sums
@@ -130,7 +130,7 @@ def test_fused_sgd_takes_the_same_step_as_the_reference_loop():
 
 # ------------------------------------------------------------------------------------------- channels-last
 def _states(method) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v for n, m in method.modules().items() for k, v in m.state_dict().items()}
+    return {f"{n}.{k}": v for n, m in method.components().items() for k, v in m.state_dict().items()}
 
 
 def test_channels_last_trains_like_contiguous_and_resumes_exactly(tmp_path, monkeypatch):
@@ -143,7 +143,7 @@ def test_channels_last_trains_like_contiguous_and_resumes_exactly(tmp_path, monk
     eng = {"device": "cpu", "log_every": 2, "val_every": 0, "progress": False, "deterministic": True}
     plain, _ = run_method(tmp_path / "plain", "supervised", data, 4, engine=EngineConfig(**eng))
     nhwc, _ = run_method(tmp_path / "nhwc", "supervised", data, 4, engine=EngineConfig(**eng, channels_last=True))
-    conv = nhwc.modules()["student"].out_conv.weight
+    conv = nhwc.components()["student"].out_conv.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     # A contiguous run resumed channels-last (its momentum buffers are re-laid out like the parameters).
     run_method(tmp_path / "switch", "supervised", data, 4, engine=EngineConfig(**eng), stop_at=2)

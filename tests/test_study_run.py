@@ -237,3 +237,11 @@ def test_tuning_phase_then_frozen_choice_then_reuse_by_another_study(tmp_path, p
     linked = tmp_path / "second" / "runs" / "sup" / "seed0" / "supervised"
     assert linked.resolve() == (out / "runs" / "labeled2_sup" / "seed0" / "supervised").resolve()
     assert json.loads((tmp_path / "second" / "plan.json").read_text())["reused"]
+
+    # resumed, the linked stage of the other study is left where it is, even when it holds no fingerprint record
+    (linked.resolve() / "fingerprint.json").unlink()
+    third = run_study(str(other), tmp_path / "second", resume=True, launcher="inline", reuse=[out])
+    assert calls == [] and third["runs"]["finished"] == 1
+    assert not (tmp_path / "second" / "stale").exists() and not (out / "stale").exists()
+    assert linked.resolve() == (out / "runs" / "labeled2_sup" / "seed0" / "supervised").resolve()
+    assert not (linked / "fingerprint.json").exists()  # another study's folder: not written into either

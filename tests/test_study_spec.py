@@ -9,7 +9,7 @@ import pytest
 from _study import write_study
 from arco._checks import ConfigError
 from arco.config import build_config, to_dict
-from arco.methods import recipe_names
+from arco.methods import list_methods
 from arco.study import builtin_studies, expand, load_study
 from arco.study.plan import fingerprints, make_plan, waves
 from arco.study.spec import check_methods
@@ -103,7 +103,7 @@ def test_builtin_studies_expand(tmp_path, name):
     spec = load_study(name)
     assert spec.description and spec.seeds
     missing = sorted(
-        {a.method for v in spec.axes.values() for a in v.values() if a.method and a.method not in recipe_names()}
+        {a.method for v in spec.axes.values() for a in v.values() if a.method and a.method not in list_methods()}
     )
     if missing:  # baselines not merged yet: the early error names exactly those
         with pytest.raises(ConfigError, match="not registered: " + ", ".join(missing)):

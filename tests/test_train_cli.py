@@ -10,18 +10,13 @@ import sys
 import pytest
 import torch
 
-from _tiny import make_phantom
+from _tiny import TINY_2D, make_phantom
 from arco.checkpoint import load_checkpoint, load_predictor
 from arco.cli import main
 from test_config import PLUGIN
 
 TINY = [
-    "data.subjects=6",
-    "data.image_size=32",
-    "data.patch_size=[32, 32]",
-    "data.labeled=2",
-    "model.dim=8",
-    "model.hidden_dim=8",
+    *TINY_2D,
     "schedule.iterations=3",
     "schedule.batch_labeled=2",
     "schedule.batch_unlabeled=2",
@@ -96,7 +91,7 @@ def test_list_methods_reads_the_registry(capsys):
         assert name in out
 
 
-def test_a_plugin_method_from_a_file_outside_arco_trains_through_the_cli(tmp_path, capsys):
+def test_a_plugin_method_from_a_file_outside_arco_trains_through_the_cli(tmp_path, capsys, scratch_registry):
     plugin = tmp_path / "elsewhere" / "my_method.py"
     plugin.parent.mkdir()
     plugin.write_text(PLUGIN.replace("plugin-mean-consistency", "plugin-cli-consistency"))
@@ -149,7 +144,7 @@ def test_demo_fast_end_to_end(tmp_path, capfd):
 
 @pytest.mark.slow
 def test_phantom3d_vnet_pipeline_learns(tmp_path):
-    """SPEC §3/§7: both stages with the VNet, 3D samplers and 3D heads on phantom3d; Dice above chance."""
+    """Both ARCO stages with the VNet, 3D samplers and 3D heads on phantom3d; Dice above chance."""
     from arco.config import load_config
     from arco.pipeline import train
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from _baseline_checks import cli_smoke
+from _cli_runs import smoke
 
 
 def test_supervised_on_every_training_case(tmp_path):
-    rows, summary = cli_smoke(tmp_path, "supervised", 2, extra=["data.labeled=all"])
+    _, rows, summary, _ = smoke(tmp_path, "supervised", 2, ["data.labeled=all"])
     split = json.loads((tmp_path / "run" / "supervised" / "split.json").read_text())
     assert split["num_unlabeled_items"] == 0 and split["num_labeled_items"] > 0
     assert not split.get("unlabeled")

@@ -1,5 +1,10 @@
 """Checkpoint files: what they hold, how to write them atomically and how to load a predictor safely.
 
+Format history. Format 2 renamed ARCO's BYOL head from ``predictor`` to ``global_predictor`` in ``modules`` (the
+checkpoint's ``predictor`` entry is, as before, the segmentation network that ``arco predict`` rebuilds); format 1
+files are upgraded when they are loaded (:func:`upgrade_checkpoint`), so they still serve ``arco evaluate`` /
+``predict``, ``--init`` and ``--resume``.
+
 A file that is not a readable arco checkpoint is reported as what it is — empty, truncated or damaged, not a torch
 file (naming the format it looks like), a torch file holding pickled objects or a plain ``state_dict``, an arco
 checkpoint of another format version — with the fix.
@@ -18,13 +23,19 @@ from arco._io import atomic_torch_save
 __all__ = [
     "FORMAT",
     "describe_checkpoint",
+    "upgrade_checkpoint",
     "resolve_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
     "load_predictor",
 ]
 
-FORMAT = 1
+FORMAT = 2
+#: Component names renamed by format 2, per method: ``{method: {old name: new name}}``.
+_RENAMED_IN_2 = {
+    "arco-pretrain": {"predictor": "global_predictor"},
+    "arco-finetune": {"predictor": "global_predictor"},
+}
 _FIX = "use a checkpoint written by `arco train` (RUN/<stage>/checkpoints/best.pt or last.pt)"
 _MAGIC = (  # what a file that is not a torch checkpoint looks like, by its first bytes
     (b"\x1f\x8b", "a gzip file (e.g. a .nii.gz scan)"),
@@ -108,9 +119,9 @@ def _check_content(p: Path, state: Any) -> None:
             f"checkpoint {p} is a torch file holding {what}, not an arco checkpoint (which also records the "
             f"architecture, the data and the config). Fix: {_FIX}."
         )
-    if state.get("format") != FORMAT:
+    if state.get("format") not in range(1, FORMAT + 1):
         raise CheckpointError(
-            f"checkpoint {p} is an arco checkpoint of format {state.get('format')!r}; this arco reads format "
+            f"checkpoint {p} is an arco checkpoint of format {state.get('format')!r}; this arco reads formats 1 to "
             f"{FORMAT}. Fix: use the arco version that wrote it, or retrain."
         )
     if "predictor" not in state:
@@ -132,7 +143,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files; diagnosed below
         raise _unreadable(p, exc) from exc
     _check_content(p, state)
-    return state
+    return upgrade_checkpoint(state)
+
+
+def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint dict of an older format as the current format reads it (a new dict; tensors are shared).
+
+    Format 1 -> 2: ARCO's BYOL head ``modules["predictor"]`` becomes ``modules["global_predictor"]`` (methods
+    ``arco-pretrain`` / ``arco-finetune``). Saving the result with :func:`save_checkpoint` converts a file.
+    """
+    out = dict(state)
+    if out.get("format", FORMAT) < 2:
+        renamed = _RENAMED_IN_2.get(str(out.get("method")), {})
+        if "modules" in out:
+            out["modules"] = {renamed.get(k, k): v for k, v in out["modules"].items()}
+        out["format"] = 2
+    return out
 
 
 def load_predictor(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[Any, dict[str, Any]]:

@@ -97,7 +97,7 @@ def load_run(checkpoint: str | os.PathLike, device: str = "cpu", data_root: str 
         )
     method.setup(resolve_device(device), cfg.engine.seed, stage.schedule.iterations)
     load_modules(method, state["modules"], None, path)
-    method.train(True)
+    method.set_training(True)
     return LoadedRun(cfg, stage, method, data, path, int(state.get("iteration", stage.schedule.iterations)))
 
 
@@ -216,7 +216,7 @@ def measure(
             f"measure(): {sorted(set(samplers) & set(REF_STRATEGIES))} are pixel-list samplers of the batch loss; "
             f"this run's loss ({what}) draws through sample_per_class and sample_bank: use ns, sg and sag"
         )
-    extra = m.contrast_head.parameters() if m.contrast_head is not None else ()  # BYOL's / ISD's predictor
+    extra = m.framework_head().parameters() if m.framework_head() is not None else ()  # BYOL's / ISD's predictor
     heads = [*m.rep_head.parameters(), *m.rep_pair.parameters(), *extra]
     params = [p for p in (heads if wrt == "rep-head" else m.student.parameters()) if p.requires_grad]
     acc: dict[str, dict[str, float]] = {s: {} for s in samplers}

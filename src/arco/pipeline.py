@@ -2,7 +2,7 @@
 
 Below the CLI and the demo, above the engine: the only place that turns a :class:`~arco.config.RunConfig` into
 engine calls. A stage starts from the checkpoint its ``init`` names (by default the stage before it), loading the
-modules its method declares in ``init_modules``.
+components its method declares in ``init_components``.
 """
 
 from __future__ import annotations

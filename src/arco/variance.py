@@ -268,7 +268,7 @@ def format_table(rows: Sequence[dict[str, float]]) -> str:
     lines.append(
         "gap = Var_NS - Var_SG. 'pred wr': Thm 3.2, (1/n) sum_m w_m (mu_m - mu)^2 (with replacement); "
         "'pred wor': exact without-replacement prediction (finite-population factors, randomised rounding). "
-        "SAG replaces mirrors that leave the mask (SPEC §2): biased where a cell's region is asymmetric."
+        "SAG replaces mirrors that leave the mask (docs/samplers.md): biased where a cell's region is asymmetric."
     )
     return "\n".join(lines)
 

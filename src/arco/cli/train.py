@@ -19,12 +19,22 @@ EPILOG = """examples:
   arco train --config acdc --set data.root=data/ACDC --nproc 4 --out runs/acdc4      # DDP on 4 GPUs (or CPU procs)
   torchrun --nproc_per_node=4 -m arco train --config acdc --out runs/acdc4          # the same, launched by torchrun
 
---set KEY=VALUE: KEY is section.key (data, model, optim, schedule, engine, eval) or stage.key, where stage.key is
-the stage's schedule (iterations, batch_labeled, batch_unlabeled, lr, lr_schedule, ...) or a parameter of its method
-(e.g. finetune.sampler, finetune.lambda_unsup). Values are YAML.
+--set KEY=VALUE: KEY is section.key (data, model, optim, schedule, engine, eval), budget, or stage.key, where
+stage.key is the stage's schedule (iterations, batch_labeled, batch_unlabeled, lr, lr_schedule, ...) or a parameter
+of its method (e.g. finetune.sampler, finetune.lambda_unsup); stage.schedule.KEY / stage.params.KEY say which.
+Values are YAML. iterations is always one stage's length; schedule.* are the defaults of every stage.
 
 DDP (--nproc N or torchrun): the stages' batch sizes are GLOBAL; each process trains on batch / N (an error when N
 does not divide it). Only rank 0 writes. engine.sync_bn=true synchronises BatchNorm across processes.
+"""
+
+
+PRINT_HEADER = """\
+# The resolved config (arco train --print-config); `arco train --config THIS_FILE` trains it as it is.
+# stages: what is trained, in order. Each stage trains its `method` with its own, complete `schedule` (iterations is
+#   that stage's length) and `params` (the method's parameters), starting from `init`.
+# schedule: only the defaults each stage's schedule started from. budget: a run's length that recipe stages without
+#   iterations of their own share (null: none). method: the recipe the stages came from, for the record.
 """
 
 
@@ -68,27 +78,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def list_methods() -> str:
-    """One line per recipe (what ``--method`` trains), then the stage methods recipes are made of."""
+    """One line per entry of the method registry that ``--method`` trains, then the methods that serve only as
+    stages of the multi-stage recipes above them."""
     import textwrap
 
-    from arco.methods import get_method, get_recipe, method_names, recipe_names
+    from arco.methods import get_recipe, list_methods
 
-    in_recipes = {s.method for n in recipe_names() for s in get_recipe(n).stages if len(get_recipe(n).stages) > 1}
+    entries = [get_recipe(n) for n in list_methods()]
+    in_recipes = {s.method for e in entries if len(e.stages) > 1 for s in e.stages}
     lines = ["Methods (arco train --method NAME):"]
-    width = max(len(n) for n in recipe_names()) + 2
-    for name in recipe_names():
-        if name in in_recipes:
+    width = max(len(e.name) for e in entries) + 2
+    for e in entries:
+        if e.name in in_recipes:
             continue
-        r = get_recipe(name)
-        stages = " -> ".join(s.method for s in r.stages)
-        what = r.description if len(r.stages) == 1 else f"{r.description} [{stages}]"
-        lines.append(f"  {name:<{width}}{what}")
-        lines.append(textwrap.indent(textwrap.fill(r.paper, 100), " " * (width + 4)))
-    stage_only = [n for n in method_names() if n in in_recipes]
+        stages = " -> ".join(s.method for s in e.stages)
+        what = e.description if len(e.stages) == 1 else f"{e.description} [{stages}]"
+        lines.append(f"  {e.name:<{width}}{what}")
+        lines.append(textwrap.indent(textwrap.fill(e.paper, 100), " " * (width + 4)))
+    stage_only = [e for e in entries if e.name in in_recipes]
     if stage_only:
         lines.append("Stages of the multi-stage methods above (also trainable alone with --method):")
-        for name in stage_only:
-            lines.append(f"  {name:<{width}}{get_method(name).description}")
+        for e in stage_only:
+            lines.append(f"  {e.name:<{width}}{e.description}")
     return "\n".join(lines)
 
 
@@ -164,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         args.config, args.overrides, method=args.method, iterations=args.iterations, plugins=tuple(args.plugin)
     )
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(PRINT_HEADER + yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     out = Path(args.out) if args.out else Path("runs") / Path(str(args.config)).stem
     check_out_dir(out)

@@ -1,10 +1,12 @@
 """Reading a run configuration: YAML presets (with ``extends``), ``--set`` overrides, ``--method`` and
 ``--iterations`` -> a validated :class:`~arco.config.schema.RunConfig`.
 
-Stage keys in YAML and in ``--set`` may be flat: ``finetune.sampler=ns`` sets a parameter of the method of stage
-``finetune``, ``finetune.iterations=100`` its schedule (schedule and parameter names never overlap); the nested
-forms ``finetune.params.sampler`` / ``finetune.schedule.iterations`` work too. Every value is checked when the
-config is read, and an unknown key names the nearest valid one.
+A stage is written with its schedule and its method's parameters apart (``schedule:`` and ``params:``, as the
+presets and ``--print-config`` show them). The flat form of older files and the ``--set`` shorthand work too:
+``finetune.sampler=ns`` sets a parameter of the method of stage ``finetune``, ``finetune.iterations=100`` its
+schedule (a method may not name a parameter like a schedule key, so the two never overlap); the nested forms
+``finetune.params.sampler`` / ``finetune.schedule.iterations`` are the same. Every value is checked when the config
+is read, and an unknown key names the nearest valid one.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from arco._checks import ConfigError, did_you_mean
 from arco.config.convert import from_dict
+from arco.config.legacy import upgrade_params, upgrade_sections
 from arco.config.schema import SECTIONS, STAGE_KEYS, RunConfig, StageConfig
 from arco.engine.config import ScheduleConfig
 
@@ -148,21 +152,41 @@ def _normalise_stage(raw: Any, index: int) -> dict[str, Any]:
     return out
 
 
-def _from_recipe(recipe_name: str, current: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+def _from_recipe(
+    recipe_name: str, current: list[dict[str, Any]], budget: int | None
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The stages of recipe ``recipe_name``; a stage already in the config with the same name and method keeps its
-    settings (the preset's tuning of that stage), the recipe's fixed parameters applied on top."""
+    settings (the preset's tuning of that stage), the recipe's fixed parameters applied on top. A stage the config
+    does not list trains ``share * budget`` iterations when a budget is set, else ``schedule.iterations``. Also
+    returns ``{stage: share}`` of those unlisted stages."""
     from arco.methods import get_recipe
 
     recipe = get_recipe(recipe_name)
-    stages = []
+    stages, unlisted = [], {}
     for rs in recipe.stages:
         match = next((s for s in current if s["name"] == rs.name and s["method"] == rs.method), None)
         stage = copy.deepcopy(match) if match else {"name": rs.name, "method": rs.method, "schedule": {}, "params": {}}
-        if match is None and rs.share != 1.0:
-            stage["schedule"]["iterations"] = max(1, round(rs.share * budget))
+        if match is None:
+            unlisted[rs.name] = rs.share
+            if budget is not None:
+                stage["schedule"]["iterations"] = max(1, round(rs.share * budget))
         stage["params"].update(copy.deepcopy(dict(rs.params)))
         stages.append(stage)
-    return stages
+    return stages, unlisted
+
+
+def _check_lengths(method: str, stages: list[dict[str, Any]], unlisted: dict[str, float], budget: int | None) -> None:
+    """Warn when stages of a recipe with shares train ``schedule.iterations`` each because neither a ``budget`` nor
+    their own ``iterations`` (``--set``, ``--iterations``) gave them a length: arco 0.1 split it between them."""
+    left = [s["name"] for s in stages if s["name"] in unlisted and "iterations" not in s["schedule"]]
+    if budget is None and left and any(share != 1.0 for share in unlisted.values()):
+        warnings.warn(
+            f"--method {method}: stages {', '.join(left)} train schedule.iterations each (iterations is one stage's "
+            "length). To share one run length between them by the recipe's shares "
+            f"({', '.join(f'{unlisted[n]:.2g}' for n in left)}), as arco 0.1 split schedule.iterations, set "
+            "budget=N; to silence this, give each stage's iterations",
+            stacklevel=4,
+        )
 
 
 def _apply_stage_override(stages: list[dict[str, Any]], parts: list[str], value: Any, item: str) -> None:
@@ -191,7 +215,15 @@ def _build_stage(raw: dict[str, Any], schedule: dict[str, Any]) -> StageConfig:
 
     name = raw["name"]
     cls = get_method(raw["method"])
-    valid = [*STAGE_KEYS, *_SCHEDULE_KEYS, *(f.name for f in dataclasses.fields(cls.config_class))]
+    raw = {**raw, "params": upgrade_params(cls.name, raw["params"])}
+    param_names = [f.name for f in dataclasses.fields(cls.config_class)]
+    clash = sorted(set(param_names) & {*STAGE_KEYS, *_SCHEDULE_KEYS, "schedule", "params"})
+    if clash:
+        raise ConfigError(
+            f"method {cls.name!r} names parameter(s) {clash} like a stage or schedule key, so `{name}.{clash[0]}` "
+            "would be ambiguous; rename the parameter in the method's config class"
+        )
+    valid = [*STAGE_KEYS, *_SCHEDULE_KEYS, *param_names]
     for key in raw["params"]:
         if key not in valid:
             full = [f"{name}.{k}" for k in valid]
@@ -239,7 +271,7 @@ def build_config(
     from arco.methods.base import check_model_config
 
     parsed = [(_parse(o), o) for o in overrides]
-    raw = apply_overrides(raw, [o for (parts, _), o in parsed if parts[0] in SECTIONS])
+    raw = upgrade_sections(apply_overrides(raw, [o for (parts, _), o in parsed if parts[0] in SECTIONS]))
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(
@@ -251,10 +283,12 @@ def build_config(
     method = method or (raw.get("method") if any(p[0] == "method" for (p, _), _o in parsed) else None)
     stages = [_normalise_stage(s, i) for i, s in enumerate(raw.get("stages") or [])]
     schedule = dict(raw.get("schedule") or {})
-    budget = int(from_dict(ScheduleConfig, schedule, prefix="schedule.").iterations)
+    sections = {k: raw[k] for k in ("data", "model", "optim", "schedule", "budget", "engine", "eval") if k in raw}
+    cfg = from_dict(RunConfig, sections)
+    unlisted: dict[str, float] = {}
     if method is not None or not stages:
         method = method or str(raw.get("method") or "arco")
-        stages = _from_recipe(method, stages, budget)
+        stages, unlisted = _from_recipe(method, stages, cfg.budget)
     for (parts, value), item in parsed:
         if parts[0] not in SECTIONS:
             _apply_stage_override(stages, parts, value, item)
@@ -263,11 +297,10 @@ def build_config(
             raise ConfigError(f"--iterations must be >= 1, got {iterations}")
         for s in stages:
             s["schedule"]["iterations"] = int(iterations)
+    _check_lengths(str(method), stages, unlisted, cfg.budget)
     names = [s["name"] for s in stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"stage names must be distinct, got {names}")
-    sections = {k: raw[k] for k in ("data", "model", "optim", "schedule", "engine", "eval") if k in raw}
-    cfg = from_dict(RunConfig, sections)
     check_model_config(cfg.model)
     _check_device_name(cfg.engine.device)
     built = tuple(_build_stage(s, schedule) for s in stages)

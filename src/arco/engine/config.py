@@ -21,7 +21,7 @@ def _positive(section: str, **values: float) -> None:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD as in the paper and the reference code (SPEC §5); the learning rate is part of each stage's schedule.
+    """SGD as in the paper and the reference code (docs/methods.md); the learning rate is part of each stage's schedule.
 
     Attributes:
         momentum: SGD momentum (0.9).
@@ -103,12 +103,16 @@ class EngineConfig:
         deterministic: ``torch.use_deterministic_algorithms(True)`` during training (exact resume on CUDA).
         log_every: iterations between log rows / progress updates / the non-finite-loss check (the only host
             syncs of the loop).
-        val_every: iterations between validations on the val split and ``last.pt`` checkpoints (0 = at the end).
+        val_every: iterations between validations on the val split (0 = at the end only). Each validation also
+            writes ``last.pt`` (the order that keeps ``best.pt`` consistent: docs/training.md, "Checkpoints").
+        save_every: iterations between ``last.pt`` checkpoints besides those of the validations (0 = none); a save
+            point also writes a log row, so a resumed log is the uninterrupted one.
+        save_every_minutes: also write ``last.pt`` at the first log row after this many minutes since the last
+            one (0 = off).
         num_workers: data-loader worker processes (0 = load in the main process).
         threads: torch intra-op CPU threads (0 = torch's default).
         progress: show a tqdm progress bar.
         val_batch: slices (2D) or windows (3D) per forward pass in validation.
-        nan_at: test hook: the loss becomes NaN at this iteration (-1 = never).
         sync_bn: under DDP, BatchNorm layers of the trainable modules use the statistics of the global batch
             (SyncBatchNorm) instead of each rank's share of it. Without it BatchNorm running statistics are
             averaged across ranks after every step.
@@ -124,11 +128,12 @@ class EngineConfig:
     deterministic: bool = False
     log_every: int = 20
     val_every: int = 500
+    save_every: int = 0
+    save_every_minutes: float = 0.0
     num_workers: int = 0
     threads: int = 0
     progress: bool = True
     val_batch: int = 16
-    nan_at: int = -1
     sync_bn: bool = False
     channels_last: bool = False
     compile: bool = False
@@ -138,6 +143,6 @@ class EngineConfig:
         for key in ("log_every", "val_batch"):
             if getattr(self, key) < 1:
                 raise ValueError(f"engine.{key} must be >= 1, got {getattr(self, key)!r}")
-        for key in ("val_every", "num_workers", "threads"):
+        for key in ("val_every", "save_every", "save_every_minutes", "num_workers", "threads"):
             if getattr(self, key) < 0:
                 raise ValueError(f"engine.{key} must be >= 0, got {getattr(self, key)!r}")

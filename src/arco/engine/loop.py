@@ -1,9 +1,11 @@
-"""The one training loop (STYLE.md §3). It knows the :class:`arco.methods.base.Method` protocol, never a method.
+"""The one training loop. It knows the :class:`arco.methods.base.Method` contract (docs/design.md), never a method.
 
 Per iteration: batch -> ``method.training_step`` (under autocast) -> backward (GradScaler) -> optimiser step(s) ->
 ``method.after_optimizer_step``. Every ``log_every`` iterations the device-side sums of the logged scalars are read
-once (the only host sync); every ``val_every`` iterations the predictor is validated on the val split, ``best.pt`` is
-kept by validation Dice (never test), and ``last.pt`` holds everything needed to resume bit-identically.
+once (the only host sync); every ``val_every`` iterations the segmentation network is validated on the val split and
+``best.pt`` is kept by validation Dice (never test); ``last.pt``, which holds everything needed to resume
+bit-identically, is written at each validation, every ``save_every`` iterations, every ``save_every_minutes`` (at a
+log row) and at the end.
 
 A SIGKILL at any moment resumes to the same weights: the write order that makes this exact is described in
 :mod:`arco.engine.state`; files are written atomically (:mod:`arco._io`) and the stage folder is locked
@@ -35,6 +37,7 @@ from arco.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoin
 from arco.engine import distributed as dist
 from arco.engine import perf
 from arco.engine.config import EngineConfig, OptimConfig, ScheduleConfig, lr_factor
+from arco.engine.faults import Faults
 from arco.engine.files import data_meta, finish_stage, prepare_folder, write_run_files
 from arco.engine.logger import RunLogger, log_columns
 from arco.engine.optim import Optimizers
@@ -75,15 +78,13 @@ class StageSpec:
     Attributes:
         name: stage name (folder and ``stage`` column of the log).
         schedule: iterations, batch sizes, learning-rate schedule.
-        init_from: checkpoint whose modules (those in the method's ``init_modules``) initialise the method when
+        init_from: checkpoint whose components (those in the method's ``init_components``) initialise the method when
             not resuming.
-        stop_at: stop after this iteration as if interrupted (tests of resume).
     """
 
     name: str
     schedule: ScheduleConfig
     init_from: str | os.PathLike | None = None
-    stop_at: int | None = None
 
 
 @dataclass
@@ -97,14 +98,17 @@ class _Progress:
     best_dice: float = -math.inf
     best_iteration: int = -1
     last_row: dict[str, Any] = field(default_factory=dict)
+    saved_at: float = field(default_factory=time.monotonic)
 
 
 class _Trainer:
     """One stage of training: set up, resume or initialise, loop, log, validate, checkpoint."""
 
     def __init__(self, method: Method, data: Any, stage: StageSpec, optim: OptimConfig, engine: EngineConfig,
-                 run_dir: Path, config: dict[str, Any], eval_compat: str) -> None:  # fmt: skip
+                 run_dir: Path, config: dict[str, Any], eval_compat: str,
+                 faults: Faults | None = None) -> None:  # fmt: skip
         self.method, self.data, self.stage, self.engine = method, data, stage, engine
+        self.faults = faults or Faults()
         self.schedule, self.config, self.eval_compat = stage.schedule, config, eval_compat
         self.run_dir = run_dir
         self.last_path, self.best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
@@ -138,17 +142,11 @@ class _Trainer:
         """After the weights are restored: channels-last, compile, and the DDP wrapping under torch.distributed."""
         dims = int(self.data.spatial_dims)
         if self.channels_last:
-            perf.channels_last(self.method.modules(), dims)
+            perf.channels_last(self.method.components(), dims)
             perf.match_layouts(self.optimizers.optimizers)
         if self.engine.compile:
-            name = self.method.predict_module
-            perf.compile_forward(self.method.modules()[name], name)
+            perf.compile_forward(self.method.segmentation_network(), self.method.segmenter)
         if self.world > 1:
-            if not hasattr(self.method, "wrap_trainable"):
-                raise ArcoError(
-                    f"method {self.method.name!r} does not derive from arco.methods.base.MethodBase, which the engine "
-                    "needs to wrap its trainable modules for DDP; train it on one process"
-                )
             self.replicas = Replicas(self.method, self.device, self.engine.sync_bn)
 
     def restore(self, resume: bool) -> int:
@@ -168,7 +166,7 @@ class _Trainer:
             f"{self.run_dir / 'config.yaml'}, or train into another --out"))  # fmt: skip
         self.method.setup(self.device, self.seed, self.schedule.iterations)
         own = own_random_state(state, self.rank, self.world, self.last_path)
-        self.method.load_state_dict(own["method_state"])
+        self.method.load_method_state(own["method_state"])
         self.optimizers.load_state_dict(state["optimizers"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(own["rng"])
@@ -183,7 +181,7 @@ class _Trainer:
     def _initialise(self, src: Path) -> None:
         state = load_checkpoint(src, map_location="cpu")
         about = f"{src} is {describe_checkpoint(state)}"
-        wanted, predict = tuple(self.method.init_modules), self.method.predict_module
+        wanted, predict = tuple(self.method.init_components), self.method.segmenter
         loaded = load_modules(self.method, state.get("modules", {}), wanted, src, fix=(
             f"{about}, trained with other model settings; initialise {self.stage.name} from a checkpoint "
             "with the same model.* settings and data dimensions"))  # fmt: skip
@@ -198,8 +196,8 @@ class _Trainer:
 
     # --------------------------------------------------------------------------------------- checkpoints
     def _state(self, iteration: int) -> dict[str, Any]:
-        spec = self.method.predictor_spec
-        weights = {k: v.detach().cpu() for k, v in self.method.predictor().state_dict().items()}
+        spec = self.method.segmentation_spec()
+        weights = {k: v.detach().cpu() for k, v in self.method.segmentation_network().state_dict().items()}
         return {
             "stage": self.stage.name,
             "method": self.method.name,
@@ -220,7 +218,7 @@ class _Trainer:
     def save_last(self, iteration: int) -> None:
         """Every rank calls it (the ranks' random states are gathered); rank 0 writes ``last.pt``."""
         self._check_finite(iteration, self.last_path)
-        own = {"method_state": self.method.state_dict(), "rng": rng_state()}
+        own = {"method_state": self.method.method_state(), "rng": rng_state()}
         ranks = dist.gather_objects(own)
         if not self.main:
             return
@@ -238,6 +236,7 @@ class _Trainer:
         if self.world > 1:
             state["ranks"] = ranks  # each rank's generator and RNG states, to resume every rank exactly
         save_checkpoint(state, self.last_path)
+        p.saved_at = time.monotonic()
 
     def save_best(self, iteration: int, val_dice: float | None) -> None:
         self._check_finite(iteration, self.best_path)
@@ -255,7 +254,7 @@ class _Trainer:
         with self.autocast():
             out = self.method.training_step(batch, it)
         loss = out.loss.float()
-        if it == self.engine.nan_at:
+        if it == self.faults.nan_at:
             loss = loss * float("nan")
         self.optimizers.zero_grad()
         self.scaler.scale(loss).backward()
@@ -285,13 +284,20 @@ class _Trainer:
             p.maxima[k] = torch.maximum(p.maxima[k], v) if k in p.maxima else v
         p.count += 1
 
-    def report(self, it: int, validate: bool, log: RunLogger | None, bar: Any) -> None:
+    def _save_due_by_clock(self) -> bool:
+        """``save_every_minutes`` have passed since ``last.pt`` was written (rank 0's clock decides for every rank)."""
+        minutes = self.engine.save_every_minutes
+        due = minutes > 0 and time.monotonic() - self.progress.saved_at >= 60 * minutes
+        return bool(dist.broadcast_object(due)) if minutes > 0 else False
+
+    def report(self, it: int, validate: bool, save: bool, log: RunLogger | None, bar: Any) -> None:
         """Write a log row (one host sync; under DDP one all-gather averages the ranks' means), validate when asked,
-        keep ``best.pt`` and ``last.pt``. Every rank calls it; rank 0 validates and writes."""
+        write ``last.pt`` when asked or due by the clock (at every validation) and ``best.pt`` when validation
+        improved. Every rank calls it; rank 0 validates and writes."""
         p = self.progress
         local = {k: v.double() / p.count for k, v in p.sums.items()}
         local.update({k: v.double() for k, v in p.maxima.items()})
-        check = dist.state_checksum(self.method.modules()) if self.world > 1 else torch.zeros(())
+        check = dist.state_checksum(self.method.components()) if self.world > 1 else torch.zeros(())
         means = dist.reduce_logs(local, check.to(self.device), self.stage.name)
         if not all(math.isfinite(v) for v in means.values()):
             raise ArcoError(
@@ -316,9 +322,10 @@ class _Trainer:
                 self.stage.name, it, row["val_dice"], p.best_dice, p.best_iteration,
             )  # fmt: skip
         p.last_row = row
+        save = save or validate or self._save_due_by_clock()
         if log is not None:
-            log.write(row, sync=validate)
-        if validate:  # the write order the resume rule relies on (arco.engine.state)
+            log.write(row, sync=save)
+        if save:  # the write order the resume rule relies on (arco.engine.state)
             self.save_last(it)
             if improved and self.main:
                 self.save_best(it, row["val_dice"])
@@ -328,7 +335,7 @@ class _Trainer:
 
         d = self.data
         result = evaluate_model(
-            self.method.predictor(),
+            self.method.segmentation_network(),
             d.val,
             d.num_classes,
             d.spatial_dims,
@@ -339,12 +346,12 @@ class _Trainer:
             overlays=0,
             batch_size=self.engine.val_batch,
         )
-        self.method.train(True)
+        self.method.set_training(True)
         return float(result.summary["mean"]["dice"])
 
     def run(self, start: int) -> int:
         """Train from iteration ``start``; returns the iteration reached."""
-        eng, sched, stop_at = self.engine, self.schedule, self.stage.stop_at
+        eng, sched, stop_at = self.engine, self.schedule, self.faults.stop_at
         stream = BatchStream(
             self.data.labeled,
             self.data.unlabeled if self.method.needs_unlabeled else None,
@@ -361,16 +368,16 @@ class _Trainer:
         log = RunLogger(self.run_dir, log_columns(self.names), start if start > 0 else None) if self.main else None
         bar = _progress_bar(eng.progress and self.main, sched.iterations, start, self.stage.name)
         self.progress.last_logged = it = start
-        self.method.train(True)
+        self.method.set_training(True)
         try:
             for batch in stream:
                 self.step(batch, it)
                 it += 1
                 at_val = (eng.val_every > 0 and it % eng.val_every == 0) or it == sched.iterations
-                if it % eng.log_every == 0 or at_val or it == stop_at:
-                    self.report(it, at_val, log, bar)
+                at_save = (eng.save_every > 0 and it % eng.save_every == 0) or it == stop_at
+                if it % eng.log_every == 0 or at_val or at_save:
+                    self.report(it, at_val, at_save, log, bar)
                 if stop_at is not None and it >= stop_at:
-                    self.save_last(it)
                     break
         finally:
             if bar is not None:
@@ -414,6 +421,7 @@ def fit(
     config: dict[str, Any],
     resume: bool = False,
     eval_compat: str = "default",
+    faults: Faults | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``data`` (an :class:`arco.data.SegmentationData`) for one stage.
 
@@ -430,6 +438,7 @@ def fit(
             deterministic CPU mode, even after a SIGKILL at any point: see :mod:`arco.engine.state`); without one the
             stage starts fresh.
         eval_compat: empty-mask policy of the validation metrics.
+        faults: test hook (:class:`arco.engine.faults.Faults`): a NaN loss or an early stop at a given iteration.
 
     Under ``torch.distributed`` every rank calls ``fit`` with the same arguments; the schedule's batch sizes are
     global (each rank trains on ``batch / world_size``), rank 0 alone writes, and every rank returns rank 0's
@@ -451,7 +460,7 @@ def fit(
         if dist.is_main():
             prepare_folder(run_dir)
         dist.barrier()
-        trainer = _Trainer(method, data, stage, optim, engine, run_dir, config, eval_compat)
+        trainer = _Trainer(method, data, stage, optim, engine, run_dir, config, eval_compat, faults)
         start = trainer.restore(resume)
         trainer.prepare()
         if trainer.main:

@@ -1,12 +1,13 @@
-"""DistributedDataParallel for any method, without changing how a method is written.
+"""DistributedDataParallel for any method, by the roles its components declare.
 
-The engine wraps each trainable module of a method in :class:`~torch.nn.parallel.DistributedDataParallel` and puts
-a *stand-in* where the method calls it (:meth:`arco.methods.base.MethodBase.wrap_trainable`). The stand-in is an
-instance of a subclass of the module's own class that shares the module's ``__dict__``: parameters, buffers,
-submodules, ``training`` and attributes are the module's own (``self.student.feature_channels``,
+The engine wraps each *trainable* component of a method (``method.components("trainable")``) in
+:class:`~torch.nn.parallel.DistributedDataParallel` and hands the method a *stand-in* for it
+(``method.bind_replicas``; :class:`arco.methods.base.MethodBase` then resolves ``self.<name>`` to it). The
+stand-in is an instance of a subclass of the module's own class that shares the module's ``__dict__``: parameters,
+buffers, submodules, ``training`` and attributes are the module's own (``self.student.feature_channels``,
 ``self.student.decoder``, ``.train()``, ``.named_parameters()`` work as before, with the same names), while calling
 it, or calling a method its class defines (``encode``, ``decode``, ``forward_at``), runs through DDP's forward so that
-DDP synchronises the gradients. ``method.modules()`` keeps the plain modules: checkpoints, EMA teachers and
+DDP synchronises the gradients. ``method.components()`` keeps the plain modules: checkpoints, EMA teachers and
 parameter groups never see DDP.
 
 What DDP cannot see, the engine does by hand after the backward pass: a module whose DDP forward did not run with
@@ -15,7 +16,7 @@ gradients averaged with one all-reduce. After the optimiser step the floating bu
 (BatchNorm running statistics) are averaged across ranks, so that the EMA teachers, updated next from the
 students, are identical on every rank. ``engine.sync_bn`` turns the BatchNorm layers of the trainable modules
 into synchronised ones (:class:`torch.nn.SyncBatchNorm` on CUDA; :class:`CpuSyncBatchNorm` on CPU, where
-torch's does not run; :class:`SyncMaskedBatchNorm1d` for the projection heads' masked BatchNorm on any device).
+torch's does not run).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ class Replicas:
     """The DDP wrapping of a method's trainable modules (call after the method is set up and restored).
 
     Args:
-        method: a built :class:`~arco.methods.base.MethodBase` (set up on ``device``, weights loaded).
+        method: a built :class:`~arco.methods.base.Method` (set up on ``device``, weights loaded).
         device: this rank's device.
         sync_bn: convert the trainable modules' BatchNorm layers to synchronised BatchNorm first.
 
@@ -226,25 +227,24 @@ class Replicas:
     def __init__(self, method: Any, device: torch.device, sync_bn: bool) -> None:
         self.world = dist.get_world_size()
         self.replicas: list[_Replica] = []
-        modules = method.modules()
-        self.buffers = [b for n in method.trainable_names for b in modules[n].buffers() if b.is_floating_point()]
+        trainable = method.components("trainable")
+        self.buffers = [b for m in trainable.values() for b in m.buffers() if b.is_floating_point()]
         if sync_bn:
-            for name in method.trainable_names:
-                if convert_sync_bn(modules[name], device) is not modules[name]:
+            for name, module in trainable.items():
+                if convert_sync_bn(module, device) is not module:
                     raise ValueError(
                         f"engine.sync_bn: module {name!r} is itself a BatchNorm layer; wrap it in a module"
                     )
         ids = [device.index] if device.type == "cuda" else None
-
-        def wrap(name: str, module: nn.Module) -> nn.Module | None:
+        stand_ins = {}
+        for name, module in trainable.items():
             if not any(p.requires_grad for p in module.parameters()):
-                return None
+                continue
             ddp = nn.parallel.DistributedDataParallel(_Dispatch(module), device_ids=ids, **_NO_BUFFER_SYNC)
             replica = _Replica(name, module, ddp)
             self.replicas.append(replica)
-            return _stand_in(replica)
-
-        method.wrap_trainable(wrap)
+            stand_ins[name] = _stand_in(replica)
+        method.bind_replicas(stand_ins)
         logger.info("DDP over %d ranks: %s", self.world, ", ".join(r.name for r in self.replicas))
 
     def begin_step(self) -> None:

@@ -99,7 +99,7 @@ def own_random_state(state: dict[str, Any], rank: int, world: int, path: Path) -
 def all_finite(method: Method) -> bool:
     """True when every floating parameter and buffer of every module is finite (one sync per tensor: call
     at checkpoint time only)."""
-    for m in method.modules().values():
+    for m in method.components().values():
         for t in list(m.parameters()) + list(m.buffers()):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 return False
@@ -107,7 +107,7 @@ def all_finite(method: Method) -> bool:
 
 
 def module_states(method: Method) -> dict[str, Any]:
-    return {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in method.modules().items()}
+    return {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in method.components().items()}
 
 
 def best_from_last(last: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def load_modules(method: Method, states: dict[str, Any], names: tuple[str, ...] 
     """Load module weights from ``states``; ``names=None`` loads every module and requires all (resume), otherwise
     the given names that ``states`` holds (initialisation from a previous stage). Returns the loaded names.
     ``fix`` ends the message when weights do not fit."""
-    modules = method.modules()
+    modules = method.components()
     wanted = list(modules) if names is None else [n for n in names if n in modules]
     loaded = []
     for name in wanted:

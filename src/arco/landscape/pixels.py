@@ -83,7 +83,7 @@ def pixel_losses(
     from arco.methods._arco_common import levels
 
     check_pixel_run(method)
-    method.train(False)
+    method.set_training(False)
     x, label = inp.image.to(method.device), inp.label.to(method.device)
     s_out, t_out = method.student(x), method.teacher(x)
     keys = method.teacher_rep_head.dense(levels(t_out))  # (1, dim, *S)

@@ -170,8 +170,8 @@ def load_model(checkpoint: str, device: str = "cpu", data_root: str | None = Non
     if method == "arco-finetune":
         run = load_run(path, device=device, data_root=data_root)
         m = run.method
-        heads = [m.rep_head, m.rep_pair, *([m.contrast_head] if m.contrast_head is not None else [])]
-        net = m.predictor()
+        heads = [m.rep_head, m.rep_pair, *([m.framework_head()] if m.framework_head() is not None else [])]
+        net = m.segmentation_network()
         params = [*net.parameters(), *(p for h in heads for p in h.parameters())]
         return LoadedModel(net, params, run.data, path, method, run, cfg.engine.threads)
     if cfg is None:
@@ -229,7 +229,7 @@ def contrast_loss_fn(run, batches: int, seed: int) -> Callable[[], float]:
     from arco.engine import BatchStream
 
     m, sched = run.method, run.stage.schedule
-    m.train(False)
+    m.set_training(False)
     stream = BatchStream(run.data.labeled, run.data.unlabeled, sched.batch_labeled, sched.batch_unlabeled, seed, 0,
                          batches)  # fmt: skip
     prepared = []
@@ -240,7 +240,7 @@ def contrast_loss_fn(run, batches: int, seed: int) -> Callable[[], float]:
 
     @torch.no_grad()
     def fn() -> float:
-        m.train(False)
+        m.set_training(False)
         total = 0.0
         for b, (batch, views) in enumerate(prepared):
             out = m.student_forward(batch.image_l, views.image)

@@ -1,4 +1,4 @@
-"""ARCO losses: L_sup, stage-1 L_inst, stage-2 L_contrast, L_unsup and L_nn (SPEC §4-5).
+"""ARCO losses: L_sup, stage-1 L_inst, stage-2 L_contrast, L_unsup and L_nn (docs/methods.md).
 
 Stateful losses (queues, banks) keep preallocated device buffers (moved by ``.to()``, saved in ``state_dict``)
 and expose ``enqueue`` for the method to call after the optimiser step.

@@ -1,6 +1,6 @@
 """L_contrast as the reference code defines it (``compute_contra_memobank_loss`` in ``code/loss_helper_3d.py``,
-called from ``code/train_arco_2d.py``; SPEC §5): anchors from an entropy percentile, the class-mean positive over
-every candidate, and hard negatives from per-class FIFO banks, with the sampler (NS / SG / SAG) on the anchors
+called from ``code/train_arco_2d.py``; docs/methods.md): anchors from an entropy percentile, the class-mean positive
+over every candidate, and hard negatives from per-class FIFO banks, with the sampler (NS / SG / SAG) on the anchors
 *and* on the negatives.
 
 Per step, with ``B = B_l + B_u`` rows (labeled first; the unlabeled rows are the strong, CutMix view), labels

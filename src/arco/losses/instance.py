@@ -1,4 +1,4 @@
-"""Stage-1 relational instance discrimination L_inst (SPEC §4, App. E(1)).
+"""Stage-1 relational instance discrimination L_inst (paper App. E(1); docs/methods.md).
 
 The student's softmax over cosine similarities to a queue of K mined teacher embeddings (temperature tau_s) is
 pulled to the teacher's (tau_t, sharper) by KL(p_teacher || p_student).

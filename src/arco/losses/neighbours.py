@@ -1,5 +1,5 @@
 """L_nn, the diversity term: pull each student embedding to its k nearest teacher embeddings in a FIFO bank
-(SPEC §5).
+(docs/methods.md).
 
 Unlike the reference code (whose nearest-neighbour loss is computed on detached tensors and so carries no
 gradient), the similarity is taken between the live student embedding and the bank, so the student is trained

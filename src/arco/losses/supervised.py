@@ -1,6 +1,6 @@
 """Supervised loss L_sup: ``weight * (cross-entropy + soft Dice)``.
 
-The ARCO stages use the reference code's plain sum (weight 1, SPEC §4); the SSL4MIS baselines use 0.5.
+The ARCO stages use the reference code's plain sum (weight 1; docs/methods.md); the SSL4MIS baselines use 0.5.
 """
 
 from __future__ import annotations

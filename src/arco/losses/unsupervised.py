@@ -1,8 +1,8 @@
-"""L_unsup: cross-entropy against confident teacher pseudo-labels (SPEC §5; reference threshold 0.97).
+"""L_unsup: cross-entropy against confident teacher pseudo-labels (docs/methods.md; reference threshold 0.97).
 
 Two weightings:
 
-- ``"mask"`` (SPEC §5): the mean cross-entropy over the pixels whose confidence reaches the threshold; the others
+- ``"mask"`` (the paper): the mean cross-entropy over the pixels whose confidence reaches the threshold; the others
   do not count at all.
 - ``"ratio"`` (the reference code's ``compute_unsupervised_loss``, inherited from ReCo): the cross-entropy of *every*
   pixel, weighted per image by the fraction of its pixels whose confidence reaches the threshold. Early in training,

@@ -1,4 +1,5 @@
-"""Training methods plugged into the one engine (STYLE.md §3). A method is one file in this folder.
+"""Training methods plugged into the one engine (the contract: :class:`arco.methods.base.Method`; docs/design.md).
+A method is one file in this folder.
 
 Every module here whose name does not start with ``_`` (other than ``base`` and ``registry``) is imported on
 first import of :mod:`arco.methods`, which registers its methods: adding a built-in method is adding its file.
@@ -14,11 +15,11 @@ from arco.methods.base import Batch, Method, MethodBase, ModelConfig, StepOutput
 from arco.methods.registry import (
     Recipe,
     RecipeStage,
+    create,
     get_method,
     get_recipe,
+    list_methods,
     load_plugins,
-    method_names,
-    recipe_names,
     register_method,
     register_recipe,
 )
@@ -32,11 +33,11 @@ __all__ = [
     "build_backbone",
     "Recipe",
     "RecipeStage",
+    "create",
     "get_method",
     "get_recipe",
+    "list_methods",
     "load_plugins",
-    "method_names",
-    "recipe_names",
     "register_method",
     "register_recipe",
     "build_method",

@@ -27,7 +27,7 @@ PAPER = (
     "You et al., Rethinking Semi-Supervised Medical Image Segmentation: A Variance-Reduction Perspective, NeurIPS 2023"
 )
 #: Modules stage 2 takes from stage 1's checkpoint.
-SHARED = ("student", "teacher", "projector", "predictor", "teacher_projector")
+SHARED = ("student", "teacher", "projector", "global_predictor", "teacher_projector")
 #: How a strongly augmented batch passes the student's BatchNorm layers (see :func:`student_forward`).
 STRONG_BN = ("joint", "separate", "clean")
 #: The strongly augmented view's photometric part (CutMix is separate): ``reference`` = the ARCO / ReCo code's
@@ -93,15 +93,16 @@ class ArcoBase(MethodBase):
     def __init__(self, cfg, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         nonlinear = choice("model.heads", model.heads, HEADS) == "nonlinear"
-        self.student = self.add_backbone("student")
-        self.teacher = self.add_teacher("teacher", "student")
-        self.projector = self.add_module(
+        self.add_backbone("student")
+        self.add_teacher("teacher", "student")
+        self.add_component(
             "projector", LinearHead(self.student.bottleneck_channels, model.hidden_dim, model.dim, nonlinear)
         )
-        self.predictor_head = self.add_module("predictor", LinearHead(model.dim, model.dim, model.dim, nonlinear))
-        self.teacher_projector = self.add_teacher("teacher_projector", "projector")
-        self.sup = SupervisedLoss(weight=cfg.sup_weight)  # CE + Dice, a plain sum in the reference code (SPEC §4)
+        self.add_component("global_predictor", LinearHead(model.dim, model.dim, model.dim, nonlinear))
+        self.add_teacher("teacher_projector", "projector")
+        # CE + Dice, a plain sum in the reference code (docs/methods.md)
+        self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def student_global(self, pooled: torch.Tensor) -> torch.Tensor:
         """The student's global embedding of pooled bottleneck rows: projector, then predictor."""
-        return self.predictor_head(self.projector(pooled))
+        return self.global_predictor(self.projector(pooled))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from arco.augment import color_jitter, cutmix, gaussian_blur
 from arco.losses import SupervisedLoss
+from arco.methods import arco_pretrain  # noqa: F401 - registers arco-pretrain, stage 1 of the recipe below
 from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput
 from arco.methods.registry import RecipeStage, register_method, register_recipe
 from arco.models import RepresentationHead
@@ -171,17 +172,17 @@ class ActionFinetuneMethod(MethodBase):
     paper = _PAPER
     loss_names = ("loss_sup", "loss_unsup", "loss_contrast")
     metric_names = ("confident",)
-    init_modules = ("student", "teacher")
-    predict_module = "student"
+    init_components = ("student", "teacher")
+    segmenter = "student"
     needs_unlabeled = True
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: ActionFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
-        self.teacher = self.add_teacher("teacher", "student")
+        self.add_backbone("student")
+        self.add_teacher("teacher", "student")
         head = RepresentationHead(self.student.feature_channels, model.dim, spatial_dims)
-        self.rep_head = self.add_module("rep_head", head)
+        self.add_component("rep_head", head)
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:

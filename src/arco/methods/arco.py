@@ -1,4 +1,4 @@
-"""ARCO stage 2, ``arco-finetune``: anatomical contrastive fine-tuning (SPEC §5, paper App. E(2); the reference
+"""ARCO stage 2, ``arco-finetune``: anatomical contrastive fine-tuning (paper App. E(2), docs/methods.md; the reference
 code's ``code/train_arco_2d.py``), and the recipes ``arco`` (SG, the paper's best), ``arco-sag`` and ``arco-ns``
 that chain stage 1 (``arco_pretrain.py``) and stage 2.
 
@@ -17,7 +17,7 @@ term ``λ_eqv·L_eqv`` that the paper does not mention (off by default).
   pixels); ``L_nn``: nearest neighbours of the student's global embedding in a bank of 36 teacher embeddings.
 
 Both stages keep EMA teachers (in eval mode). Module names are shared between the stages (``student``,
-``teacher``, ``projector``, ``predictor``, ``teacher_projector``) so stage 2 starts from stage 1's weights.
+``teacher``, ``projector``, ``global_predictor``, ``teacher_projector``) so stage 2 starts from stage 1's weights.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from arco._checks import choice
 from arco.augment import cutmix, random_similarity, warp
@@ -76,7 +77,7 @@ _BATCH_BANK = 2048  # the ``batch`` loss's per-class bank when ``bank_size`` is 
 
 @dataclass(frozen=True)
 class ArcoFinetuneConfig:
-    """Stage 2 (SPEC §5, App. E(2)).
+    """Stage 2 (paper App. E(2)).
 
     Attributes:
         contrast: ``reference`` or ``batch`` (module docstring).
@@ -102,7 +103,7 @@ class ArcoFinetuneConfig:
         cutmix_area: range of the pasted box's area as a fraction of the image (reference: exactly 1/2).
         strong_view: photometric part of the strong view, one of :data:`STRONG_VIEWS`.
         jitter: brightness/contrast strength of the ``reference`` view (0.25 in the reference fine-tuning).
-        unsup_weighting: ``mask`` (SPEC §5: CE on confident pixels only) or ``ratio`` (the reference code: CE on
+        unsup_weighting: ``mask`` (the paper: CE on confident pixels only) or ``ratio`` (the reference code: CE on
             every pixel, weighted per image by its fraction of confident pixels); see :func:`arco.losses.unsup_loss`.
         sup_weight: weight of ``L_sup = CE + Dice`` (reference code: 1).
         rampup: fraction of the stage over which lambda_contrast, lambda_unsup and lambda_nn ramp up from 0
@@ -232,20 +233,19 @@ class ArcoFinetuneMethod(ArcoBase):
     paper = PAPER
     loss_names = ("loss_sup", "loss_contrast", "loss_unsup", "loss_nn", "loss_eqv")
     metric_names = ("confident",)
-    init_modules = SHARED
+    init_components = SHARED
 
     def __init__(self, cfg: ArcoFinetuneConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         channels = [self.student.bottleneck_channels, *self.student.feature_channels]
-        self.rep_head = self.add_module("rep_head", FusedRepresentation(channels, model.dim, spatial_dims))
-        self.teacher_rep_head = self.add_teacher("teacher_rep_head", "rep_head")
-        self.rep_pair = self.add_module("rep_pair", LinearPair(model.dim))
-        self.contrast = self.add_module("contrast", self._build_contrast(cfg, num_classes, model.dim), "state")
+        self.add_component("rep_head", FusedRepresentation(channels, model.dim, spatial_dims))
+        self.add_teacher("teacher_rep_head", "rep_head")
+        self.add_component("rep_pair", LinearPair(model.dim))
+        self.add_component("contrast", self._build_contrast(cfg, num_classes, model.dim), "state")
         head = self.contrast.build_head(model.dim, model.hidden_dim) if cfg.framework != "arco" else None
-        self.contrast_head = None if head is None else self.add_module("contrast_head", head)
-        self.nn_loss = self.add_module(
-            "nn_loss", NearestNeighbourLoss(model.dim, bank_size=cfg.nn_bank, k=cfg.nn_k), "state"
-        )
+        if head is not None:  # BYOL's / ISD's predictor: a component only for the frameworks that have one
+            self.add_component("contrast_head", head)
+        self.add_component("nn_loss", NearestNeighbourLoss(model.dim, bank_size=cfg.nn_bank, k=cfg.nn_k), "state")
         self._pending: torch.Tensor | None = None
 
     @staticmethod
@@ -321,7 +321,7 @@ class ArcoFinetuneMethod(ArcoBase):
                 return self.teacher_rep_head.forward_at(views.teacher_levels, index)
 
         if isinstance(self.contrast, PixelFramework):  # finetune.framework other than arco
-            return self.contrast(label, rep_student, rep_teacher, generator, update, strategy, self.contrast_head)
+            return self.contrast(label, rep_student, rep_teacher, generator, update, strategy, self.framework_head())
         if cfg.contrast == "reference":
             with torch.no_grad():
                 prob_s = torch.softmax(out.logits[bl:].detach().float(), dim=1)
@@ -333,6 +333,10 @@ class ArcoFinetuneMethod(ArcoBase):
             )  # fmt: skip
         valid = torch.cat([torch.ones_like(label_l, dtype=torch.bool), views.confidence >= cfg.confidence])
         return self.contrast(label, valid, rep_student, rep_teacher, generator, strategy=strategy, store=update)
+
+    def framework_head(self) -> nn.Module | None:
+        """BYOL's / ISD's predictor (component ``contrast_head``, or its DDP replica); None for the other frameworks."""
+        return getattr(self, "contrast_head", None)
 
     def equivariance_loss(
         self, image_l: torch.Tensor, mixed: torch.Tensor, logits: torch.Tensor, label: torch.Tensor, conf: torch.Tensor

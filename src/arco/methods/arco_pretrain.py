@@ -1,5 +1,5 @@
-"""ARCO stage 1, ``arco-pretrain``: relational semi-supervised pre-training (SPEC §4, paper App. E(1); the reference
-code's ``code/pretrain_2D.py`` with ``ISD`` in ``code/model_2D.py``).
+"""ARCO stage 1, ``arco-pretrain``: relational semi-supervised pre-training (paper App. E(1), docs/methods.md; the
+reference code's ``code/pretrain_2D.py`` with ``ISD`` in ``code/model_2D.py``).
 
 ``L = L_sup + λ_inst (L_inst_global + L_inst_local)``. For every image of the batch, labeled and unlabeled alike
 (the reference runs ``ISD`` on the whole batch), the student's embedding of one view and the EMA teacher's
@@ -46,7 +46,7 @@ __all__ = ["ArcoPretrainConfig", "ArcoPretrainMethod"]
 
 @dataclass(frozen=True)
 class ArcoPretrainConfig:
-    """Stage 1 (SPEC §4, App. E(1)).
+    """Stage 1 (paper App. E(1)).
 
     Attributes:
         queue_size: K mined views in the FIFO queue (paper: 36).
@@ -110,20 +110,20 @@ class ArcoPretrainMethod(ArcoBase):
     description = "ARCO stage 1: L_sup + relational instance discrimination (global + local) against an EMA teacher"
     paper = PAPER
     loss_names = ("loss_sup", "loss_inst", "loss_inst_global", "loss_inst_local")
-    init_modules = SHARED
+    init_components = SHARED
 
     def __init__(self, cfg: ArcoPretrainConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         nonlinear = model.heads == "nonlinear"
         c = self.num_classes
-        self.local_projector = self.add_module("local_projector", WindowHead(c, 2 * c, nonlinear))
-        self.local_predictor = self.add_module("local_predictor", WindowHead(c, c, nonlinear))
-        self.teacher_local_projector = self.add_teacher("teacher_local_projector", "local_projector")
-        self.inst_global = self.add_module(
+        self.add_component("local_projector", WindowHead(c, 2 * c, nonlinear))
+        self.add_component("local_predictor", WindowHead(c, c, nonlinear))
+        self.add_teacher("teacher_local_projector", "local_projector")
+        self.add_component(
             "inst_global", RelationalInstanceLoss(model.dim, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=1), "state"
         )
         slots, width = cfg.local_windows**spatial_dims, c * cfg.local_pool**spatial_dims
-        self.inst_local = self.add_module(
+        self.add_component(
             "inst_local", RelationalInstanceLoss(width, cfg.queue_size, cfg.tau_s, cfg.tau_t, slots=slots), "state"
         )
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -1,31 +1,34 @@
-"""The method contract (STYLE.md §3): what a training method supplies to the one engine.
+"""The method contract (:class:`Method`, described in docs/design.md, "The method contract") and
+:class:`MethodBase`, the plumbing most methods build on.
 
-A method is one file: a frozen config dataclass and a :class:`MethodBase` subclass registered with
-:func:`arco.methods.registry.register_method`. The class declares what the rest of arco reads from the registry:
-
-- ``name``, ``description`` (one line), ``paper`` (citation) and ``config_class``;
-- ``loss_names`` / ``metric_names``: the scalars its ``training_step`` logs (the columns of ``log.csv``);
-- ``init_modules``: the modules a previous stage's checkpoint initialises (stage 2 of ARCO from stage 1);
-- ``predict_module``: the module that segments at validation, test and ``arco predict``;
-- ``needs_unlabeled`` and ``spatial_dims`` (2D, 3D or both).
-
-A method owns its networks, heads and losses and turns a batch into a loss. It never calls ``backward()``, steps an
-optimiser, writes files or syncs with the host (no ``.item()``); the engine does all of that. The engine calls, in
-this order: ``setup(device, seed, total_steps)``, then per iteration ``training_step(batch, step)`` ->
-``after_optimizer_step(step)``; ``train(mode)`` around validation, and ``state_dict()`` / ``load_state_dict()`` for
-checkpoints (modules are checkpointed by the engine through ``modules()``).
+A method is one file: a frozen config dataclass and a class registered with
+:func:`arco.methods.registry.register_method`. It owns its networks, heads and losses and turns a batch into a loss;
+the engine does everything else (backward, optimiser, precision, checkpoints, validation, DDP).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["Batch", "StepOutput", "Method", "MethodBase", "ModelConfig", "build_backbone", "check_model_config"]
+__all__ = [
+    "CONTRACT",
+    "CONTRACT_ATTRIBUTES",
+    "RENAMED_MEMBERS",
+    "ROLES",
+    "Batch",
+    "StepOutput",
+    "Method",
+    "MethodBase",
+    "ModelConfig",
+    "StudentMethod",
+    "build_backbone",
+    "check_model_config",
+]
 
 
 @dataclass(frozen=True)
@@ -137,46 +140,107 @@ class StepOutput(NamedTuple):
     logs: dict[str, torch.Tensor]
 
 
+ROLES = ("trainable", "frozen", "state")
+
+
 @runtime_checkable
 class Method(Protocol):
-    """What the engine needs from a method (STYLE.md §3)."""
+    """The method contract: everything the engine, the pipeline and the registry use, DDP included.
+
+    Declared by the class (read by :func:`arco.methods.registry.register_method` and the engine):
+
+    - ``name``, ``config_class`` (a dataclass: the method's parameters), ``description``, ``paper``;
+    - ``loss_names`` / ``metric_names``: the scalars ``training_step`` logs;
+    - ``init_components``: the components a previous stage's checkpoint initialises;
+    - ``segmenter``: the component that segments (validation, test, ``arco predict``);
+    - ``needs_unlabeled``, ``spatial_dims`` (supported dimensions) and ``grad_clip`` (default max gradient norm,
+      0 = none).
+
+    Built as ``cls(cfg, num_classes=..., spatial_dims=..., model=ModelConfig(...))``. The engine then calls
+    ``setup`` once (again after loading weights), per iteration ``training_step`` -> (backward, optimiser step) ->
+    ``after_optimizer_step``, ``set_training`` around validation, and ``method_state`` / ``load_method_state``
+    with the checkpoints; it saves, loads, moves, averages (DDP) and checksums the modules that ``components``
+    returns. Under DDP the engine wraps every trainable component in ``DistributedDataParallel`` and hands the
+    wrappers to ``bind_replicas``: from then on the method must call those in place of the plain modules (whose
+    parameters, buffers and checkpoint keys stay the same). A method never calls ``backward()``, steps an
+    optimiser, writes files or syncs with the host.
+    """
 
     name: str
     loss_names: tuple[str, ...]
     metric_names: tuple[str, ...]
-    init_modules: tuple[str, ...]
-    predict_module: str
+    init_components: tuple[str, ...]
+    segmenter: str
     needs_unlabeled: bool
+    grad_clip: float
 
-    def setup(self, device: torch.device, seed: int, total_steps: int = 1) -> None: ...
+    def setup(self, device: torch.device, seed: int, total_steps: int = 1) -> None:
+        """Move everything to ``device``, seed the method's generator, learn the stage's length."""
 
-    def train(self, mode: bool = True) -> None: ...
+    def components(self, role: str | None = None) -> dict[str, nn.Module]:
+        """The method's modules by name (every one is checkpointed), or those of one role: ``trainable``
+        (optimised; wrapped for DDP), ``frozen`` (EMA teachers: eval mode, no gradients) or ``state`` (buffers
+        only, e.g. a loss's memory bank)."""
 
-    def modules(self) -> dict[str, nn.Module]: ...
+    def bind_replicas(self, replicas: Mapping[str, nn.Module]) -> None:
+        """Call ``replicas[name]`` wherever the method calls trainable component ``name`` (DDP)."""
 
-    def param_groups(self) -> list[dict[str, Any]]: ...
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups (``"params"``, optionally ``"lr"`` and ``"optimizer"``)."""
 
-    def training_step(self, batch: Batch, step: int) -> StepOutput: ...
+    def set_training(self, mode: bool) -> None:
+        """Training (True) or evaluation (False) mode of the components; frozen ones stay in evaluation mode."""
 
-    def after_optimizer_step(self, step: int) -> None: ...
+    def training_step(self, batch: Batch, step: int) -> StepOutput:
+        """The loss of one batch (and the logged scalars, detached tensors)."""
 
-    def predictor(self) -> nn.Module: ...
+    def after_optimizer_step(self, step: int) -> None:
+        """Updates after the optimiser step: EMA teachers, queues and banks."""
 
-    @property
-    def predictor_spec(self) -> dict[str, Any]: ...
+    def segmentation_network(self) -> nn.Module:
+        """The network that segments (component ``segmenter``)."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def segmentation_spec(self) -> dict[str, Any]:
+        """``{"arch", "kwargs"}`` that rebuild :meth:`segmentation_network` (stored in checkpoints)."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def method_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the components' weights (the generator's state)."""
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`method_state`."""
+
+
+#: The contract's members a method class must define (what :func:`arco.methods.registry.register_method` checks):
+#: the attributes the registry and the engine read, and the methods the engine calls.
+CONTRACT_ATTRIBUTES = (*Method.__annotations__, "config_class", "description", "paper", "spatial_dims")
+CONTRACT = tuple(n for n, v in vars(Method).items() if not n.startswith("_") and callable(v))
+#: Names of the method API before the contract was written down (they collided with torch's ``nn.Module``), with
+#: their replacements; a class that still defines one is rejected at registration with this table.
+RENAMED_MEMBERS = {
+    "add_module": "add_component",
+    "modules": "components",
+    "train": "set_training",
+    "state_dict": "method_state",
+    "load_state_dict": "load_method_state",
+    "predictor": "segmentation_network",
+    "predictor_spec": "segmentation_spec",
+    "predict_module": "segmenter",
+    "init_modules": "init_components",
+    "wrap_trainable": "bind_replicas",
+    "trainable_names": "components('trainable')",
+}
 
 
 class MethodBase:
-    """Shared plumbing: the module dict, backbones with their rebuild specs, EMA teachers, device placement, the
-    method's random generator and its state.
+    """Shared plumbing for :class:`Method`: named components with roles, backbones with their rebuild specs, EMA
+    teachers, device placement, the method's random generator and its state.
 
-    Subclasses call :meth:`add_backbone`, :meth:`add_module` and :meth:`add_teacher` in ``__init__``; everything
-    added is checkpointed. ``self.generator`` (seeded by ``setup``) drives every random choice a method makes on the
-    device (samplers, CutMix, jitter), so runs are reproducible and resumable. ``self.total_steps`` (set by
+    Subclasses declare their components in ``__init__`` with :meth:`add_backbone`, :meth:`add_component` and
+    :meth:`add_teacher` (each returns the module) and reach them as attributes of the same name
+    (``self.student(x)``): an attribute lookup resolves a component name to the module, or under DDP to the
+    replica the engine bound (:meth:`bind_replicas`), so a method never assigns its components to attributes
+    (doing so is an error). ``self.generator`` (seeded by ``setup``) drives every random choice a method makes on
+    the device (samplers, CutMix, jitter), so runs are reproducible and resumable. ``self.total_steps`` (set by
     ``setup``) lets a method schedule its weights (ramp-ups) over the stage.
     """
 
@@ -186,8 +250,8 @@ class MethodBase:
     paper: ClassVar[str] = ""
     loss_names: ClassVar[tuple[str, ...]] = ("loss_sup",)
     metric_names: ClassVar[tuple[str, ...]] = ()
-    init_modules: ClassVar[tuple[str, ...]] = ()
-    predict_module: ClassVar[str] = "student"
+    init_components: ClassVar[tuple[str, ...]] = ()
+    segmenter: ClassVar[str] = "student"
     needs_unlabeled: ClassVar[bool] = True
     spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
     #: Default max global gradient norm when ``optim.grad_clip`` is not set (0: no clipping, as the papers' codes).
@@ -205,42 +269,61 @@ class MethodBase:
         self.model_cfg = model
         self.num_classes = int(num_classes)
         self.dims = int(spatial_dims)
-        self._modules: dict[str, nn.Module] = {}
-        self._trainable: list[str] = []
-        self._frozen: list[str] = []
+        self._components: dict[str, nn.Module] = {}
+        self._roles: dict[str, str] = {}
+        self._calls: dict[str, nn.Module] = {}  # what ``self.<name>`` returns: the module or its DDP replica
         self._specs: dict[str, dict[str, Any]] = {}
         self._ema_pairs: list[tuple[str, str]] = []
         self.device = torch.device("cpu")
         self.generator = torch.Generator()
         self.total_steps = 1
 
+    def __getattr__(self, name: str) -> Any:
+        # Called only when ordinary lookup fails: component names resolve here (never stored as attributes).
+        calls = self.__dict__.get("_calls")
+        if calls is not None and name in calls:
+            return calls[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__.get("_components", ()):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is a component: reach it as self.{name} without assigning it "
+                "(add_component / add_backbone / add_teacher return the module for local use)"
+            )
+        object.__setattr__(self, name, value)
+
     # -------------------------------------------------------------------------------------------- building
     def add_backbone(self, name: str, trainable: bool = True, **extra: Any) -> nn.Module:
-        """Build the configured segmentation network under ``name`` (its spec is stored for rebuilding); ``extra``
-        are further constructor arguments of the network (``up_mode=...``)."""
+        """Build the configured segmentation network as component ``name`` (its spec is stored for rebuilding);
+        ``extra`` are further constructor arguments of the network (``up_mode=...``)."""
         net, spec = build_backbone(self.model_cfg, self.num_classes, self.dims, **extra)
         self._specs[name] = spec
-        return self.add_module(name, net, "trainable" if trainable else "frozen")
+        return self.add_component(name, net, "trainable" if trainable else "frozen")
 
-    def add_module(self, name: str, module: nn.Module, role: str = "trainable") -> nn.Module:
-        """Register ``module``: ``role`` is ``trainable`` (optimised), ``frozen`` (no gradients, eval mode) or
-        ``state`` (buffers only, e.g. a loss with a memory bank)."""
-        if name in self._modules:
-            raise ValueError(f"{type(self).__name__}: module {name!r} is added twice")
-        if role not in ("trainable", "frozen", "state"):
-            raise ValueError(f"add_module(): role must be 'trainable', 'frozen' or 'state', got {role!r}")
-        self._modules[name] = module
-        if role == "trainable":
-            self._trainable.append(name)
-        elif role == "frozen":
-            self._frozen.append(name)
+    def add_component(self, name: str, module: nn.Module, role: str = "trainable") -> nn.Module:
+        """Declare component ``name`` with ``role`` (one of :data:`ROLES`: ``trainable`` optimised, ``frozen`` no
+        gradients and eval mode, ``state`` buffers only); it is checkpointed under ``name`` and reached as
+        ``self.<name>``. Returns ``module``."""
+        if name in self._components:
+            raise ValueError(f"{type(self).__name__}: component {name!r} is added twice")
+        if role not in ROLES:
+            raise ValueError(f"add_component(): role must be 'trainable', 'frozen' or 'state', got {role!r}")
+        if not name.isidentifier() or name in self.__dict__ or hasattr(type(self), name):
+            raise ValueError(
+                f"{type(self).__name__}: component name {name!r} must be an identifier that no attribute or method "
+                "of the class uses (components are reached as self.<name>)"
+            )
+        self._components[name] = module
+        self._roles[name] = role
+        self._calls[name] = module
         return module
 
     def add_teacher(self, name: str, student: str) -> nn.Module:
-        """A frozen copy of module ``student`` kept as its EMA by :meth:`update_teachers`."""
+        """A frozen copy of component ``student`` kept as its EMA by :meth:`update_teachers`."""
         from arco.models import make_teacher
 
-        teacher = self.add_module(name, make_teacher(self._modules[student]), "frozen")
+        teacher = self.add_component(name, make_teacher(self._components[student]), "frozen")
         if student in self._specs:
             self._specs[name] = self._specs[student]
         self._ema_pairs.append((name, student))
@@ -251,58 +334,46 @@ class MethodBase:
         from arco.models import ema_update
 
         for t, s in self._ema_pairs:
-            ema_update(self._modules[t], self._modules[s], momentum)
+            ema_update(self._components[t], self._components[s], momentum)
 
     @property
     def ema_pairs(self) -> list[tuple[str, str]]:
         return list(self._ema_pairs)
 
-    @property
-    def trainable_names(self) -> tuple[str, ...]:
-        """Names of the modules added with role ``trainable`` (those the engine wraps for DDP)."""
-        return tuple(self._trainable)
+    # ------------------------------------------------------------------------------------- the contract
+    def components(self, role: str | None = None) -> dict[str, nn.Module]:
+        if role is not None and role not in ROLES:
+            raise ValueError(f"components(): role must be one of {', '.join(ROLES)} or None, got {role!r}")
+        return {n: m for n, m in self._components.items() if role is None or self._roles[n] == role}
 
-    def wrap_trainable(self, wrap: Callable[[str, nn.Module], nn.Module | None]) -> dict[str, nn.Module]:
-        """Let the engine put a wrapper (its DistributedDataParallel stand-in) where the method calls its trainable
-        modules: every attribute of the method that is a trainable module (or a list/tuple holding one) is replaced
-        by ``wrap(name, module)`` (``None`` leaves it). :meth:`modules` keeps the modules themselves, so checkpoints
-        (``state_dict`` keys), EMA teachers and parameter groups are unchanged, and a method keeps calling
-        ``self.student(x)``. Returns ``{name: wrapper}``."""
-        wrapped = {name: w for name in self._trainable if (w := wrap(name, self._modules[name])) is not None}
-        swap = {id(self._modules[name]): w for name, w in wrapped.items()}
-        for attr, value in list(vars(self).items()):
-            if id(value) in swap:
-                setattr(self, attr, swap[id(value)])
-            elif isinstance(value, (list, tuple)) and any(id(v) in swap for v in value):
-                setattr(self, attr, type(value)(swap.get(id(v), v) for v in value))
-        return wrapped
+    def bind_replicas(self, replicas: Mapping[str, nn.Module]) -> None:
+        for name, replica in replicas.items():
+            if self._roles.get(name) != "trainable":
+                raise ValueError(f"bind_replicas(): {name!r} is not a trainable component of {type(self).__name__}")
+            self._calls[name] = replica
 
-    # ------------------------------------------------------------------------------------- engine seams
     def setup(self, device: torch.device, seed: int, total_steps: int = 1) -> None:
-        """Move every module to ``device``, freeze the frozen ones and (re)seed the method's generator."""
+        """Move every component to ``device``, freeze the frozen ones and (re)seed the method's generator."""
         self.device = torch.device(device)
         self.total_steps = max(int(total_steps), 1)
-        for m in self._modules.values():
+        for m in self._components.values():
             m.to(self.device)
-        for name in self._frozen:
-            self._modules[name].requires_grad_(False)
+        for m in self.components("frozen").values():
+            m.requires_grad_(False)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed) + 7919)
 
-    def train(self, mode: bool = True) -> None:
-        """Trainable modules follow ``mode``; frozen ones (EMA teachers) always stay in eval mode (SPEC §3:
-        eval-mode pseudo-labels)."""
-        for name, m in self._modules.items():
-            m.train(mode and name not in self._frozen)
-
-    def modules(self) -> dict[str, nn.Module]:
-        return dict(self._modules)
+    def set_training(self, mode: bool) -> None:
+        """Trainable components follow ``mode``; frozen ones (EMA teachers) always stay in eval mode, so that
+        teachers give eval-mode pseudo-labels (docs/methods.md)."""
+        for name, m in self._components.items():
+            m.train(mode and self._roles[name] != "frozen")
 
     def param_groups(self) -> list[dict[str, Any]]:
         """One SGD group with every trainable parameter. Methods with a second optimiser (a discriminator) add
         groups with ``"optimizer": "adam"`` and their own ``"lr"``; ``"lr"`` is the group's base learning rate
         that the schedule scales (default: the stage's ``lr``)."""
-        params = [p for n in self._trainable for p in self._modules[n].parameters() if p.requires_grad]
+        params = [p for m in self.components("trainable").values() for p in m.parameters() if p.requires_grad]
         return [{"params": params}]
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:  # pragma: no cover - abstract
@@ -311,16 +382,26 @@ class MethodBase:
     def after_optimizer_step(self, step: int) -> None:
         return None
 
-    def predictor(self) -> nn.Module:
-        return self._modules[self.predict_module]
+    def segmentation_network(self) -> nn.Module:
+        return self._components[self.segmenter]
 
-    @property
-    def predictor_spec(self) -> dict[str, Any]:
-        return self._specs[self.predict_module]
+    def segmentation_spec(self) -> dict[str, Any]:
+        return self._specs[self.segmenter]
 
-    def state_dict(self) -> dict[str, Any]:
+    def method_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state().cpu()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_method_state(self, state: dict[str, Any]) -> None:
         if "generator" in state:
             self.generator.set_state(state["generator"].cpu().to(torch.uint8))
+
+
+class StudentMethod(MethodBase):
+    """A method around one segmentation network, component ``student`` (its ``segmenter``, and what a previous
+    stage's checkpoint initialises). It is declared first; subclasses add their teachers and heads after it."""
+
+    init_components: ClassVar[tuple[str, ...]] = ("student",)
+
+    def __init__(self, cfg: Any, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
+        super().__init__(cfg, num_classes, spatial_dims, model)
+        self.add_backbone("student")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from arco.augment import uniform
-from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput
+from arco.methods.base import Batch, ModelConfig, StepOutput, StudentMethod
 from arco.methods.registry import RecipeStage, register_method, register_recipe
 
 __all__ = [
@@ -168,7 +168,7 @@ def _halves(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register_method
-class BCPPretrainMethod(MethodBase):
+class BCPPretrainMethod(StudentMethod):
     """BCP stage 1: copy-paste between pairs of labeled images (the labeled batch's two halves)."""
 
     name = "bcp-pretrain"
@@ -176,14 +176,7 @@ class BCPPretrainMethod(MethodBase):
     description = "BCP stage 1: supervised copy-paste between labeled images (labeled data only)"
     paper = _PAPER
     loss_names = ("loss_mix",)
-    init_modules = ("student",)
-    predict_module = "student"
     needs_unlabeled = False
-    spatial_dims = (2, 3)
-
-    def __init__(self, cfg: BCPPretrainConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
-        super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         n = batch.image_l.shape[0] // 2
@@ -202,7 +195,7 @@ class BCPPretrainMethod(MethodBase):
 
 
 @register_method
-class BCPMethod(MethodBase):
+class BCPMethod(StudentMethod):
     """BCP stage 2: bidirectional copy-paste between labeled and unlabeled images with EMA-teacher pseudo-labels.
     The teacher starts as the student (both load the pre-trained weights in the code)."""
 
@@ -211,14 +204,10 @@ class BCPMethod(MethodBase):
     description = "BCP stage 2: bidirectional labeled<->unlabeled copy-paste with EMA-teacher pseudo-labels"
     paper = _PAPER
     loss_names = ("loss_mix_u", "loss_mix_l")
-    init_modules = ("student",)
-    predict_module = "student"
-    spatial_dims = (2, 3)
 
     def __init__(self, cfg: BCPConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
-        self.teacher = self.add_teacher("teacher", "student")
+        self.add_teacher("teacher", "student")
 
     @torch.no_grad()
     def pseudo_labels(self, image_u: torch.Tensor) -> torch.Tensor:

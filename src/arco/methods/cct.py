@@ -78,15 +78,15 @@ class CCTMethod(MethodBase):
     description = "cross-consistency training: auxiliary decoders on perturbed encoder features match the main decoder"
     paper = "Ouali et al., Semi-Supervised Semantic Segmentation with Cross-Consistency Training, CVPR 2020"
     loss_names = ("loss_sup", "loss_cons")
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     spatial_dims = (2,)
 
     def __init__(self, cfg: CCTConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         branches = [DecoderBranch(build_backbone(model, num_classes, spatial_dims)[0]) for _ in range(3)]
-        self.aux = self.add_module("aux_decoders", nn.ModuleList(branches))
+        self.add_component("aux_decoders", nn.ModuleList(branches))
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def perturb(self, maps: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -103,7 +103,7 @@ class CCTMethod(MethodBase):
         bl = batch.image_l.shape[0]
         maps = self.student.encode(torch.cat([batch.image_l, batch.image_u]))
         main = self.student.decode(maps).logits
-        aux = [dec(m).logits for dec, m in zip(self.aux, self.perturb(maps))]
+        aux = [dec(m).logits for dec, m in zip(self.aux_decoders, self.perturb(maps))]
         decoders = [main, *aux]
         loss_sup = sum(self.sup(d[:bl], batch.label_l) for d in decoders) / len(decoders)
         target = main[bl:].detach().float().softmax(dim=1)

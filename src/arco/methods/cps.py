@@ -34,7 +34,7 @@ __all__ = ["CPSConfig", "CPSMethod", "INITS", "init_weights"]
 INITS = ("default", "kaiming-xavier")
 
 #: SSL4MIS's choices per dimension for the fields left ``None``.
-DIM_DEFAULTS = {2: {"init": "default"}, 3: {"init": "kaiming-xavier"}}
+DIM_DEFAULTS = {2: {"weight_init": "default"}, 3: {"weight_init": "kaiming-xavier"}}
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,14 @@ class CPSConfig:
         rampup: fraction of the stage over which lambda follows the sigmoid ramp-up (``--consistency_rampup 200``
             epochs of 150 iterations = the whole 30k schedule -> 1.0).
         sup_weight: w_s, weight of each network's CE + Dice on the labeled images (0.5).
-        init: one of :data:`INITS`; ``None`` = SSL4MIS's choice for the data (``default`` in 2D,
-            ``kaiming-xavier`` in 3D).
+        weight_init: one of :data:`INITS`; ``None`` = SSL4MIS's choice for the data (``default`` in 2D,
+            ``kaiming-xavier`` in 3D). (Called ``init`` before arco 0.2, a name that clashed with a stage's ``init``.)
     """
 
     consistency: float = 0.1
     rampup: float = 1.0
     sup_weight: float = 0.5
-    init: str | None = None
+    weight_init: str | None = None
 
     def __post_init__(self) -> None:
         if self.consistency < 0:
@@ -62,8 +62,8 @@ class CPSConfig:
             raise ValueError(f"cps.rampup must be >= 0, got {self.rampup}")
         if not self.sup_weight > 0:
             raise ValueError(f"cps.sup_weight must be > 0, got {self.sup_weight}")
-        if self.init is not None:
-            choice("cps.init", self.init, INITS)
+        if self.weight_init is not None:
+            choice("cps.weight_init", self.weight_init, INITS)
 
 
 def init_weights(net: nn.Module, kind: str) -> nn.Module:
@@ -89,16 +89,16 @@ class CPSMethod(MethodBase):
     description = "cross pseudo supervision: two differently initialised networks teach each other hard labels"
     paper = "Chen et al., Semi-Supervised Semantic Segmentation with Cross Pseudo Supervision, CVPR 2021"
     loss_names = ("loss_sup", "loss_cps")
-    init_modules = ("student", "student2")
-    predict_module = "student"
+    init_components = ("student", "student2")
+    segmenter = "student"
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: CPSConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         self.cfg = cfg = with_dim_defaults(cfg, spatial_dims, DIM_DEFAULTS)
-        self.student = self.add_backbone("student")
-        self.student2 = self.add_backbone("student2")
-        if cfg.init == "kaiming-xavier":
+        self.add_backbone("student")
+        self.add_backbone("student2")
+        if cfg.weight_init == "kaiming-xavier":
             init_weights(self.student, "kaiming")
             init_weights(self.student2, "xavier")
         self.sup = SupervisedLoss(weight=cfg.sup_weight)

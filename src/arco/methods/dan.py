@@ -73,19 +73,19 @@ class DanMethod(MethodBase):
     )
     loss_names = ("loss_sup", "loss_adv", "loss_disc")
     metric_names = ("disc_acc",)
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     needs_unlabeled = True
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: DanConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         # SSL4MIS pools the 2D discriminator to 2x2 cells (AvgPool2d(7) on 16x16) and the 3D one to a single cell.
         disc = FCDiscriminator(
             spatial_dims, num_classes, model.in_channels, cfg.ndf, pool=2 if spatial_dims == 2 else 1
         )
-        self.discriminator = self.add_module("discriminator", disc)
+        self.add_component("discriminator", disc)
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def param_groups(self) -> list[dict[str, Any]]:

@@ -90,14 +90,14 @@ class DCTMethod(MethodBase):
     )
     paper = "Qiao et al., Deep Co-Training for Semi-Supervised Image Recognition, ECCV 2018"
     loss_names = ("loss_sup", "loss_cot", "loss_dif")
-    init_modules = ("student", "student2")
-    predict_module = "student"
+    init_components = ("student", "student2")
+    segmenter = "student"
     spatial_dims = (2,)
 
     def __init__(self, cfg: DCTConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
-        self.student2 = self.add_backbone("student2")
+        self.add_backbone("student")
+        self.add_backbone("student2")
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def _adversarial(self, x: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

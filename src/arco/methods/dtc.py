@@ -57,15 +57,15 @@ class DtcMethod(MethodBase):
     description = "DTC: segmentation + signed-distance heads, dual-task consistency through sigmoid(-k*sdf)"
     paper = "Luo et al., Semi-supervised Medical Image Segmentation through Dual-task Consistency, AAAI 2021"
     loss_names = ("loss_dice", "loss_sdf", "loss_dtc")
-    init_modules = ("student", "sdf_head")
-    predict_module = "student"
+    init_components = ("student", "sdf_head")
+    segmenter = "student"
     needs_unlabeled = True
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: DtcConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
-        self.sdf_head = self.add_module("sdf_head", sdf_head_for(self.student, num_classes, spatial_dims))
+        self.add_backbone("student")
+        self.add_component("sdf_head", sdf_head_for(self.student, num_classes, spatial_dims))
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         cfg, bl = self.cfg, batch.image_l.shape[0]

@@ -66,13 +66,13 @@ class EntropyMinMethod(MethodBase):
         "Semantic Segmentation, CVPR 2019"
     )
     loss_names = ("loss_sup", "loss_ent")
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: EntropyMinConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:

@@ -27,7 +27,7 @@ from torch import nn
 
 from arco.augment import color_jitter, uniform
 from arco.losses.gcl import global_contrastive_loss, local_contrastive_loss, local_regions, region_corners
-from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput
+from arco.methods.base import Batch, ModelConfig, StepOutput, StudentMethod
 from arco.methods.registry import RecipeStage, register_method, register_recipe
 from arco.methods.supervised import SupervisedMethod
 
@@ -173,7 +173,7 @@ def _freeze(*modules: nn.Module) -> None:
 
 
 @register_method
-class GclGlobalMethod(MethodBase):
+class GclGlobalMethod(StudentMethod):
     """Stage 1: the encoder and ``g1`` by the global contrastive loss (G^D, or G^R without slice positions)."""
 
     name = "gcl-global"
@@ -182,17 +182,13 @@ class GclGlobalMethod(MethodBase):
     paper = _PAPER
     loss_names = ("loss_global",)
     metric_names = ("positives",)
-    init_modules = ("student",)
-    predict_module = "student"
-    needs_unlabeled = True
     spatial_dims = (2,)
 
     def __init__(self, cfg: GclGlobalConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
         _freeze(self.student.decoder, self.student.out_conv)  # only the encoder is pre-trained here
         head = _GlobalHead(self.student.bottleneck_channels, cfg.head_grid, cfg.hidden_dim, cfg.embed_dim)
-        self.global_head = self.add_module("global_head", head)
+        self.add_component("global_head", head)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         cfg = self.cfg
@@ -208,7 +204,7 @@ class GclGlobalMethod(MethodBase):
 
 
 @register_method
-class GclLocalMethod(MethodBase):
+class GclLocalMethod(StudentMethod):
     """Stage 2: the first decoder blocks and ``g2`` by the local contrastive loss (L^R), the encoder frozen."""
 
     name = "gcl-local"
@@ -216,18 +212,14 @@ class GclLocalMethod(MethodBase):
     description = "GCL stage 2: decoder pre-training by the local contrastive loss (L^R), encoder frozen"
     paper = _PAPER
     loss_names = ("loss_local",)
-    init_modules = ("student",)
-    predict_module = "student"
-    needs_unlabeled = True
     spatial_dims = (2,)
 
     def __init__(self, cfg: GclLocalConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
         level = cfg.decoder_level
         _freeze(self.student.encoder, self.student.decoder[level + 1 :], self.student.out_conv)
         channels = self.student.feature_channels[level]
-        self.local_head = self.add_module("local_head", _LocalHead(channels, cfg.embed_dim))
+        self.add_component("local_head", _LocalHead(channels, cfg.embed_dim))
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         cfg, g = self.cfg, self.generator
@@ -251,7 +243,6 @@ class GclFinetuneMethod(SupervisedMethod):
     name = "gcl-finetune"
     description = "GCL stage 3: supervised fine-tuning from the contrastively pre-trained encoder and decoder"
     paper = _PAPER
-    init_modules = ("student",)
 
 
 register_recipe(

@@ -97,17 +97,17 @@ class MCNetMethod(MethodBase):
         "(MC-Net+: Mutual consistency learning for semi-supervised medical image segmentation, MedIA 2022)"
     )
     loss_names = ("loss_sup", "loss_cons")
-    init_modules = ("student", "decoders")
-    predict_module = "student"
+    init_components = ("student", "decoders")
+    segmenter = "student"
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: MCNetConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         self.cfg = cfg = with_dim_defaults(cfg, spatial_dims, DIM_DEFAULTS)
         modes = UP_MODES_BY_DIM[spatial_dims][: cfg.num_decoders]
-        self.student = self.add_backbone("student", up_mode=modes[0])
+        self.add_backbone("student", up_mode=modes[0])
         branches = [DecoderBranch(build_backbone(model, num_classes, spatial_dims, up_mode=m)[0]) for m in modes[1:]]
-        self.decoders = self.add_module("decoders", nn.ModuleList(branches))
+        self.add_component("decoders", nn.ModuleList(branches))
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         bl = batch.image_l.shape[0]

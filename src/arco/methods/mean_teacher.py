@@ -84,14 +84,14 @@ class MeanTeacherMethod(MethodBase):
         "semi-supervised deep learning results, NeurIPS 2017"
     )
     loss_names = ("loss_sup", "loss_cons")
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: MeanTeacherConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
-        self.teacher = self.add_teacher("teacher", "student")
+        self.add_backbone("student")
+        self.add_teacher("teacher", "student")
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def consistency_weight(self, step: int) -> float:

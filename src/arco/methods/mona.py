@@ -11,6 +11,7 @@ the entropy-percentile masks of the contrastive loss and the authors' own batch 
 
 from __future__ import annotations
 
+from arco.methods import arco  # noqa: F401 - registers the stages below (arco-pretrain, arco-finetune)
 from arco.methods.registry import RecipeStage, register_recipe
 
 __all__: list[str] = []

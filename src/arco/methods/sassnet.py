@@ -72,17 +72,17 @@ class SassnetMethod(MethodBase):
     paper = "Li, Zhang, He, Shape-aware Semi-supervised 3D Semantic Segmentation for Medical Images, MICCAI 2020"
     loss_names = ("loss_dice", "loss_sdf", "loss_adv", "loss_disc")
     metric_names = ("disc_acc",)
-    init_modules = ("student", "sdf_head")
-    predict_module = "student"
+    init_components = ("student", "sdf_head")
+    segmenter = "student"
     needs_unlabeled = True
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: SassnetConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
-        self.sdf_head = self.add_module("sdf_head", sdf_head_for(self.student, num_classes, spatial_dims))
+        self.add_backbone("student")
+        self.add_component("sdf_head", sdf_head_for(self.student, num_classes, spatial_dims))
         disc = FCDiscriminator(spatial_dims, num_classes - 1, model.in_channels, cfg.ndf, pool=1)
-        self.discriminator = self.add_module("discriminator", disc)
+        self.add_component("discriminator", disc)
 
     def param_groups(self) -> list[dict[str, Any]]:
         seg = [p for m in (self.student, self.sdf_head) for p in m.parameters() if p.requires_grad]

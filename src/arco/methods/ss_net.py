@@ -148,25 +148,25 @@ class SSNetMethod(MethodBase):
         "MICCAI 2022"
     )
     loss_names = ("loss_sup", "loss_lds", "loss_sep")
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: SSNetConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         self.cfg = cfg = with_dim_defaults(cfg, spatial_dims, DIM_DEFAULTS)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         fd, k = cfg.feature_dim, num_classes - 1
-        self.projector = self.add_module("projector", ProjectionHead(self.student.feature_channels[-1], fd, fd))
-        self.predictor_head = self.add_module("predictor", PredictionHead(fd, fd, fd))
-        self.selectors = self.add_module("selectors", ClassSelectors(k, fd))
-        self.memory = self.add_module("memory", PrototypeMemory(k, cfg.memory_size, fd), "state")
+        self.add_component("projector", ProjectionHead(self.student.feature_channels[-1], fd, fd))
+        self.add_component("predictor", PredictionHead(fd, fd, fd))
+        self.add_component("selectors", ClassSelectors(k, fd))
+        self.add_component("memory", PrototypeMemory(k, cfg.memory_size, fd), "state")
 
     def _rows(self, feature_map: torch.Tensor) -> torch.Tensor:
         return feature_map.movedim(1, -1).reshape(-1, feature_map.shape[1])
 
     def _separation(self, feature_map: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        emb = self.predictor_head(self.projector(self._rows(feature_map)))
+        emb = self.predictor(self.projector(self._rows(feature_map)))
         m = self.memory
         return separation_loss(emb, labels.reshape(-1), m.memory, m.count, self.selectors, self.num_classes)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arco.losses import SupervisedLoss
-from arco.methods.base import Batch, MethodBase, ModelConfig, StepOutput
+from arco.methods.base import Batch, ModelConfig, StepOutput, StudentMethod
 from arco.methods.registry import register_method
 
 __all__ = ["SupervisedConfig", "SupervisedMethod"]
@@ -29,7 +29,7 @@ class SupervisedConfig:
 
 
 @register_method
-class SupervisedMethod(MethodBase):
+class SupervisedMethod(StudentMethod):
     """``L = w·(CE + Dice)`` on labeled batches; no teacher, no unlabeled data."""
 
     name = "supervised"
@@ -37,13 +37,10 @@ class SupervisedMethod(MethodBase):
     description = "supervised baseline on the labeled cases only (UNet-L; UNet-F with every case labeled)"
     paper = "Ronneberger et al., U-Net, MICCAI 2015 (SSL4MIS training recipe)"
     loss_names = ("loss_sup",)
-    init_modules = ("student",)
-    predict_module = "student"
     needs_unlabeled = False
 
     def __init__(self, cfg: SupervisedConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
         self.sup = SupervisedLoss(weight=cfg.loss_weight)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:

@@ -184,13 +184,13 @@ class UniMatchMethod(MethodBase):
     )
     loss_names = ("loss_sup", "loss_s", "loss_fp")
     metric_names = ("confident",)
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     spatial_dims = (2,)
 
     def __init__(self, cfg: UniMatchConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def _strong(self, u: torch.Tensor) -> torch.Tensor:

@@ -90,20 +90,20 @@ class URPCMethod(MethodBase):
         "Uncertainty Rectified Pyramid Consistency, MICCAI 2021"
     )
     loss_names = ("loss_sup", "loss_cons")
-    init_modules = ("student",)
-    predict_module = "student"
+    init_components = ("student",)
+    segmenter = "student"
     spatial_dims = (2, 3)
 
     def __init__(self, cfg: URPCConfig, num_classes: int, spatial_dims: int, model: ModelConfig) -> None:
         super().__init__(cfg, num_classes, spatial_dims, model)
         self.cfg = with_dim_defaults(cfg, spatial_dims, DIM_DEFAULTS)
-        self.student = self.add_backbone("student")
+        self.add_backbone("student")
         levels = self.student.feature_channels[:3]  # /8, /4, /2
         if spatial_dims == 2:
             heads = PyramidHeads(levels, num_classes, 2, kernel_size=3, mode="nearest")
         else:
             heads = PyramidHeads(levels, num_classes, 3, kernel_size=1, mode="trilinear")
-        self.pyramid = self.add_module("pyramid", heads)
+        self.add_component("pyramid", heads)
         self.sup = SupervisedLoss(weight=cfg.sup_weight)
 
     def _perturb(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

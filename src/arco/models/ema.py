@@ -1,4 +1,4 @@
-"""Mean-teacher helpers: build a frozen teacher and update it as an EMA of the student (SPEC §3)."""
+"""Mean-teacher helpers: build a frozen teacher and update it as an EMA of the student (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """ARCO's stage-2 pixel representation as the reference code builds it (``FeatureExtractor`` in
-``code/model_2D.py`` / ``FeatureExtractor_3d`` in ``code/model_3D.py``; SPEC §3).
+``code/model_2D.py`` / ``FeatureExtractor_3d`` in ``code/model_3D.py``; docs/design.md).
 
 The network's ``L`` feature levels ``f_0 .. f_{L-1}`` (coarse -> fine: the bottleneck and the decoder levels; UNet:
 256/128/64/32/16 channels, ``sum`` = 496) are fused by bias-free 1x1 convolutions with residuals::

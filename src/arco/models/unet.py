@@ -1,4 +1,4 @@
-"""The 2D UNet of SSL4MIS (Luo et al.), the backbone used by ARCO on ACDC (SPEC §3).
+"""The 2D UNet of SSL4MIS (Luo et al.), the backbone used by ARCO on ACDC (docs/design.md).
 
 Five levels with 16/32/64/128/256 channels; every block is two (3x3 conv, BN, LeakyReLU) with dropout between
 the two convolutions (0.05/0.1/0.2/0.3/0.5 on the encoder, none on the decoder); max-pool down, 2x2

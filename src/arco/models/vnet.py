@@ -1,4 +1,4 @@
-"""The 3D VNet of UA-MT / SS-Net (Yu et al.), the backbone used by ARCO on LA (SPEC §3).
+"""The 3D VNet of UA-MT / SS-Net (Yu et al.), the backbone used by ARCO on LA (docs/design.md).
 
 16 base filters, BatchNorm, stages of 1/2/3/3/3 (3x3x3 conv, BN, ReLU), 2x2x2 strided-conv down, 2x2x2
 transposed-conv up, additive skips from encoder to decoder, and ``Dropout3d(0.5)`` on the bottleneck.

@@ -1,4 +1,4 @@
-"""Stage 1's local branch as the reference code builds it (``ISD.forward`` in ``code/model_2D.py``, SPEC §4):
+"""Stage 1's local branch as the reference code builds it (``ISD.forward`` in ``code/model_2D.py``, docs/methods.md):
 overlapping windows of the network's output *logits*, each average-pooled to a small grid and passed through 1x1
 convolutions (the student also through a predictor of two more).
 

@@ -14,7 +14,7 @@ Layout (imports point down only; no module imports this package back):
   reproduced exactly, for comparison studies only (training configs reject them).
 - this module: the public dispatch :func:`sample` and :func:`estimate`.
 
-Note: SAG follows SPEC §2 literally (a mirror outside the candidates is replaced by a fresh draw from the
+Note: SAG follows docs/samplers.md literally (a mirror outside the candidates is replaced by a fresh draw from the
 group). Candidates whose mirror is no candidate are then drawn less often, so SAG's plain mean is biased where
 a cell's region is not mirror-symmetric (unbiased on symmetric regions, e.g. full masks with even cells).
 """
@@ -50,7 +50,7 @@ def sample(
     *,
     replace: bool = False,
 ) -> torch.Tensor:
-    """Draw positions from a candidate mask with NS, SG or SAG (paper Sec. 3.3, Fig. 2; SPEC §2).
+    """Draw positions from a candidate mask with NS, SG or SAG (paper Sec. 3.3, Fig. 2; docs/samplers.md).
 
     Args:
         mask: bool ``(B, H, W)`` or ``(B, D, H, W)``, any device and memory layout: the candidates P.

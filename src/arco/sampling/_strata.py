@@ -1,7 +1,7 @@
 """Strata of the paper's samplers: group ids from grid cells, proportional allocation, the per-group draw.
 
 A *group* (stratum) is the set of candidates of one image inside one cell of a regular grid over that image
-(SPEC §2). Everything here is vectorised and free of host syncs: group ids and mirrors come from cached
+(docs/samplers.md). Everything here is vectorised and free of host syncs: group ids and mirrors come from cached
 integer maps, the draws from one sort by ``(segment, group, random key)``, where a *segment* is an independent
 sampling problem (the mask of one ``sample`` call, one class, one Monte-Carlo trial).
 """
@@ -26,7 +26,7 @@ def axis_tables(size: int, k: int, device: torch.device) -> tuple[torch.Tensor, 
     """Cell index and mirror coordinate of every coordinate of one axis.
 
     Cell j spans ``[j*L//k, (j+1)*L//k)``: cells differ by at most one pixel, and ``k > L`` leaves some cells
-    empty. The mirror of x in a cell spanning r0..r1 is ``r0 + r1 - x`` (SPEC §2): it stays in the cell.
+    empty. The mirror of x in a cell spanning r0..r1 is ``r0 + r1 - x`` (docs/samplers.md): it stays in the cell.
     """
     x = torch.arange(size, device=device)
     cell = ((x + 1) * k - 1) // size
@@ -63,7 +63,7 @@ def group_ids(shape: Sequence[int], grid: Grid = 4, device: torch.device | str |
 
 # ------------------------------------------------------------------------------------------------ core
 def allocate(counts: torch.Tensor, num: int, generator: torch.Generator | None, cap: bool = True) -> torch.Tensor:
-    """Proportional allocation ``n_m ≈ n |P_m| / |P|`` with randomised systematic rounding (SPEC §2).
+    """Proportional allocation ``n_m ≈ n |P_m| / |P|`` with randomised systematic rounding (docs/samplers.md).
 
     ``counts`` is ``(S, G)`` int64; returns ``(S, G)`` int64 with row sums exactly ``n = min(num, |P_s|)``
     (``num`` when ``cap`` is False: draws with replacement).

@@ -3,8 +3,8 @@
 SG allocates the draws to the groups (grid cells of each image intersected with the candidates,
 :mod:`arco.sampling._strata`) proportionally to their sizes with randomised systematic rounding, so every
 candidate is drawn with probability ``num / |P|`` and the plain sample mean is unbiased (Thm 3.2). SAG draws half
-of each group's share and adds their mirrors through the cell centre (SPEC §2: a mirror outside the candidates is
-replaced by a fresh draw from the group, which biases SAG's plain mean where a cell's region is not
+of each group's share and adds their mirrors through the cell centre (docs/samplers.md: a mirror outside the
+candidates is replaced by a fresh draw from the group, which biases SAG's plain mean where a cell's region is not
 mirror-symmetric). The public entry points are :func:`arco.sampling.sample` (which calls :func:`draw_mask`),
 :func:`sample_many` and :func:`sample_per_class`.
 """
@@ -182,8 +182,8 @@ def sample_per_class(
     """Draw up to ``num`` positions of every class at once (queries and negatives of eq. E.2).
 
     Class c is sampled as :func:`arco.sampling.sample` samples the mask ``(label == c) & valid``, with the strata
-    of SPEC §2 (grid cells of each image intersected with the class region). All classes share one sort: no loop
-    over classes, no host sync, static output shapes.
+    of docs/samplers.md (grid cells of each image intersected with the class region). All classes share one sort:
+    no loop over classes, no host sync, static output shapes.
 
     Args:
         label: integer ``(B, H, W)`` or ``(B, D, H, W)``; values outside ``0..num_classes-1`` are never drawn.

@@ -1,4 +1,4 @@
-"""The reference code's samplers reproduced exactly, for comparison studies only (SPEC §2, last paragraph).
+"""The reference code's samplers reproduced exactly, for comparison studies only (docs/samplers.md).
 
 ``"sg-ref"`` and ``"sag-ref"`` are ``grid_monte_carlo_sample`` and ``grid_as_monte_carlo_sample`` of
 charlesyou999648/ARCO (``code/loss_helper.py``; ``loss_helper_3d.py`` has the same functions). They are NOT the
@@ -30,8 +30,8 @@ over ``[0, N)`` when ``N < 16`` or ``N // 16 > S``; otherwise they cut ``[0, 16 
 give every run ``S // (N // 16)`` uniform draws (``"sag-ref"``: half of them, rounded down, each with its mirror
 ``32 i + 15 - p`` in run i), top up with uniform draws over ``[0, N)`` to S and shuffle all S. So at
 ``grid = 4`` a list of ``N <= 15`` is sampled uniformly and one of 16..56 by runs of 16, where positions past
-the last full run are reached only by the top-up. This module reproduces that fallback rather than raising (STYLE §5
-forbids silent fallbacks in our own algorithms; here it is the behaviour being reproduced, and it is documented).
+the last full run are reached only by the top-up. This module reproduces that fallback rather than raising (arco's own
+algorithms never fall back silently, docs/design.md; here it is the behaviour being reproduced, and it is documented).
 
 Differences that cannot matter: the random streams (the reference uses the global torch and Python generators;
 here one explicit ``torch.Generator``) and the reference's float32 round trip of the positions, exact below

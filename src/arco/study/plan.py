@@ -1,16 +1,24 @@
 """Which stages a study trains, where, and in which order: stage fingerprints, shared stages and jobs.
 
 A stage's *fingerprint* hashes everything that determines its weights: the resolved data, model, optimiser,
-engine (seed included; threads and the progress bar left out) and eval settings, the plug-ins, the stage's own
-name, method, schedule, parameters and initialisation, and the fingerprint of the stage it starts from. Runs
-whose stages have the same fingerprint (arms that differ only in stage-2 settings share stage 1) train that
-stage once, in ``DIR/shared/<fingerprint>/<stage>``; each run folder refers to it with a relative symbolic link
-``DIR/runs/<arm>/seed<k>/<stage> -> ../../../shared/<fingerprint>/<stage>``.
+engine (seed included; :data:`NEUTRAL_ENGINE`, which change no weight, left out) and eval settings, the plug-ins,
+the stage's own name, method, schedule, parameters and initialisation, the fingerprint of the stage it starts from,
+and the version of the code that shapes its weights (:func:`arco.study.code.code_version`: the package version and
+hashes of the shared sources and of its method's). Runs whose stages have the same fingerprint (arms that differ
+only in stage-2 settings share stage 1) train that stage once, in ``DIR/shared/<fingerprint>/<stage>``; each run
+folder refers to it with a relative symbolic link ``DIR/runs/<arm>/seed<k>/<stage> -> ../../../shared/<fingerprint>/
+<stage>``.
 
-Jobs: one per shared stage, and one per run holding the run's own stages and its evaluation; a job waits for the
-jobs that train the stages it needs. A study's tuning runs (:mod:`arco.study.tune`) have every stage in
-``DIR/shared/`` (a main run may later link to them) and no run job (they are never scored on the test split). A
-finished stage of another study with the same fingerprint (``reuse``) is linked instead of trained.
+Every stage folder records the fingerprint it is trained for (``fingerprint.json``). On ``--resume`` a stage
+folder whose record differs from its planned fingerprint (the code or the settings changed since; or a folder of an
+arco that kept no record) is moved to ``DIR/stale/`` and the stage trains again (:func:`retire_stale`), with every
+stage that starts from it. Stages linked from another study (``--reuse``) are left as they are.
+
+Jobs: one per shared stage (``shared-<fingerprint>``), and one per run holding the run's own stages and its
+evaluation (:func:`run_job_id`); a job waits for the jobs that train the stages it needs. A study's tuning runs
+(:mod:`arco.study.tune`) have every stage in ``DIR/shared/`` (a main run may later link to them) and no run job (they
+are never scored on the test split). A finished stage of another study with the same fingerprint (``reuse``) is
+linked instead of trained.
 """
 
 from __future__ import annotations
@@ -33,24 +41,35 @@ __all__ = [
     "Plan",
     "fingerprints",
     "make_plan",
+    "run_job_id",
+    "retire_stale",
     "reusable_stages",
     "stage_finished",
     "evaluation_fresh",
     "waves",
+    "write_fingerprints",
 ]
 
-#: Engine settings that do not change what is trained (the study sets them per job).
-_NEUTRAL_ENGINE = ("threads", "progress")
+#: Engine settings that change no weight: how often the loop logs and checkpoints, loader processes, CPU threads,
+#: the progress bar (the study sets threads and progress per job).
+NEUTRAL_ENGINE = ("threads", "progress", "log_every", "num_workers", "save_every", "save_every_minutes")
 EVALUATION = "evaluation"
+FINGERPRINT_FILE = "fingerprint.json"
+STALE = "stale"
 #: The test evaluation of the last checkpoint (``last.pt``) of a run's last stage, beside the selected one's.
 EVALUATION_LAST = "evaluation-last"
+
+
+def run_job_id(run_key: str) -> str:
+    """The id of the job that trains and evaluates run ``run_key`` (``arm/seed0`` -> ``arm-seed0``)."""
+    return run_key.replace("/", "-")
 
 
 def _common(cfg: RunConfig) -> dict[str, Any]:
     data = to_dict(cfg.data)
     if data.get("root"):
         data["root"] = os.path.abspath(data["root"])
-    engine = {k: v for k, v in to_dict(cfg.engine).items() if k not in _NEUTRAL_ENGINE}
+    engine = {k: v for k, v in to_dict(cfg.engine).items() if k not in NEUTRAL_ENGINE}
     return {
         "data": data,
         "model": to_dict(cfg.model),
@@ -76,6 +95,8 @@ def _source(cfg: RunConfig, index: int) -> int | str | None:
 
 def fingerprints(cfg: RunConfig) -> list[str]:
     """One hex fingerprint per stage of ``cfg`` (see the module docstring)."""
+    from arco.study.code import code_version
+
     common = _common(cfg)
     out: list[str] = []
     for i, stage in enumerate(cfg.stages):
@@ -100,6 +121,7 @@ def fingerprints(cfg: RunConfig) -> list[str]:
                 "params": to_dict(stage.params),
             },
             "init": init,
+            "code": code_version(stage.method),
         }
         text = json.dumps(item, sort_keys=True, default=str)
         out.append(hashlib.sha256(text.encode()).hexdigest()[:16])
@@ -175,6 +197,10 @@ class Plan:
         """Stages linked from another study's finished stage."""
         return [t for t in self.stages.values() if t.reused]
 
+    def run_job(self, run: RunSpec) -> Job:
+        """The job of ``run``."""
+        return self.jobs[run_job_id(run.key)]
+
 
 def _link(link: Path, target: Path) -> None:
     """Make ``link`` a relative symbolic link to ``target`` (replacing an older link)."""
@@ -243,7 +269,7 @@ def make_plan(
         if r.key in tuning:
             continue
         own = [stages[fp] for fp in fps[r.key] if not stages[fp].shared and not stages[fp].reused]
-        job_id = r.key.replace("/", "-")
+        job_id = run_job_id(r.key)
         jobs[job_id] = Job(job_id, own, run=r, log=out / "logs" / f"{job_id}.log")
         for t in own:
             owner[t.fingerprint] = job_id
@@ -281,6 +307,61 @@ def _make_links(plan: Plan) -> None:
         task.home.mkdir(parents=True, exist_ok=True)
         for dep in _upstream(task, plan.stages):
             _link(task.home / plan.stages[dep].stage, plan.stages[dep].folder)
+
+
+def _record(task: StageTask) -> dict[str, Any]:
+    from arco.study.code import code_version, git_commit
+
+    method = task.config.stage(task.stage).method
+    return {
+        "fingerprint": task.fingerprint,
+        "stage": task.stage,
+        "method": method,
+        "code": code_version(method),
+        "git_commit": git_commit(),
+    }
+
+
+def _recorded(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / FINGERPRINT_FILE).read_text())["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def retire_stale(plan: Plan) -> list[tuple[StageTask, Path]]:
+    """Move every stage folder that holds training for another fingerprint than the planned one (or for none it
+    recorded) to ``DIR/stale/``, so that the stage trains again. Returns ``[(task, where it went)]``."""
+    from arco._io import writing
+
+    moved = []
+    for task in plan.stages.values():
+        folder = task.folder
+        if task.reused or folder.is_symlink() or not folder.is_dir():
+            continue
+        trained = [p for p in folder.iterdir() if p.name != FINGERPRINT_FILE]
+        recorded = _recorded(folder)
+        if not trained or recorded == task.fingerprint:
+            continue
+        base = plan.out / STALE / f"{os.path.relpath(folder, plan.out).replace(os.sep, '-')}-{recorded or 'unrecorded'}"
+        target, k = base, 1
+        while target.exists():
+            target, k = base.with_name(f"{base.name}.{k}"), k + 1
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(target)
+        moved.append((task, target))
+    return moved
+
+
+def write_fingerprints(plan: Plan) -> None:
+    """Record in every stage folder the fingerprint it is trained for (``fingerprint.json``)."""
+    from arco._io import atomic_write_text
+
+    for task in plan.stages.values():
+        if not task.reused and _recorded(task.folder) != task.fingerprint:
+            task.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(task.folder / FINGERPRINT_FILE, json.dumps(_record(task), indent=2))
 
 
 def reusable_stages(studies: Sequence[str | os.PathLike]) -> dict[str, Path]:

@@ -28,7 +28,15 @@ from arco.report_html import source_commit
 from arco.study.collect import RunResult, collect_run, write_per_case, write_results
 from arco.study.figures import write_figures
 from arco.study.launch import SlurmOptions, check_slurm, run_inline, run_local, run_slurm, visible_gpus
-from arco.study.plan import Plan, job_done, make_plan, reusable_stages
+from arco.study.plan import (
+    Plan,
+    job_done,
+    make_plan,
+    retire_stale,
+    reusable_stages,
+    run_job_id,
+    write_fingerprints,
+)
 from arco.study.provenance import machine, record_invocation
 from arco.study.qualitative import write_qualitative
 from arco.study.report import summarise, write_report
@@ -148,7 +156,7 @@ def _collect(spec: StudySpec, plan: Plan, outcomes: dict) -> tuple[list[RunResul
     results, failed = [], []
     axes = list(spec.axes)
     for run in plan.runs:
-        job = plan.jobs.get(run.key.replace("/", "-"))
+        job = plan.jobs.get(run_job_id(run.key))
         if job is None:  # a tuning run: never scored on the test split
             continue
         if job_done(job):
@@ -220,6 +228,7 @@ def run_study(
         if spec.tune is not None:
             atomic_write_text(out / "tune.json", json.dumps(tuning_summary(spec, choices), indent=1) + "\n")
         plan = make_plan([*tune, *runs], out, tuning={r.key for r in tune}, reuse=reused)
+        _record_fingerprints(plan, resume, report)
         _prepare_data(plan.runs)
         atomic_write_text(out / "plan.json", _plan_json(plan, fast))
         todo = _todo(plan, resume, set(outcomes))
@@ -254,12 +263,22 @@ def _summary(spec: StudySpec, plan: Plan, outcomes: dict, planned: int, skipped:
     return summary, figures, results, panels
 
 
+def _record_fingerprints(plan: Plan, resume: bool, report: Callable[[str], None]) -> None:
+    """On ``--resume`` move stages trained for another fingerprint to ``DIR/stale/`` (they train again); then record
+    in every stage folder the fingerprint it is trained for."""
+    for task, where in retire_stale(plan) if resume else ():
+        report(f"{task.folder}: trained for another fingerprint (its code or settings changed since), moved to "
+               f"{where}; it trains again")  # fmt: skip
+    write_fingerprints(plan)
+
+
 def _tuning_phase(spec, out, fast, reused, resume, launch, report) -> tuple[list[RunSpec], dict]:
     """Train the tuning runs (none without a ``tune:`` section); returns them and the jobs' outcomes."""
     tune = tuning_runs(spec, out, fast)
     if not tune:
         return tune, {}
     plan = make_plan(tune, out, tuning={r.key for r in tune}, reuse=reused)
+    _record_fingerprints(plan, resume, report)
     _prepare_data(tune)
     atomic_write_text(out / "plan.json", _plan_json(plan, fast))
     todo = _todo(plan, resume, set())

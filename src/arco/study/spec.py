@@ -335,7 +335,7 @@ def _check_axes(spec: StudySpec, where: str) -> None:
 
 def check_methods(spec: StudySpec) -> None:
     """Fail before anything runs when the study names methods that are not registered."""
-    from arco.methods import load_plugins, recipe_names
+    from arco.methods import list_methods, load_plugins
 
     raw, base_dir = read_yaml(spec.base)
     load_plugins([str(p) for p in raw.get("plugins") or ()], base=base_dir)
@@ -345,7 +345,7 @@ def check_methods(spec: StudySpec) -> None:
     for o in spec.overrides:
         if o.partition("=")[0].strip() == "method":
             wanted.add(o.partition("=")[2].strip())
-    known = set(recipe_names())
+    known = set(list_methods())
     missing = sorted(m for m in wanted if m.lower() not in known)
     if missing:
         raise ConfigError(

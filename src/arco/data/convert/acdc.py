@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from arco._checks import DataError, choice
+from arco.data.convert._cases import find_cases, split_cases
 from arco.data.convert.lists import ACDC_SLICE_ORDER, ACDC_TEST, ACDC_TRAIN, ACDC_VAL
 from arco.data.io import check_image, check_label, read_image, write_h5
 from arco.data.outdir import staged_dir
@@ -76,36 +77,20 @@ def read_info_cfg(path: str | os.PathLike) -> dict[str, Any]:
 
 def find_acdc_patients(raw: Path) -> dict[str, Path]:
     """``patientXXX`` -> folder, for folders holding an ``Info.cfg`` in ``raw`` or one level below."""
-    if not raw.is_dir():
-        raise DataError(f"{raw}: folder not found; give the ACDC download folder holding patientXXX/ folders")
-    found = sorted(raw.glob("patient*/Info.cfg")) or sorted(raw.glob("*/patient*/Info.cfg"))
-    patients: dict[str, Path] = {}
-    for cfg in found:
-        pid = cfg.parent.name
-        if pid in patients:
-            raise DataError(f"{cfg.parent}: patient {pid} also in {patients[pid]}; keep one copy")
-        patients[pid] = cfg.parent
-    if not patients:
-        raise DataError(
-            f"{raw}: no patientXXX/Info.cfg found (also looked one level down, e.g. training/); give the ACDC "
-            "'database' folder of the official download"
-        )
-    return patients
+    return find_cases(
+        raw,
+        "patient*/Info.cfg",
+        "patient",
+        "patientXXX/Info.cfg",
+        "the ACDC 'database' folder of the official download (holding patientXXX/ folders, or training/ above them)",
+    )
 
 
 def acdc_split(patients: list[str], seed: int = 0) -> dict[str, list[str]]:
     """Patients per part: the SSL4MIS lists when all 100 standard patients are there (others -> ``extra``),
     else a seeded 70/10/20 split (at least one val and one test patient from 3 patients on)."""
-    standard = ACDC_TRAIN + ACDC_VAL + ACDC_TEST
-    if set(standard) <= set(patients):
-        extra = sorted(set(patients) - set(standard))
-        return {"train": ACDC_TRAIN, "val": ACDC_VAL, "test": ACDC_TEST, "extra": extra}
-    order = [sorted(patients)[i] for i in np.random.default_rng(seed).permutation(len(patients))]
-    n = len(order)
-    n_val = max(1, int(round(0.1 * n))) if n >= 3 else 0
-    n_test = max(1, int(round(0.2 * n))) if n >= 3 else 0
-    n_train = n - n_val - n_test
-    return {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+    standard = {"train": ACDC_TRAIN, "val": ACDC_VAL, "test": ACDC_TEST}
+    return split_cases(patients, standard, {"val": 0.1, "test": 0.2}, seed, minimum=3)
 
 
 def _frame_names(pid: str, info: dict, frame_names: str) -> list[tuple[str, int, str]]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from arco._checks import DataError
+from arco.data.convert._cases import find_cases, split_cases
 from arco.data.convert.lists import LA_TEST, LA_TRAIN
 from arco.data.io import check_image, read_image, write_h5
 from arco.data.outdir import staged_dir
@@ -41,29 +42,12 @@ SUBDIR = "2018LA_Seg_Training Set"
 
 def find_la_cases(raw: Path) -> dict[str, Path]:
     """Case id -> folder holding ``lgemri.nrrd``, in ``raw`` or one level below."""
-    if not raw.is_dir():
-        raise DataError(f"{raw}: folder not found; give the LA challenge folder holding <case>/lgemri.nrrd")
-    found = sorted(raw.glob("*/lgemri.nrrd")) or sorted(raw.glob("*/*/lgemri.nrrd"))
-    cases: dict[str, Path] = {}
-    for f in found:
-        if f.parent.name in cases:
-            raise DataError(f"{f.parent}: case {f.parent.name} also in {cases[f.parent.name]}; keep one copy")
-        cases[f.parent.name] = f.parent
-    if not cases:
-        raise DataError(
-            f"{raw}: no <case>/lgemri.nrrd found (also looked one level down); give the 2018 LA challenge "
-            "training folder"
-        )
-    return cases
+    return find_cases(raw, "*/lgemri.nrrd", "case", "<case>/lgemri.nrrd", "the 2018 LA challenge training folder")
 
 
 def la_split(cases: list[str], seed: int = 0) -> dict[str, list[str]]:
     """UA-MT's lists when all its 100 cases are there (others -> ``extra``), else a seeded 80/20 split."""
-    if set(LA_TRAIN + LA_TEST) <= set(cases):
-        return {"train": LA_TRAIN, "test": LA_TEST, "extra": sorted(set(cases) - set(LA_TRAIN + LA_TEST))}
-    order = [sorted(cases)[i] for i in np.random.default_rng(seed).permutation(len(cases))]
-    n_test = max(1, int(round(0.2 * len(order)))) if len(order) >= 2 else 0
-    return {"train": order[: len(order) - n_test], "test": order[len(order) - n_test :]}
+    return split_cases(cases, {"train": LA_TRAIN, "test": LA_TEST}, {"test": 0.2}, seed, minimum=2)
 
 
 def uamt_crop(label_xyz: np.ndarray, rng: np.random.Generator) -> tuple[slice, slice]:
