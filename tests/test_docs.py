@@ -123,4 +123,4 @@ def test_documented_command_parses(where, line):
         from arco.config import load_config, presets
 
         if args.config in presets():  # the documented overrides name real keys of that preset
-            load_config(args.config, tuple(args.overrides), method=args.method)
+            load_config(args.config, tuple(args.overrides), method=args.method, iterations=args.iterations)
