@@ -137,3 +137,29 @@ def test_an_axis_called_arm_is_not_repeated_as_a_column():
     x_a = {**arm, "arm": "x_a", "values": {"dataset": "x", "arm": "a"}}
     two = {"axes": {"dataset": ["x"], "arm": ["a"]}, "arms": [x_a]}
     assert shown_axes(two) == ["dataset", "arm"]
+
+
+def test_csv_files_keep_the_run_arm_when_an_axis_is_called_arm(tmp_path):
+    """A block x arm study: ``arm`` holds the run's arm (``b0_sup``), the axis value goes to ``arm_axis``; with the axis
+    written under ``arm`` too, readers of the CSV (scripts/paired_arms.py) merged the blocks."""
+    import csv
+    from types import SimpleNamespace
+
+    from arco.study.collect import write_per_case, write_results
+
+    results = []
+    for block in ("b0", "b2"):
+        arm = SimpleNamespace(name=f"{block}_sup", values={"block": block, "arm": "sup"})
+        r = RunResult(SimpleNamespace(arm=arm, seed=0), ["block", "arm"])
+        r.per_class, r.mean = {"LV": {"dice": 0.5}}, {"dice": 0.5}
+        r.cases = [{"case": "c1", "class": "LV", "dice": 0.5}]
+        results.append(r)
+    write_results(results, ["block", "arm"], tmp_path / "results.csv")
+    write_per_case(results, ["block", "arm"], tmp_path / "per_case.csv")
+    for name in ("results.csv", "per_case.csv"):
+        with open(tmp_path / name, newline="") as fh:
+            header = next(csv.reader(fh))
+            fh.seek(0)
+            rows = list(csv.DictReader(fh))
+        assert header.count("arm") == 1 and "arm_axis" in header, header
+        assert {r["arm"] for r in rows} == {"b0_sup", "b2_sup"} and {r["arm_axis"] for r in rows} == {"sup"}
