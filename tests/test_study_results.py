@@ -3,6 +3,7 @@ numbers."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -12,7 +13,8 @@ from arco.cli import main
 from arco.study import expand, load_study
 from arco.study.collect import RunResult
 from arco.study.figures import write_figures
-from arco.study.report import summarise, write_report
+from arco.study.provenance import training_seconds
+from arco.study.report import provenance_line, summarise, write_report
 from arco.study.results import HEADLINE_END, HEADLINE_START, reading
 
 MACHINE = {"cpu": "Test CPU 9000", "cores": 2, "usable_cores": 2, "torch": "2.13.0+cpu", "load_average": [0.1]}
@@ -133,3 +135,33 @@ def test_report_errors(tmp_path, capsys, readme, extra, match):
     assert (tmp_path / "README.md").read_text() == readme
     assert main(["study", "report", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
     assert "holds no study.json" in capsys.readouterr().err
+
+
+def _stage(folder, seconds, stage="finetune"):
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"stage": stage, "wall_seconds": seconds}))
+
+
+def test_training_time_counts_each_own_stage_once_and_the_report_says_it(tmp_path):
+    """A study written before its history was kept shows the stages' recorded training time beside the wall time:
+    a stage shared by two runs counts once, a stage linked from another study (--reuse) and evaluation folders not
+    at all."""
+    out, other = tmp_path / "study", tmp_path / "other"
+    _stage(out / "shared" / "abc" / "pretrain", 100.0, "pretrain")
+    _stage(other / "runs" / "sup" / "seed0" / "supervised", 1000.0, "supervised")
+    for arm, seconds in (("sg", 10.0), ("sag", 20.0)):
+        run = out / "runs" / arm / "seed0"
+        _stage(run / "finetune", seconds)
+        (run / "pretrain").symlink_to(out / "shared" / "abc" / "pretrain")
+        (run / "evaluation").mkdir()
+        (run / "evaluation" / "summary.json").write_text(json.dumps({"mean": {"dice": 0.5}}))
+    (out / "runs" / "sup" / "seed0").mkdir(parents=True)
+    (out / "runs" / "sup" / "seed0" / "supervised").symlink_to(other / "runs" / "sup" / "seed0" / "supervised")
+    assert training_seconds(out) == (130.0, 3)
+
+    s = {"wall_total_seconds": 32.0, "history": [{}], "jobs": 2, "commit": "abc1234", "machine": MACHINE,
+         "train_seconds": 16556.0, "train_stages": 35}  # fmt: skip
+    assert provenance_line(s).endswith(
+        "wall time 32 s (1 recorded invocation, `--jobs 2`); training time recorded by its 35 stages, summed: "
+        "4.6 h (16556 s)."
+    )

@@ -64,7 +64,11 @@ def _wall(s: dict[str, Any]) -> str:
     if s.get("wall_seconds") is None:
         return "n/a"
     total, n = s.get("wall_total_seconds", s["wall_seconds"]), len(s.get("history") or []) or 1
-    return f"{total:.0f} s over {n} invocation(s) with --jobs {s.get('jobs', '?')} (this one {s['wall_seconds']:.0f} s)"
+    jobs, this = s.get("jobs", "?"), s["wall_seconds"]
+    out = f"{total:.0f} s over {n} recorded invocation(s) with --jobs {jobs} (this one {this:.0f} s)"
+    if s.get("train_seconds"):
+        out += f"; the {s.get('train_stages', '?')} stages' recorded training time, summed: {s['train_seconds']:.0f} s"
+    return out
 
 
 def _machine(m: dict[str, Any] | None) -> str:

@@ -3,7 +3,8 @@
 Every invocation that reaches its summary appends a record to ``DIR/history.jsonl`` (start time, wall seconds,
 jobs run and failed, ``--jobs``, the commit and the machine); ``study.json`` holds the list and the total, so the
 wall time of a study resumed several times is the sum of its invocations. An invocation killed before its summary
-leaves no record.
+leaves no record. A study that ran before its history was kept, or whose invocations were killed, under-reports
+its wall time; :func:`training_seconds` adds what its stage folders recorded, which does not depend on the history.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from arco._io import atomic_write_text
 
-__all__ = ["machine", "record_invocation", "HISTORY"]
+__all__ = ["machine", "record_invocation", "training_seconds", "HISTORY"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +75,26 @@ def record_invocation(out: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             logger.warning("%s: skipping an unreadable line (%s): %.80s", path, exc, line)
     return records
+
+
+def training_seconds(out: Path) -> tuple[float, int]:
+    """``(seconds, stages)``: the training time the study's own stage folders record in their ``summary.json``
+    (``wall_seconds``), each stage once, stages linked from another study (``--reuse``) left out. A stage resumed
+    after a kill records its last invocation only, so this is a lower bound."""
+    out = Path(out).resolve()
+    seen: set[Path] = set()
+    total = 0.0
+    for path in [*out.glob("runs/*/seed*/*/summary.json"), *out.glob("shared/*/*/summary.json")]:
+        real = path.resolve()
+        if real in seen or not real.is_relative_to(out):
+            continue
+        try:
+            data = json.loads(real.read_text())
+            seconds = float(data["wall_seconds"]) if "stage" in data else None  # evaluation/ has a summary too
+        except (OSError, ValueError, TypeError, KeyError):
+            logger.warning("%s: unreadable stage summary, its time is not counted", real)
+            continue
+        if seconds is not None:
+            seen.add(real)
+            total += seconds
+    return round(total, 1), len(seen)

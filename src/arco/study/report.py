@@ -304,9 +304,11 @@ def provenance_line(s: dict[str, Any]) -> str:
     parts = [f"commit `{s.get('commit', 'unknown')}`", host]
     if total is not None:
         n = len(s.get("history") or []) or 1
-        parts.append(
-            f"wall time {_duration(total)} ({n} invocation{'s' if n > 1 else ''}, `--jobs {s.get('jobs', '?')}`)"
-        )
+        runs = f"{n} recorded invocation{'s' if n > 1 else ''}"
+        parts.append(f"wall time {_duration(total)} ({runs}, `--jobs {s.get('jobs', '?')}`)")
+    if s.get("train_seconds"):
+        parts.append(f"training time recorded by its {s.get('train_stages', '?')} stages, summed: "
+                     f"{_duration(s['train_seconds'])}")  # fmt: skip
     return "; ".join(parts) + "."
 
 

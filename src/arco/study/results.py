@@ -25,6 +25,7 @@ from typing import Any
 
 from arco._checks import ConfigError
 from arco._io import atomic_write_text
+from arco.study.provenance import training_seconds
 from arco.study.report import markdown_sections, provenance_line
 
 __all__ = ["load_summary", "reading", "results_page", "write_headline", "HEADLINE_START", "HEADLINE_END"]
@@ -46,6 +47,8 @@ def load_summary(folder: str | os.PathLike) -> dict[str, Any]:
         summary = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}; rerun `arco study ... --resume` to rewrite it") from exc
+    if "train_seconds" not in summary:  # written before study.json recorded it
+        summary["train_seconds"], summary["train_stages"] = training_seconds(Path(folder))
     return {**summary, "folder": str(Path(folder).resolve())}
 
 

@@ -37,7 +37,7 @@ from arco.study.plan import (
     run_job_id,
     write_fingerprints,
 )
-from arco.study.provenance import machine, record_invocation
+from arco.study.provenance import machine, record_invocation, training_seconds
 from arco.study.qualitative import write_qualitative
 from arco.study.report import summarise, write_report
 from arco.study.spec import RunSpec, StudySpec, check_methods, expand, load_study
@@ -305,8 +305,9 @@ def _provenance(out: Path, started: str, seconds: float, outcomes: dict, host: d
     }
     history = record_invocation(out, entry)
     total = round(sum(float(h.get("wall_seconds", 0.0)) for h in history), 1)
+    train, stages = training_seconds(out)
     return {"wall_seconds": wall, "wall_total_seconds": total, "history": history, "machine": host, "commit": commit,
-            "jobs": args["jobs"]}  # fmt: skip
+            "jobs": args["jobs"], "train_seconds": train, "train_stages": stages}  # fmt: skip
 
 
 def _todo(plan: Plan, resume: bool, done_here: set[str]) -> dict:
