@@ -199,7 +199,7 @@ def test_table1_arms_and_references():
     assert targets["labeled7_cps"] == "labeled1_cps" and targets["labeled3_full"] == "labeled1_full"
     assert spec.tune.grid["supervised"][0].overrides == ("schedule.lr=0.01",)
     assert spec.tune.grid["arco-sg"][3].overrides == ("pretrain.lr=0.03", "finetune.lr=0.03",
-                                                      "finetune.lambda_contrast=0.1")  # fmt: skip
+                                                      "finetune.lambda_contrast=1")  # fmt: skip
 
 
 def test_the_ablation_tables_and_fig5_are_table1s_arco_runs(tmp_path):
@@ -233,7 +233,7 @@ def test_dry_run_prints_the_stages_and_the_estimated_time(tmp_path, capsys):
     assert "tuning phase 12 runs (3 budgets x 4 settings, seed 0" in out
     assert "15 runs (3 arms x 5 seeds), 30 stages (18 shared, 0 reused from --reuse), 30 to train" in out
     assert (
-        "estimated CPU time (one thread per run, arco.study.cost): 1.7 h" in out and "of which the tuning phase" in out
+        "estimated CPU time (one thread per run, arco.study.cost): 2.1 h" in out and "of which the tuning phase" in out
     )
     assert "estimated wall time with --jobs 2 on" in out
     assert not (tmp_path / "t3").exists()  # nothing planned on disk

@@ -6,7 +6,9 @@ iteration, plus its validations, on one CPU thread at the ``demo`` size (64 x 64
 (torch 2.13, one thread per run): supervised, Mean Teacher, CPS, UniMatch and ARCO from ``table1``'s training
 seconds per iteration (docs/studies.md), minus its validations; UA-MT, BCP and the split of ARCO's time between its
 stages from ``benchmarks/bench_methods.py --size 64 --batch 2`` as ratios to ``supervised`` in the same run (the
-machine was under load, so the ratios carry about 20 % of noise). Methods not in the table are counted at
+machine was under load, so the ratios carry about 20 % of noise). ARCO's two stages were measured again after its
+stage 1, heads and loss became the reference code's (``arco-contrast``'s ``mni-b2`` runs: stage seconds per iteration
+as a ratio to the supervised baseline's in the same study, times the supervised entry). Methods not in the table are counted at
 :data:`DEFAULT_SECONDS` and named in the estimate. There is no estimate for GPU runs.
 """
 
@@ -36,8 +38,8 @@ SECONDS_PER_ITERATION = {
     "unimatch": 0.21,
     "bcp-pretrain": 0.031,
     "bcp-selftrain": 0.078,
-    "arco-pretrain": 0.12,
-    "arco-finetune": 0.16,
+    "arco-pretrain": 0.15,
+    "arco-finetune": 0.21,
 }
 #: Seconds per iteration of a method not in the table (about three supervised steps).
 DEFAULT_SECONDS = 0.2
