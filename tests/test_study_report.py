@@ -163,3 +163,10 @@ def test_csv_files_keep_the_run_arm_when_an_axis_is_called_arm(tmp_path):
             rows = list(csv.DictReader(fh))
         assert header.count("arm") == 1 and "arm_axis" in header, header
         assert {r["arm"] for r in rows} == {"b0_sup", "b2_sup"} and {r["arm_axis"] for r in rows} == {"sup"}
+    from arco.study.report import _metrics_md
+
+    e = {"n": 1, "mean": 0.5, "std": 0.0}
+    arms = [{"arm": f"{b}_sup", "values": {"block": b, "arm": "sup"}, "n_runs": 1, "classes": {"LV": {"dice": e}},
+             "mean": {"dice": e, "hd95": e, "asd": e}, "val_dice": e} for b in ("b0", "b2")]  # fmt: skip
+    head = _metrics_md({"axes": ["block", "arm"], "arms": arms})[2]
+    assert head.startswith("| arm | block | arm_axis | runs |"), head

@@ -16,7 +16,7 @@ from arco._io import atomic_write_text
 from arco.study.plan import EVALUATION, EVALUATION_LAST
 from arco.study.spec import RunSpec
 
-__all__ = ["RunResult", "collect_run", "write_results", "write_per_case", "METRICS"]
+__all__ = ["RunResult", "collect_run", "write_results", "write_per_case", "axis_column", "METRICS"]
 
 METRICS = ("dice", "jaccard", "hd95", "asd")
 
@@ -127,21 +127,21 @@ def _csv(header: Sequence[str], rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _axis_column(axis: str) -> str:
-    """The CSV column of a study axis: an axis called ``arm`` is written as ``arm_axis``, so that the ``arm`` column
-    keeps the run's arm name (``b0_supervised``, not the axis value ``supervised``)."""
+def axis_column(axis: str) -> str:
+    """The CSV and table column of a study axis: an axis called ``arm`` is written as ``arm_axis``, so that the ``arm``
+    column keeps the run's arm name (``b0_supervised``, not the axis value ``supervised``)."""
     return "arm_axis" if axis == "arm" else axis
 
 
 def _axis_values(r: RunResult) -> dict[str, str]:
-    return {_axis_column(a): v for a, v in r.axes.items()}
+    return {axis_column(a): v for a, v in r.axes.items()}
 
 
 def write_results(results: list[RunResult], axes: Sequence[str], path: Path) -> None:
     """``results.csv``: one row per run and class (then ``class = mean``: the mean over foreground classes); the
     metrics of the selected checkpoint, then ``dice_last`` (the last checkpoint's Dice) and where the selected
     checkpoint lies (``best_iteration`` counted from the start of the run)."""
-    header = ["arm", *map(_axis_column, axes), "seed", "class", *METRICS, "dice_last", "val_dice", "best_iteration",
+    header = ["arm", *map(axis_column, axes), "seed", "class", *METRICS, "dice_last", "val_dice", "best_iteration",
               "iterations", "train_seconds"]  # fmt: skip
     rows = []
     for r in results:
@@ -163,7 +163,7 @@ def write_per_case(results: list[RunResult], axes: Sequence[str], path: Path, ch
         for k in cases[0] if cases else ():
             if k not in ("case", "class") and k not in extra:
                 extra.append(k)
-    header = ["arm", *map(_axis_column, axes), "seed", "case", "class", *extra]
+    header = ["arm", *map(axis_column, axes), "seed", "case", "class", *extra]
     rows = [{"arm": r.arm, **_axis_values(r), "seed": r.seed, **c} for r in results
             for c in (r.cases if checkpoint == "best" else r.last_cases)]  # fmt: skip
     atomic_write_text(path, _csv(header, rows))

@@ -7,9 +7,9 @@ iteration, plus its validations, on one CPU thread at the ``demo`` size (64 x 64
 seconds per iteration (docs/studies.md), minus its validations; UA-MT, BCP and the split of ARCO's time between its
 stages from ``benchmarks/bench_methods.py --size 64 --batch 2`` as ratios to ``supervised`` in the same run (the
 machine was under load, so the ratios carry about 20 % of noise). ARCO's two stages were measured again after its
-stage 1, heads and loss became the reference code's (``arco-contrast``'s ``mni-b2`` runs: stage seconds per iteration
-as a ratio to the supervised baseline's in the same study, times the supervised entry). Methods not in the table are counted at
-:data:`DEFAULT_SECONDS` and named in the estimate. There is no estimate for GPU runs.
+stage 1, heads and loss became the reference code's (the ``mni-b2`` study of docs/diagnosis.md section 11: stage
+seconds per iteration as a ratio to the supervised baseline's in the same study, times the supervised entry). Methods
+not in the table are counted at :data:`DEFAULT_SECONDS` and named in the estimate. There is no estimate for GPU runs.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from arco._io import atomic_write_text
-from arco.study.collect import RunResult, shown_axes
+from arco.study.collect import RunResult, axis_column, shown_axes
 from arco.study.spec import StudySpec
 from arco.study.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, mean_std, paired_difference
 
@@ -170,8 +170,8 @@ def _metrics_md(s: dict[str, Any], level: int = 2) -> list[str]:
     axes = shown_axes(s)
     arms = [a for a in s["arms"] if a["n_runs"]]
     classes = list(dict.fromkeys(c for a in arms for c in a["classes"]))  # datasets may name different classes
-    head = ["arm", *axes, "runs", *(f"Dice {c}" for c in classes), "Dice mean", "Dice mean (last ckpt)", "HD95", "ASD",
-            "val Dice"]  # fmt: skip
+    head = ["arm", *map(axis_column, axes), "runs", *(f"Dice {c}" for c in classes), "Dice mean",
+            "Dice mean (last ckpt)", "HD95", "ASD", "val Dice"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in s["arms"]:
         cells = [a["arm"], *(a["values"].get(x, "") for x in axes), str(a["n_runs"])]
