@@ -96,3 +96,40 @@ def test_framework_runs_measure_their_own_objective(run_dir, tmp_path, framework
     assert all(torch.equal(v, state[k]) for k, v in run.method.contrast.state_dict().items())  # queues untouched
     with pytest.raises(ValueError, match=f"finetune.framework={framework}"):
         measure(run, ("ns", "sg-ref"), draws=2, batches=1)
+
+
+def test_study_variance_measures_each_contrastive_arm_once_and_skips_the_others(run_dir, tmp_path, monkeypatch):
+    """`arco study variance DIR`: one table per arm with a stage-2 contrastive run, the same numbers as measuring the
+    run directly; an arm without one is skipped; a second call with the same settings reads the results back."""
+    import json
+
+    import arco.contrast_variance as cv
+    from arco.study.variance import load_variance, measure_study
+
+    study = tmp_path / "study"
+    for arm, src in (("reference-sg", run_dir / "run"), ("batch-sg", run_dir / "batch")):
+        (study / "runs" / arm / "seed0").mkdir(parents=True)
+        (study / "runs" / arm / "seed0" / "finetune").symlink_to(src / "finetune")
+    (study / "runs" / "supervised" / "seed0" / "supervised").mkdir(parents=True)
+    arms = [{"arm": a} for a in ("supervised", "reference-sg", "batch-sg")]
+    (study / "study.json").write_text(json.dumps({"arms": arms}))
+
+    lines: list[str] = []
+    rows = measure_study(study, seed=0, samplers=("ns", "sg"), draws=3, batches=1, report=lines.append)
+    assert [(r["arm"], r["sampler"]) for r in rows] == [("reference-sg", "ns"), ("reference-sg", "sg"),
+                                                          ("batch-sg", "ns"), ("batch-sg", "sg")]  # fmt: skip
+    assert any(line.startswith("skipped supervised") for line in lines)
+    direct = measure(load_run(run_dir / "run" / "finetune"), ("ns", "sg"), draws=3, batches=1, seed=0)
+    assert [r["grad_var_ratio"] for r in rows[:2]] == [d["grad_var_ratio"] for d in direct]
+    assert (study / "variance" / "batch-sg" / "contrast_variance.png").is_file()
+    saved = load_variance(study)
+    assert [float(r["grad_var_ratio"]) for r in saved] == pytest.approx([r["grad_var_ratio"] for r in rows])
+
+    def fail(*a, **k):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(cv, "measure", fail)
+    again = measure_study(study, seed=0, samplers=("ns", "sg"), draws=3, batches=1, report=lines.append)
+    assert [float(r["grad_var_ratio"]) for r in again] == pytest.approx([r["grad_var_ratio"] for r in rows])
+    with pytest.raises(AssertionError, match="measured again"):  # other settings: measured, not read back
+        measure_study(study, seed=0, samplers=("ns", "sg"), draws=4, batches=1, report=lines.append)

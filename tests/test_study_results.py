@@ -165,3 +165,32 @@ def test_training_time_counts_each_own_stage_once_and_the_report_says_it(tmp_pat
         "wall time 32 s (1 recorded invocation, `--jobs 2`); training time recorded by its 35 stages, summed: "
         "4.6 h (16556 s)."
     )
+
+
+def test_results_page_shows_the_study_variance_table(tmp_path):
+    """A study folder with ``variance.csv`` (``arco study variance``) gets its table of ratios to NS on the page."""
+    alpha = _study(tmp_path, "alpha", 0.1, 10.0)
+    rows = [("semi", "ns", 1.0, 1.0), ("semi", "sg", 0.8123, 0.7456), ("semi", "sag", 0.6, 0.9001)]
+    (alpha / "variance.csv").write_text(
+        "arm,seed,sampler,draws,batches,loss_var_ratio,grad_var_ratio,loss_var,grad_var\n"
+        + "".join(f"{a},0,{s},64,4,{lv},{gv},0.1,0.2\n" for a, s, lv, gv in rows)
+    )
+    page = tmp_path / "results.md"
+    assert main(["study", "report", str(alpha), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "### Sampler variance on trained runs" in text and "at seed 0: 64 sampler draws on each of 4" in text
+    assert "| arm | Var L / NS: ns | Var L / NS: sg | Var L / NS: sag | Var grad / NS: ns |" in text
+    assert "| semi | 1.000 | 0.812 | 0.600 | 1.000 | 0.746 | 0.900 |" in text
+
+
+def test_study_variance_errors(tmp_path, capsys):
+    assert main(["study", "variance"]) == 2
+    assert "needs one study folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["study", "variance", str(tmp_path / "empty")]) == 2
+    assert "holds no study runs" in " ".join(capsys.readouterr().err.split())
+    alpha = _study(tmp_path, "alpha", 0.1, 10.0)  # runs without any stage 2
+    assert main(["study", "variance", str(alpha), "--draws", "1"]) == 2
+    assert "--draws must be >= 2" in capsys.readouterr().err
+    assert main(["study", "variance", str(alpha)]) == 2
+    assert "no arm of" in " ".join(capsys.readouterr().err.split()) and not (alpha / "variance.csv").exists()

@@ -16,6 +16,7 @@ EPILOG = """examples:
   arco study table1 --out runs/t1 --dry-run --jobs 2         # stages to train and the estimated CPU / wall time
   arco study table3 --out runs/t3 --reuse runs/t1            # link stages runs/t1 already trained (same fingerprint)
   arco study report runs/t1 runs/t3 --out docs/results.md --readme README.md --headline table1
+  arco study variance runs/t3 --seeds 0 --draws 64 --batches 4  # NS/SG/SAG variance on each arm's trained run
 
 A study file has `base` (preset or config), `seeds`, `grid` (axis -> value -> overrides, or {method, set,
 drop_stages}), `compare_to` (reference arm, or a list of them) and optionally `tune` (the same small budget per
@@ -28,7 +29,11 @@ selected and of the last checkpoint are computed once per run and cached in the 
 
 `arco study report DIR ... --out PAGE.md` writes one results page from finished study folders (tables, reading,
 tuning choices, peak iterations, commit, machine, wall time; figures copied next to the page); `--readme README.md
---headline STUDY` also rewrites the README's block between <!-- results:headline:start/end --> from that study."""
+--headline STUDY` also rewrites the README's block between <!-- results:headline:start/end --> from that study.
+
+`arco study variance DIR` runs `arco variance --checkpoint` on one seed's stage-2 run of every arm with a pixel
+contrastive loss (ARCO, MONA, the frameworks of `finetune.framework`) and writes DIR/variance.csv, which `arco study
+report` shows as a table under the study (see `arco.study.variance`)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "study",
         nargs="*",
         metavar="STUDY",
-        help="built-in study name (see --list) or a study YAML file; or `report DIR ...` (results page)",
+        help="built-in study name (see --list) or a study YAML file; or `report DIR ...` (results page), or "
+        "`variance DIR` (the samplers' variance on its trained runs)",
     )
     p.add_argument("--out", "-o", help="study folder (runs, logs, results); with `report`: the page to write")
     p.add_argument("--list", action="store_true", help="print the built-in studies and exit")
@@ -76,6 +82,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--title", default="Results", help="the page's title (Results)")
     r.add_argument("--readme", metavar="README", help="also rewrite this file's headline block (needs --headline)")
     r.add_argument("--headline", metavar="STUDY", help="the study (name or folder) of the README's headline")
+    v = p.add_argument_group("variance (arco study variance DIR; the run seed is the first of --seeds, default 0)")
+    v.add_argument("--samplers", nargs="+", default=["ns", "sg", "sag"], help="samplers to compare (ns sg sag)")
+    v.add_argument("--draws", type=int, default=64, help="sampler draws per batch and sampler (64)")
+    v.add_argument("--batches", type=int, default=4, help="training batches averaged over (4)")
+    v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cpu)")
     g = p.add_argument_group("slurm (--launcher slurm)")
     g.add_argument("--partition", help="Slurm partition")
     g.add_argument("--time", type=int, default=240, metavar="MIN", help="time limit per job in minutes (240)")
@@ -176,6 +187,20 @@ def _report(args: argparse.Namespace, folders: list[str]) -> int:
     return 0
 
 
+def _variance(args: argparse.Namespace, folders: list[str]) -> int:
+    from arco.study.variance import SUMMARY, measure_study
+
+    if len(folders) != 1:
+        raise ValueError("arco study variance needs one study folder, e.g. arco study variance runs/t3")
+    if args.draws < 2 or args.batches < 1:
+        raise ValueError(f"--draws must be >= 2 and --batches >= 1, got {args.draws} and {args.batches}")
+    seed = args.seeds[0] if args.seeds else 0
+    measure_study(folders[0], seed, args.samplers, args.draws, args.batches, args.device,
+                  report=lambda line: print(line, flush=True))  # fmt: skip
+    print(f"wrote {folders[0]}/{SUMMARY}; `arco study report {folders[0]} --out PAGE.md` shows it")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from arco.study import SlurmOptions, run_study
 
@@ -184,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.study[:1] == ["report"]:
         return _report(args, args.study[1:])
+    if args.study[:1] == ["variance"]:
+        return _variance(args, args.study[1:])
     if len(args.study) > 1:
         raise ValueError(f"give one study, got {' '.join(args.study)} (for a results page: arco study report DIR ...)")
     if not args.study or not args.out:

@@ -27,6 +27,7 @@ from arco._checks import ConfigError
 from arco._io import atomic_write_text
 from arco.study.provenance import training_seconds
 from arco.study.report import markdown_sections, provenance_line
+from arco.study.variance import load_variance, variance_md
 
 __all__ = ["load_summary", "reading", "results_page", "write_headline", "HEADLINE_START", "HEADLINE_END"]
 
@@ -156,6 +157,9 @@ def _study_section(s: dict[str, Any], page: Path, figures: list[Path]) -> list[s
         "",
         *markdown_sections(s, level=3),
     ]
+    variance = load_variance(s["folder"]) if s.get("folder") else None
+    if variance:
+        out += variance_md(variance, level=3)
     if figures:
         out += ["### Figures", ""]
         out += [f"![{s['study']}: {f.stem}]({os.path.relpath(f, page.parent)})" for f in figures]
