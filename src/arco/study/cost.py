@@ -3,13 +3,14 @@
 An estimate, not a measurement: each stage still to train costs its iterations times its method's seconds per
 iteration, plus its validations, on one CPU thread at the ``demo`` size (64 x 64 slices, batch 2 + 2, ``model.dim``
 64), scaled by the pixels per batch for other sizes. The table was measured on the project's 2-core Xeon CPU
-(torch 2.13, one thread per run): supervised, Mean Teacher, CPS, UniMatch and ARCO from ``table1``'s training
-seconds per iteration (docs/studies.md), minus its validations; UA-MT, BCP and the split of ARCO's time between its
-stages from ``benchmarks/bench_methods.py --size 64 --batch 2`` as ratios to ``supervised`` in the same run (the
-machine was under load, so the ratios carry about 20 % of noise). ARCO's two stages were measured again after its
-stage 1, heads and loss became the reference code's (the ``mni-b2`` study of docs/diagnosis.md section 11: stage
-seconds per iteration as a ratio to the supervised baseline's in the same study, times the supervised entry). Methods
-not in the table are counted at :data:`DEFAULT_SECONDS` and named in the estimate. There is no estimate for GPU runs.
+(torch 2.13, one thread per run, two runs at a time as ``--jobs 2`` trains them): supervised, Mean Teacher, UA-MT,
+CPS and UniMatch from the tuning phase of ``table1`` (``runs/t1``, December 2026: the fastest of each method's four
+1800-iteration runs, its 37 validations taken off); BCP from ``benchmarks/bench_methods.py --size 64 --batch 2`` as
+a ratio to ``supervised`` in the same run (a loaded machine, about 20 % of noise); ARCO's two stages after its stage
+1, heads and loss became the reference code's (the ``mni-b2`` study of docs/diagnosis.md section 11: stage seconds
+per iteration as a ratio to the supervised baseline's in the same study, times the supervised entry), which
+``table8 --fast`` matched (937 s measured, 1028 s estimated). Methods not in the table are counted at
+:data:`DEFAULT_SECONDS` and named in the estimate. There is no estimate for GPU runs.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ __all__ = [
 #: Training seconds per iteration on one CPU thread at the demo size, by stage method (validation excluded).
 SECONDS_PER_ITERATION = {
     "supervised": 0.058,
-    "mean-teacher": 0.11,
-    "ua-mt": 0.26,
-    "cps": 0.18,
-    "unimatch": 0.21,
+    "mean-teacher": 0.23,
+    "ua-mt": 0.275,
+    "cps": 0.24,
+    "unimatch": 0.50,
     "bcp-pretrain": 0.031,
     "bcp-selftrain": 0.078,
     "arco-pretrain": 0.15,
