@@ -133,3 +133,37 @@ def test_study_variance_measures_each_contrastive_arm_once_and_skips_the_others(
     assert [float(r["grad_var_ratio"]) for r in again] == pytest.approx([r["grad_var_ratio"] for r in rows])
     with pytest.raises(AssertionError, match="measured again"):  # other settings: measured, not read back
         measure_study(study, seed=0, samplers=("ns", "sg"), draws=4, batches=1, report=lines.append)
+
+
+def test_study_variance_arms_measures_the_matching_arms_and_keeps_earlier_ones(run_dir, tmp_path, monkeypatch):
+    """`--arms GLOB`: only matching arms are measured; an arm measured in an earlier call stays in variance.csv;
+    a pattern that matches no arm is an error naming the arms."""
+    import json
+
+    import arco.contrast_variance as cv
+    from arco._checks import ConfigError
+    from arco.study.variance import load_variance, measure_study
+
+    study = tmp_path / "study"
+    for arm, src in (("ref_sg", run_dir / "run"), ("batch_sg", run_dir / "batch"), ("ref_ns", run_dir / "run")):
+        (study / "runs" / arm / "seed0").mkdir(parents=True)
+        (study / "runs" / arm / "seed0" / "finetune").symlink_to(src / "finetune")
+    (study / "study.json").write_text(json.dumps({"arms": [{"arm": a} for a in ("ref_ns", "ref_sg", "batch_sg")]}))
+    calls: list[str] = []
+    real = cv.measure
+
+    def counted(run, *a, **k):
+        calls.append(run.folder.name if hasattr(run, "folder") else "run")
+        return real(run, *a, **k)
+
+    monkeypatch.setattr(cv, "measure", counted)
+    kw = dict(seed=0, samplers=("ns", "sg"), draws=3, batches=1, report=lambda line: None)
+    first = measure_study(study, arms=["batch_*"], **kw)
+    assert [r["arm"] for r in first] == ["batch_sg", "batch_sg"] and len(calls) == 1
+    assert [r["arm"] for r in load_variance(study)] == ["batch_sg", "batch_sg"]
+    second = measure_study(study, arms=["*_ns", "ref_sg"], **kw)
+    assert len(calls) == 3  # ref_ns and ref_sg measured, batch_sg read back
+    assert [r["arm"] for r in second] == ["ref_ns", "ref_ns", "ref_sg", "ref_sg", "batch_sg", "batch_sg"]
+    assert [r["arm"] for r in load_variance(study)] == [r["arm"] for r in second]
+    with pytest.raises(ConfigError, match=r"'\*_sag' matches no arm .*ref_ns, ref_sg, batch_sg"):
+        measure_study(study, arms=["*_sag"], **kw)

@@ -194,3 +194,5 @@ def test_study_variance_errors(tmp_path, capsys):
     assert "--draws must be >= 2" in capsys.readouterr().err
     assert main(["study", "variance", str(alpha)]) == 2
     assert "no arm of" in " ".join(capsys.readouterr().err.split()) and not (alpha / "variance.csv").exists()
+    assert main(["study", "variance", str(alpha), "--arms", "no-such-*"]) == 2
+    assert "--arms 'no-such-*' matches no arm" in " ".join(capsys.readouterr().err.split())

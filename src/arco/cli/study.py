@@ -87,6 +87,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--draws", type=int, default=64, help="sampler draws per batch and sampler (64)")
     v.add_argument("--batches", type=int, default=4, help="training batches averaged over (4)")
     v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cpu)")
+    v.add_argument("--arms", nargs="+", metavar="GLOB",
+                   help="measure only these arms (globs, e.g. '*_sg'); arms measured before stay listed")  # fmt: skip
     g = p.add_argument_group("slurm (--launcher slurm)")
     g.add_argument("--partition", help="Slurm partition")
     g.add_argument("--time", type=int, default=240, metavar="MIN", help="time limit per job in minutes (240)")
@@ -196,7 +198,7 @@ def _variance(args: argparse.Namespace, folders: list[str]) -> int:
         raise ValueError(f"--draws must be >= 2 and --batches >= 1, got {args.draws} and {args.batches}")
     seed = args.seeds[0] if args.seeds else 0
     measure_study(folders[0], seed, args.samplers, args.draws, args.batches, args.device,
-                  report=lambda line: print(line, flush=True))  # fmt: skip
+                  report=lambda line: print(line, flush=True), arms=args.arms)  # fmt: skip
     print(f"wrote {folders[0]}/{SUMMARY}; `arco study report {folders[0]} --out PAGE.md` shows it")
     return 0
 

@@ -7,11 +7,14 @@ ratio to NS. Each arm's table goes to ``DIR/variance/<arm>/contrast_variance.csv
 all of them, and ``arco study report`` shows that file as a table under the study. Arms without such a stage (the
 supervised baseline, Mean Teacher, ...) are listed as skipped. An arm measured before with the same seed, draws,
 batches and samplers is read back, not measured again, so an interrupted call continues where it stopped.
+``arms`` (glob patterns such as ``*_sg``) limits what is measured in one call; arms measured earlier with the same
+settings stay in ``variance.csv``, so the table grows over calls.
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import os
@@ -36,6 +39,22 @@ def _arms(folder: Path) -> list[str]:
     return sorted(p.name for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() else []
 
 
+def _select(names: Sequence[str], patterns: Sequence[str] | None, folder: Path) -> set[str]:
+    """The arms matching any glob of ``patterns`` (every arm when None)."""
+    if not patterns:
+        return set(names)
+    chosen: set[str] = set()
+    for pat in patterns:
+        hit = fnmatch.filter(names, pat)
+        if not hit:
+            raise ConfigError(
+                f"--arms {pat!r} matches no arm of {folder}; its arms are: {', '.join(names)} "
+                "(globs such as '*_sg' select several)"
+            )
+        chosen.update(hit)
+    return chosen
+
+
 def _cached(path: Path, seed: int, draws: int, batches: int, samplers: Sequence[str]) -> list[dict] | None:
     """The arm's rows from an earlier call with the same settings, else None."""
     if not path.is_file():
@@ -56,26 +75,34 @@ def measure_study(
     batches: int = 4,
     device: str = "cpu",
     report: Callable[[str], None] = print,
+    arms: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure every arm of the study in ``folder`` at run ``seed``; returns the rows written to ``variance.csv``.
+    """Measure every arm of the study in ``folder`` (or those matching a glob of ``arms``) at run ``seed``;
+    returns the rows written to ``variance.csv``: the arms measured now and those measured before with the same
+    settings.
 
     Raises:
-        ConfigError: ``folder`` holds no study runs, or no arm has a contrastive stage 2 at that seed.
+        ConfigError: ``folder`` holds no study runs, a pattern of ``arms`` matches none of them, or no arm has a
+            contrastive stage 2 at that seed.
     """
     from arco.contrast_variance import load_run, measure, write_outputs
 
     folder = Path(folder)
-    arms = _arms(folder)
-    if not arms:
+    names = _arms(folder)
+    if not names:
         raise ConfigError(f"{folder} holds no study runs: give a folder written by `arco study NAME --out DIR`")
+    chosen = _select(names, arms, folder)
     rows: list[dict[str, Any]] = []
-    for arm in arms:
+    for arm in names:
+        out = folder / "variance" / arm
+        got = _cached(out / "arm_variance.csv", seed, draws, batches, samplers)
+        if arm not in chosen:
+            rows += got or []
+            continue
         stage = folder / "runs" / arm / f"seed{seed}" / "finetune"
         if not (stage / "summary.json").is_file():
             report(f"skipped {arm}: no finished contrastive stage 2 at {stage}")
             continue
-        out = folder / "variance" / arm
-        got = _cached(out / "arm_variance.csv", seed, draws, batches, samplers)
         if got is None:
             try:
                 run = load_run(stage, device=device)
